@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny fake IDX datasets, and the real data when it is available."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmnist import data
+
+
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    """Encode a uint8 array as IDX: magic, one big-endian int32 per dimension, data."""
+    if magic is None:
+        magic = 0x0800 + array.ndim
+    header = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def gz(raw: bytes, level: int = 9, mtime: int = 0) -> bytes:
+    return gzip.compress(raw, compresslevel=level, mtime=mtime)
+
+
+def fake_arrays(split: str, count: int, seed: int = 0):
+    """Random garments-ish images and balanced labels for a fake split."""
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
+    labels = (np.arange(count) % 10).astype(np.uint8)
+    return images, labels
+
+
+def spec_for(name: str, split: str, kind: str, array: np.ndarray, archive: bytes) -> data.DataFile:
+    """A DataFile whose official hashes are those of ``archive`` and ``array``."""
+    return data.DataFile(
+        name=name, split=split, kind=kind, count=array.shape[0], size=len(archive),
+        sha256=hashlib.sha256(archive).hexdigest(), md5=hashlib.md5(archive).hexdigest(),
+        sha256_payload=hashlib.sha256(array.tobytes()).hexdigest(),
+    )
+
+
+@pytest.fixture
+def fake_dataset(tmp_path, monkeypatch):
+    """Write a tiny, self-consistent Fashion-MNIST look-alike and make it *the* dataset.
+
+    Replaces ``data.FILES`` by specs of 50 train / 20 test items whose hashes are the
+    fake files' own. Returns ``(directory, {name: (array, archive bytes)})``.
+    """
+    directory = tmp_path / "fake-data"
+    directory.mkdir()
+    specs, contents = [], {}
+    for split, count in (("train", 50), ("test", 20)):
+        images, labels = fake_arrays(split, count)
+        prefix = "train" if split == "train" else "t10k"
+        for kind, array, suffix in (("images", images, "images-idx3-ubyte.gz"),
+                                    ("labels", labels, "labels-idx1-ubyte.gz")):
+            name = f"{prefix}-{suffix}"
+            archive = gz(idx_bytes(array))
+            (directory / name).write_bytes(archive)
+            specs.append(spec_for(name, split, kind, array, archive))
+            contents[name] = (array, archive)
+    monkeypatch.setattr(data, "FILES", tuple(specs))
+    monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
+    monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))
+    return directory, contents
+
+
+def _real_data_dir() -> Path | None:
+    configured = os.environ.get("FMNIST_DATA_DIR")
+    if configured and Path(configured).is_dir():
+        return Path(configured)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The real Fashion-MNIST folder (FMNIST_DATA_DIR); tests needing it skip without it."""
+    found = _real_data_dir()
+    if found is None:
+        pytest.skip("real Fashion-MNIST not available: set FMNIST_DATA_DIR")
+    return found
+
+
+def run_cli(*args: str, env_extra: dict | None = None, cwd: Path | None = None,
+            timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `fmnist ARGS...` in a fresh interpreter, as a user would."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "fmnist.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=timeout)

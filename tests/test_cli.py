@@ -1,0 +1,110 @@
+"""The command line: fast help, one-line errors with the right exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import gz, idx_bytes, run_cli
+
+HELP_PROBE = """
+import sys, time
+started = time.perf_counter()
+from fmnist.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'matplotlib', 'pooch', 'sklearn'))
+print('HEAVY', heavy, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["data", "--help"], ["train", "--help"],
+                                  ["evaluate", "--help"]])
+def test_help_does_not_import_tensorflow(argv):
+    result = subprocess.run([sys.executable, "-c", HELP_PROBE.format(argv=argv)],
+                            capture_output=True, text=True, timeout=60)
+    assert "usage: fmnist" in result.stdout
+    assert "HEAVY []" in result.stderr
+
+
+def _one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_unknown_model_is_a_usage_error():
+    _one_line_error(run_cli("train", "--model", "resnet9000"), 2,
+                    "unknown model 'resnet9000'", "choose one of: mlp")
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--epochs", "0"], "must be at least 1"),
+    (["--epochs", "ten"], "expected a whole number"),
+    (["--batch-size", "-3"], "must be at least 1"),
+    (["--learning-rate", "nan"], "must be a positive number"),
+    (["--seed", "1.5"], "expected a whole number"),
+    (["--frobnicate"], "unrecognized arguments"),
+])
+def test_bad_flag_values_are_usage_errors(flags, needle):
+    _one_line_error(run_cli("train", *flags), 2, needle)
+
+
+def test_resume_with_run_flags_is_a_usage_error(tmp_path):
+    _one_line_error(run_cli("train", "--resume", str(tmp_path), "--epochs", "3"), 2,
+                    "drop --epochs")
+
+
+def test_resume_of_a_missing_run_dir_is_a_runtime_error(tmp_path):
+    _one_line_error(run_cli("train", "--resume", str(tmp_path / "nope")), 1,
+                    "does not exist")
+
+
+def test_evaluate_of_a_folder_without_a_model(tmp_path):
+    _one_line_error(run_cli("evaluate", str(tmp_path)), 1, "has no model.keras")
+
+
+def test_missing_data_dir_is_a_runtime_error(tmp_path):
+    _one_line_error(run_cli("data", "--data-dir", str(tmp_path / "nowhere")), 1,
+                    "does not exist")
+
+
+def test_corrupt_file_fails_train_with_one_line_and_keeps_the_file(tmp_path, real_data_dir):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for path in real_data_dir.glob("*.gz"):
+        (data_dir / path.name).symlink_to(path.resolve())
+    bad = data_dir / "train-labels-idx1-ubyte.gz"
+    bad.unlink()
+    bad.write_bytes(gz(idx_bytes(np.full(60000, 11, np.uint8))))
+    result = run_cli("train", "--data-dir", str(data_dir), "--out", str(tmp_path / "run"))
+    _one_line_error(result, 1, "train-labels-idx1-ubyte.gz has label 11", "check FMNIST_DATA_DIR")
+    assert bad.exists()
+
+
+def test_data_command_reports_bad_files_and_fails(tmp_path, real_data_dir):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for path in real_data_dir.glob("*.gz"):
+        (data_dir / path.name).symlink_to(path.resolve())
+    (data_dir / "t10k-images-idx3-ubyte.gz").unlink()
+    result = run_cli("data", "--data-dir", str(data_dir))
+    assert result.returncode == 1
+    assert "BAD" in result.stdout and "t10k-images-idx3-ubyte.gz is missing" in result.stdout
+    assert "ok    train-images-idx3-ubyte.gz" in result.stdout
+
+
+def test_data_command_verifies_and_counts_the_real_data(real_data_dir):
+    result = run_cli("data", "--data-dir", str(real_data_dir))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(verified: payload SHA-256)") == 4
+    assert "9 Ankle boot      6000    1000" in result.stdout
+    assert "total            60000   10000" in result.stdout

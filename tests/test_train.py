@@ -1,0 +1,128 @@
+"""Training on slices of the real data: learning, run directory, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from fmnist import rundir
+from fmnist.errors import RunDirError
+from fmnist.evaluate import evaluate_run
+from fmnist.train import TrainConfig, epoch_order, resume, train
+
+pytestmark = pytest.mark.slow
+
+QUICK = dict(train_size=3000, val_size=1000, test_size=1000, epochs=2, batch_size=64)
+
+
+def _numbers(metrics: dict) -> dict:
+    """Metrics that must be reproducible (wall-clock seconds are not)."""
+    return {k: v for k, v in metrics.items() if "seconds" not in k}
+
+
+def _history_numbers(run_dir) -> list[dict]:
+    return [_numbers(row) for row in json.loads((run_dir / rundir.HISTORY).read_text())]
+
+
+def test_seed_mlp_learns_in_one_epoch_on_a_slice(real_data_dir, tmp_path):
+    config = TrainConfig(model="mlp", epochs=1, batch_size=32, train_size=12000,
+                         val_size=1000, test_size=2000)
+    run = train(config, tmp_path / "run", data_dir=real_data_dir, verbose=0)
+    metrics = evaluate_run(run, data_dir=real_data_dir)
+    assert metrics["test_accuracy"] > 0.80
+    assert metrics["val_accuracy"] > 0.75  # 1,000 images: noisier than the test slice
+
+
+def test_run_directory_holds_everything_to_rebuild_and_audit(real_data_dir, tmp_path):
+    config = TrainConfig(**QUICK)
+    run = train(config, tmp_path / "run", data_dir=real_data_dir, verbose=0)
+    metrics = evaluate_run(run, data_dir=real_data_dir)
+
+    saved = json.loads((run / rundir.CONFIG).read_text())
+    assert TrainConfig.from_json(saved) == config
+    assert {"python", "keras", "tensorflow", "numpy", "fmnist"} <= set(saved["versions"])
+
+    history = json.loads((run / rundir.HISTORY).read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    for row in history:
+        assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(row)
+
+    assert (run / rundir.CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in (run / rundir.CHECKPOINTS).iterdir()] == ["epoch-002.keras"]
+    for key in ("test_accuracy", "test_loss", "val_accuracy", "train_seconds", "epochs", "seed"):
+        assert key in metrics
+    assert metrics["epochs"] == 2 and metrics["n_train"] == 3000 and metrics["n_test"] == 1000
+    assert metrics["val_accuracy"] == history[-1]["val_accuracy"]
+
+    model = keras.saving.load_model(run / rundir.MODEL)
+    images = np.zeros((3, 28, 28), np.uint8)
+    assert model.predict(images, verbose=0).shape == (3, 10)
+
+
+def test_same_seed_gives_the_same_metrics(real_data_dir, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        run = train(TrainConfig(seed=5, **QUICK), tmp_path / name, data_dir=real_data_dir, verbose=0)
+        runs.append((_numbers(evaluate_run(run, data_dir=real_data_dir)), _history_numbers(run)))
+    assert runs[0] == runs[1]
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    np.testing.assert_array_equal(epoch_order(1, 3, 100), epoch_order(1, 3, 100))
+    assert not np.array_equal(epoch_order(1, 3, 100), epoch_order(1, 4, 100))
+    assert sorted(epoch_order(1, 3, 100)) == list(range(100))
+
+
+def test_refuses_to_overwrite_a_run(real_data_dir, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="already exists and is not empty"):
+        train(TrainConfig(**QUICK), tmp_path / "run", data_dir=real_data_dir, verbose=0)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_resume_after_kill_9_matches_an_uninterrupted_run(real_data_dir, tmp_path):
+    sizes = dict(train_size=20000, val_size=1000, test_size=1000, epochs=4, batch_size=64, seed=2)
+    killed = tmp_path / "killed"
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in sizes.items()]
+    env = {**os.environ, "FMNIST_DATA_DIR": str(real_data_dir)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fmnist.cli", "train", "--model", "mlp", *flags,
+         "--out", str(killed), "--quiet"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / rundir.STATE
+    deadline = time.monotonic() + 240
+    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.2)  # into the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = json.loads(state.read_text())["epochs_done"]
+    assert 1 <= done < 4, "the run should have been killed before its last epoch"
+    assert not (killed / rundir.METRICS).exists()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fmnist.cli", "train", "--resume", str(killed), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "test accuracy:" in resumed.stdout
+
+    straight = train(TrainConfig(**sizes), tmp_path / "straight", data_dir=real_data_dir, verbose=0)
+    expected = _numbers(evaluate_run(straight, data_dir=real_data_dir))
+    assert _numbers(json.loads((killed / rundir.METRICS).read_text())) == expected
+    assert _history_numbers(killed) == _history_numbers(straight)
+
+
+def test_resuming_a_finished_run_changes_nothing(real_data_dir, tmp_path):
+    run = train(TrainConfig(**QUICK), tmp_path / "run", data_dir=real_data_dir, verbose=0)
+    before = _numbers(evaluate_run(run, data_dir=real_data_dir))
+    resume(run, data_dir=real_data_dir, verbose=0)
+    assert _numbers(evaluate_run(run, data_dir=real_data_dir)) == before
