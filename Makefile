@@ -1,18 +1,18 @@
 # Two entry points, both self-installing on a fresh clone:
-#   make run    create .venv, install fmnist, train the default model, print its test accuracy
+#   make run    create .venv, install fmnist, train cnn-fast (the default), print its test accuracy
 #   make test   create .venv, install fmnist with its test tools, run the test suite
 # Point at a local copy of the data with FMNIST_DATA_DIR=/path/to/fashion-mnist.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-MODEL ?= mlp
+MODEL ?= cnn-fast
 RUN_ARGS ?=
 
 .PHONY: run test install install-test clean
 
 run: $(VENV)/.installed
-	$(BIN)/fmnist train --model $(MODEL) $(RUN_ARGS)
+	$(BIN)/fmnist train --model $(MODEL) --tta $(RUN_ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -15,7 +15,7 @@ import sys
 from fmnist import __version__
 from fmnist.errors import FmnistError
 
-DEFAULT_MODEL = "mlp"
+DEFAULT_MODEL = "cnn-fast"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +48,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw  # a bare word: a string
+
+
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", metavar="DIR",
@@ -78,9 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"models: {models_help}",
     )
     train.add_argument("--model", help=f"registered model name (default: {DEFAULT_MODEL})")
-    train.add_argument("--epochs", type=_int_at_least(1), help="epochs to train (default: 10)")
-    train.add_argument("--batch-size", type=_int_at_least(1), help="images per step (default: 128)")
-    train.add_argument("--learning-rate", type=_positive_float, help="Adam's step size (default: 0.001)")
+    train.add_argument("--model-option", metavar="KEY=VALUE", action="append", type=_key_value,
+                       dest="model_options", help="factory argument, VALUE as JSON (repeatable)")
+    recipe = train.add_argument_group("recipe (defaults: the model's preset, see `fmnist models`)")
+    recipe.add_argument("--epochs", type=_int_at_least(1), help="epochs to train (an upper "
+                        "bound with --time-budget)")
+    recipe.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
+                        help="fit the training into this many seconds: a short speed probe "
+                             "picks the epoch count, and the schedule is laid over it")
+    recipe.add_argument("--batch-size", type=_int_at_least(1), help="images per step")
+    recipe.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
+    recipe.add_argument("--learning-rate", type=_positive_float, help="(peak) learning rate")
+    recipe.add_argument("--schedule", choices=("constant", "onecycle"))
+    recipe.add_argument("--weight-decay", type=_non_negative_float)
+    recipe.add_argument("--label-smoothing", type=_non_negative_float)
+    recipe.add_argument("--ema", type=_positive_float, metavar="MOMENTUM",
+                        help="average the weights with this momentum (e.g. 0.999)")
+    recipe.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
+                        help="bfloat16 compute (fast on CPUs with AVX512-BF16)")
+    recipe.add_argument("--flip", action=argparse.BooleanOptionalAction,
+                        help="augment with random left-right flips")
+    recipe.add_argument("--translate", type=_int_at_least(0), metavar="PIXELS",
+                        help="augment with random shifts of up to PIXELS")
+    recipe.add_argument("--erase", type=_non_negative_float, metavar="P",
+                        help="augment with random erasing, probability P")
     train.add_argument("--seed", type=_int_at_least(0),
                        help="fixes split, initialization and shuffling (default: 0)")
     train.add_argument("--val-size", type=_int_at_least(10),
@@ -94,20 +137,53 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its last checkpoint; takes its settings "
                             "from DIR/config.json, so no other training flag may be given")
+    train.add_argument("--tta", action="store_true",
+                       help="also evaluate with test-time augmentation (image + mirror)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(subparser=train)  # lets the command report usage errors found later
     _add_data_dir(train)
+
+    bench = commands.add_parser(
+        "bench", help="benchmark models over seeds; writes BENCHMARKS.md and bench.json",
+        description="Train each model with its preset for several seeds (each run a separate "
+                    "process), evaluate on the test set with and without flip TTA, time "
+                    "prediction, and regenerate BENCHMARKS.md, bench.json and the README's "
+                    "results table. Rows of models not benchmarked this time are kept.")
+    bench.add_argument("--models", nargs="+", metavar="MODEL",
+                       help="models to benchmark (default: mlp mlp-plus cnn-tfdocs cnn-fast)")
+    bench.add_argument("--seeds", type=_int_at_least(1), default=3, help="seeds 0..N-1 (default: 3)")
+    bench.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
+                       help="where the runs go (default: runs/bench)")
+    bench.add_argument("--json", default="bench.json", metavar="FILE", help="(default: bench.json)")
+    bench.add_argument("--markdown", default="BENCHMARKS.md", metavar="FILE",
+                       help="(default: BENCHMARKS.md)")
+    bench.add_argument("--readme", default="README.md", metavar="FILE",
+                       help="README whose bench block to refresh (default: README.md; '' for none)")
+    bench.add_argument("--train-arg", action="append", default=[], metavar="ARG",
+                       help="extra `fmnist train` argument for every run, e.g. --train-arg=--epochs=1 "
+                            "(for smoke tests; the table then no longer shows the presets)")
+    bench.set_defaults(subparser=bench)
+    _add_data_dir(bench)
+
+    listing = commands.add_parser("models", help="list the registered models and their recipes",
+                                  description="List the registered models, what each is, and "
+                                  "the training preset `fmnist train --model NAME` uses.")
+    listing.set_defaults(subparser=listing)
 
     evaluate = commands.add_parser("evaluate", help="(re)evaluate a run on the test set",
                                    description="Evaluate RUN_DIR/model.keras on the test set "
                                    "and update RUN_DIR/metrics.json.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--tta", action="store_true",
+                          help="also report test-time augmentation (mean of image and its mirror)")
     _add_data_dir(evaluate)
     return parser
 
 
 # Flags that define a run; with --resume they come from the run's config.json instead.
-_RUN_FLAGS = ("model", "epochs", "batch_size", "learning_rate", "seed", "val_size",
+_RUN_FLAGS = ("model", "model_options", "epochs", "time_budget", "batch_size", "optimizer",
+              "learning_rate", "schedule", "weight_decay", "label_smoothing", "ema",
+              "mixed_precision", "flip", "translate", "erase", "seed", "val_size",
               "train_size", "test_size", "out")
 
 
@@ -151,9 +227,16 @@ def _cmd_train(args) -> int:
                                f"drop {', '.join(given)}")
     else:
         try:
-            get_factory(args.model or DEFAULT_MODEL)
+            factory = get_factory(args.model or DEFAULT_MODEL)
         except FmnistError as error:
             train_parser.error(str(error))
+        import inspect
+
+        accepted = inspect.signature(factory).parameters
+        for key, _ in args.model_options or ():
+            if key not in accepted:
+                train_parser.error(f"model {args.model or DEFAULT_MODEL!r} has no option {key!r}; "
+                                   f"it takes: {', '.join(accepted) or 'none'}")
 
     # Check every input before TensorFlow is imported: errors come in a second, on one
     # line, and a bad test file is caught before training rather than after it.
@@ -171,18 +254,61 @@ def _cmd_train(args) -> int:
     if args.resume:
         run_dir = training.resume(args.resume, verbose=verbose, train_data=train_data)
     else:
-        config = training.TrainConfig()
-        for name in _RUN_FLAGS[:-1]:
-            value = getattr(args, name)
-            if value is not None:
-                setattr(config, name, value)
+        overrides = {name: getattr(args, name) for name in _RUN_FLAGS[1:-1]}
+        if overrides["model_options"] is not None:
+            overrides["model_options"] = dict(overrides["model_options"])
+        config = training.TrainConfig.for_model(args.model or DEFAULT_MODEL, **overrides)
         run_dir = training.train(config, out_dir=args.out, verbose=verbose, train_data=train_data)
-    metrics = evaluate_run(run_dir, test_data=test_data)
+    metrics = evaluate_run(run_dir, test_data=test_data, tta=args.tta)
     print(f"run: {run_dir}")
     print(f"validation accuracy: {metrics['val_accuracy']:.4f}  "
           f"training: {metrics['train_seconds']:.1f} s, {metrics['epochs']} epochs")
+    _print_test_metrics(metrics)
+    return 0
+
+
+def _print_test_metrics(metrics: dict) -> None:
     print(f"test accuracy: {metrics['test_accuracy']:.4f}  (test loss {metrics['test_loss']:.4f}, "
           f"{metrics['n_test']} images)")
+    if metrics.get("tta"):
+        print(f"test accuracy with flip TTA: {metrics['test_accuracy_tta']:.4f}")
+
+
+def _cmd_models(args) -> int:
+    from fmnist.models import describe, model_names, model_preset
+
+    for name in model_names():
+        preset = ", ".join(f"{k}={v}" for k, v in model_preset(name).items()) or "the defaults"
+        print(f"{name:<12} {describe(name)}\n{'':<12} recipe: {preset}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from fmnist.data import load_data
+    from fmnist.models import get_factory
+
+    from fmnist.bench import DEFAULT_MODELS
+
+    models = args.models or list(DEFAULT_MODELS)
+    for name in models:
+        try:
+            get_factory(name)
+        except FmnistError as error:
+            args.subparser.error(str(error))
+    load_data(args.data_dir)  # verify the data once, before hours of training
+
+    from fmnist.bench import run_bench
+
+    command = " ".join(["fmnist", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "fmnist bench"
+    report = run_bench(models, args.seeds, Path(args.runs_dir), Path(args.json), Path(args.markdown),
+                       Path(args.readme) if args.readme else None, data_dir=args.data_dir,
+                       extra=args.train_arg, command=command)
+    from fmnist.bench import results_table
+
+    print(results_table(report["rows"]))
+    print(f"wrote {args.markdown} and {args.json}")
     return 0
 
 
@@ -195,9 +321,8 @@ def _cmd_evaluate(args) -> int:
 
     from fmnist.evaluate import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, test_data=test_data)
-    print(f"test accuracy: {metrics['test_accuracy']:.4f}  (test loss {metrics['test_loss']:.4f}, "
-          f"{metrics['n_test']} images)")
+    metrics = evaluate_run(args.run_dir, test_data=test_data, tta=args.tta)
+    _print_test_metrics(metrics)
     return 0
 
 
@@ -211,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_train(args)
         if args.command == "evaluate":
             return _cmd_evaluate(args)
+        if args.command == "models":
+            return _cmd_models(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
     except FmnistError as error:
         print(f"fmnist {args.command}: error: {error}", file=sys.stderr)
         return 1

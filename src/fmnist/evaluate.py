@@ -12,31 +12,17 @@ import numpy as np
 
 from fmnist import rundir
 from fmnist.data import load_split
+from fmnist.metrics import classification_metrics, mirrored, predict_proba
 
 
-def predict_proba(model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Class probabilities, float32 (N, 10), for uint8 ``images`` (N, 28, 28)."""
-    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
-
-
-def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy and mean cross-entropy of ``probabilities`` (N, 10) against ``labels`` (N,)."""
-    labels = np.asarray(labels, dtype=np.int64)
-    predicted = probabilities.argmax(axis=1)
-    # Clip like Keras' cross-entropy does, so a confident mistake costs log(1e-7), not inf.
-    true_class_p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
-    return {
-        "accuracy": float(np.mean(predicted == labels)),
-        "loss": float(-np.mean(np.log(true_class_p))),
-    }
-
-
-def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None) -> dict:
+def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None, tta: bool = False) -> dict:
     """Evaluate a run's final model on the test set and record it in metrics.json.
 
     Uses the first ``test_size`` test images when the run's config limits them (quick
     runs); otherwise all 10,000. ``test_data``: the test ``(images, labels)`` if already
-    loaded. Returns the updated metrics.
+    loaded. ``tta``: also score the mean of the probabilities of each image and its
+    mirror (``test_accuracy_tta``); ``test_accuracy`` is always the plain score.
+    Returns the updated metrics.
     """
     import keras
 
@@ -48,7 +34,8 @@ def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None) -> dict:
         x_test, y_test = x_test[:test_size], y_test[:test_size]
 
     model = keras.saving.load_model(run_dir / rundir.MODEL, compile=False, safe_mode=True)
-    scores = classification_metrics(predict_proba(model, x_test), y_test)
+    probabilities = predict_proba(model, x_test)
+    scores = classification_metrics(probabilities, y_test)
 
     metrics_path = run_dir / rundir.METRICS
     metrics = rundir.read_json(metrics_path) if metrics_path.exists() else {}
@@ -56,6 +43,15 @@ def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None) -> dict:
         "test_accuracy": scores["accuracy"],
         "test_loss": scores["loss"],
         "n_test": int(len(y_test)),
+        "tta": tta,
     })
+    if tta:
+        averaged = (probabilities + predict_proba(model, mirrored(x_test))) / 2
+        tta_scores = classification_metrics(averaged, y_test)
+        metrics.update({"test_accuracy_tta": tta_scores["accuracy"],
+                        "test_loss_tta": tta_scores["loss"]})
+    else:
+        metrics.pop("test_accuracy_tta", None)
+        metrics.pop("test_loss_tta", None)
     rundir.write_json(metrics_path, metrics)
     return metrics

@@ -1,0 +1,80 @@
+"""Training-time augmentation: vectorized TensorFlow ops on whole batches.
+
+Kept out of the models on purpose: a saved or exported model never augments. Every
+random draw is stateless, keyed by ``(seed, step)`` where ``step`` is the global batch
+number, so a run is reproducible and a resumed run draws exactly what an uninterrupted
+one would have drawn.
+
+All functions take ``images`` uint8 (B, 28, 28) and return uint8 (B, 28, 28); labels
+are never touched, so they stay aligned with their images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    flip: bool = False  # mirror left-right with probability 1/2 (garments are symmetric)
+    translate: int = 0  # shift by up to this many pixels in x and y, zero fill
+    erase: float = 0.0  # probability of blanking one random rectangle (random erasing)
+
+    @property
+    def active(self) -> bool:
+        return self.flip or self.translate > 0 or self.erase > 0
+
+
+def _seed(seed: int, step, salt: int):
+    return tf.stack([tf.cast(seed, tf.int64) * 1000 + salt, tf.cast(step, tf.int64)])
+
+
+def random_flip(images, seed):
+    """Mirror each image left-right with probability 1/2."""
+    flip = tf.random.stateless_uniform([tf.shape(images)[0]], seed=seed) < 0.5
+    return tf.where(flip[:, None, None], tf.reverse(images, axis=[2]), images)
+
+
+def random_translate(images, pixels: int, seed):
+    """Shift each image by its own (dy, dx) in [-pixels, pixels], filling with black."""
+    batch = tf.shape(images)[0]
+    size = images.shape[1]
+    shifts = tf.random.stateless_uniform([batch, 2], seed=seed, minval=-pixels,
+                                         maxval=pixels + 1, dtype=tf.int32)
+    padded = tf.pad(images, [[0, 0], [pixels, pixels], [pixels, pixels]])
+    grid = tf.range(size)[None, :] + pixels  # (1, 28): where row/col i comes from
+    rows = grid - shifts[:, :1]  # (B, 28)
+    cols = grid - shifts[:, 1:]
+    picked = tf.gather(padded, rows, axis=1, batch_dims=1)  # (B, 28, 28 + 2p)
+    return tf.gather(picked, cols, axis=2, batch_dims=1)  # (B, 28, 28)
+
+
+def random_erase(images, probability: float, seed, min_side: int = 4, max_side: int = 14):
+    """Blank one rectangle (sides min_side..max_side px) per image with ``probability``."""
+    batch = tf.shape(images)[0]
+    size = images.shape[1]
+    draws = tf.random.stateless_uniform([batch, 5], seed=seed)
+    apply = draws[:, 0] < probability
+    span = float(max_side - min_side + 1)
+    height = min_side + tf.cast(draws[:, 1] * span, tf.int32)
+    width = min_side + tf.cast(draws[:, 2] * span, tf.int32)
+    top = tf.cast(draws[:, 3] * tf.cast(size - height + 1, tf.float32), tf.int32)
+    left = tf.cast(draws[:, 4] * tf.cast(size - width + 1, tf.float32), tf.int32)
+    index = tf.range(size)[None, :]
+    in_rows = (index >= top[:, None]) & (index < (top + height)[:, None])  # (B, 28)
+    in_cols = (index >= left[:, None]) & (index < (left + width)[:, None])
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    return tf.where(mask, tf.zeros_like(images), images)
+
+
+def augment_batch(images, step, augmentation: Augmentation, seed: int):
+    """Apply the configured augmentations to one batch; ``step`` is the global batch number."""
+    if augmentation.flip:
+        images = random_flip(images, _seed(seed, step, 1))
+    if augmentation.translate > 0:
+        images = random_translate(images, augmentation.translate, _seed(seed, step, 2))
+    if augmentation.erase > 0:
+        images = random_erase(images, augmentation.erase, _seed(seed, step, 3))
+    return images

@@ -1,0 +1,389 @@
+"""`fmnist bench`: accuracy x time for each model over several seeds, measured here.
+
+Each training run is a separate `fmnist train` process, as a user would run it, so no
+run inherits another's warm caches or memory, and each process's peak memory is its
+own (``os.wait4`` returns the rusage of exactly that child). Results accumulate in
+bench.json (a model's rows are replaced when it is benchmarked again on the same
+device); BENCHMARKS.md and the README's results table are regenerated from bench.json
+every time, never edited by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from fmnist import rundir
+from fmnist.errors import FmnistError
+
+# cnn-best (about an hour a seed here) is benchmarked only when asked for by name.
+DEFAULT_MODELS = ("mlp", "mlp-plus", "cnn-tfdocs", "cnn-fast")
+TARGETS = {  # model -> (test accuracy target, training-seconds limit or None)
+    "mlp": (0.875, None),
+    "mlp-plus": (0.900, 30.0),
+    "cnn-fast": (0.930, 120.0),
+    "cnn-best": (0.950, 3600.0),
+}
+TIME_TO_ACCURACY = 0.91  # validation accuracy whose time-to-reach is compared
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def machine() -> dict:
+    """CPU model, cores, memory and software versions of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from fmnist.train import versions
+
+    return {"cpu": cpu, "cores": cores, "device": device_name(), **versions()}
+
+
+def device_name() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU: {details.get('device_name', gpus[0].name)}"
+    return "CPU"
+
+
+def forward_flops(model) -> int:
+    """Multiply-adds x 2 of one image's forward pass through Conv2D and Dense layers.
+
+    Batch norm, activations and pooling are left out: they are a few percent of the
+    total and are memory-bound rather than compute-bound.
+    """
+    total = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in ("Conv2D", "SeparableConv2D", "DepthwiseConv2D"):
+            out_h, out_w, out_c = layer.output.shape[1:4]
+            kh, kw = layer.kernel_size
+            in_c = layer.input.shape[-1]
+            if kind == "Conv2D":
+                total += 2 * out_h * out_w * out_c * kh * kw * in_c
+            else:  # depthwise kh x kw per input channel, then (separable) a 1x1 pointwise
+                total += 2 * out_h * out_w * kh * kw * in_c
+                if kind == "SeparableConv2D":
+                    total += 2 * out_h * out_w * in_c * out_c
+        elif kind == "Dense":
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
+
+
+def matmul_peak_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a large square matmul: what this machine's BLAS reaches at best."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_uniform([size, size], seed=[1, 2], dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    matmul = tf.function(lambda m: tf.linalg.matmul(m, m))
+    matmul(a).numpy()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        matmul(a).numpy()
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / float(np.median(times)) / 1e9
+
+
+def predict_throughput(model_path: Path, batch: int = 1024, batches: int = 10) -> float:
+    """Images per second of ``model.predict_on_batch`` at ``batch`` images, median of runs."""
+    import keras
+
+    model = keras.saving.load_model(model_path, compile=False)
+    images = np.random.default_rng(0).integers(0, 256, (batch, 28, 28), dtype=np.uint8)
+    for _ in range(3):
+        model.predict_on_batch(images)  # trace and warm up
+    times = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        model.predict_on_batch(images)
+        times.append(time.perf_counter() - started)
+    return batch / float(np.median(times))
+
+
+def run_training(model: str, seed: int, out: Path, data_dir, extra: list[str]) -> dict:
+    """Train one model/seed in a child `fmnist train` process; return its metrics + peak RSS."""
+    command = [sys.executable, "-m", "fmnist.cli", "train", "--model", model, "--seed", str(seed),
+               "--out", str(out), "--tta", "--quiet", *extra]
+    if data_dir:
+        command += ["--data-dir", str(data_dir)]
+    log = out.with_suffix(".log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as stream:
+        child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise FmnistError(f"training {model} seed {seed} failed ({tail[0]}); see {log}")
+    metrics = rundir.read_json(out / rundir.METRICS)
+    history = rundir.read_json(out / rundir.HISTORY)
+    # Linux reports ru_maxrss in KiB.
+    metrics["peak_rss_mb"] = usage.ru_maxrss / 1024
+    metrics["seconds_to_val_target"] = seconds_to(history, TIME_TO_ACCURACY)
+    return metrics
+
+
+def seconds_to(history: list[dict], accuracy: float) -> float | None:
+    """Training seconds until validation accuracy first reached ``accuracy`` (None: never)."""
+    elapsed = 0.0
+    for row in history:
+        elapsed += row["seconds"]
+        if row.get("val_accuracy", 0.0) >= accuracy:
+            return elapsed
+    return None
+
+
+# ---------------------------------------------------------------- summarizing
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(model: str, runs: list[dict], throughput: float, flops: int,
+              peak_gflops: float, device: str) -> dict:
+    """One row of the table from the per-seed runs of one model."""
+    accuracies = [r["test_accuracy"] for r in runs]
+    tta = [r["test_accuracy_tta"] for r in runs if "test_accuracy_tta" in r]
+    steady = statistics.median(r["steady_epoch_seconds"] for r in runs)
+    epoch_flops = 3 * flops * runs[0]["n_train"]  # forward + backward ~ 3x forward
+    reach = [r["seconds_to_val_target"] for r in runs]
+    return {
+        "model": model,
+        "device": device,
+        "seeds": [r["seed"] for r in runs],
+        "params": runs[0]["params"],
+        "epochs": runs[0]["epochs"],
+        "train_seconds_median": statistics.median(r["train_seconds"] for r in runs),
+        "train_seconds": [r["train_seconds"] for r in runs],
+        "steady_epoch_seconds": steady,
+        "forward_mflops": flops / 1e6,
+        "epoch_floor_seconds": epoch_flops / (peak_gflops * 1e9),
+        "achieved_gflops": epoch_flops / steady / 1e9 if steady else None,
+        "test_accuracy": accuracies,
+        "test_accuracy_mean_std": _mean_std(accuracies),
+        "test_accuracy_tta": tta,
+        "test_accuracy_tta_mean_std": _mean_std(tta) if tta else None,
+        "val_accuracy_mean": statistics.fmean(r["val_accuracy"] for r in runs),
+        "seconds_to_val_target": reach,
+        "seconds_to_val_target_median": (statistics.median(reach) if all(t is not None for t in reach)
+                                         else None),
+        "predict_images_per_second": throughput,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "n_train": runs[0]["n_train"],
+        "n_test": runs[0]["n_test"],
+    }
+
+
+def _fmt_acc(pair) -> str:
+    if not pair:
+        return "-"
+    mean, std = pair
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def results_table(rows: list[dict]) -> str:
+    """The Markdown table shared by BENCHMARKS.md and the README."""
+    lines = [
+        "| model | device | params | epochs | train s (median) | test acc (mean ± std) | "
+        "with flip TTA | seeds | predict img/s (batch 1024) |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| `{row['model']}` | {row['device']} | {row['params']:,} | {row['epochs']} | "
+            f"{row['train_seconds_median']:.1f} | {_fmt_acc(row['test_accuracy_mean_std'])} | "
+            f"{_fmt_acc(row['test_accuracy_tta_mean_std'])} | {len(row['seeds'])} | "
+            f"{row['predict_images_per_second']:,.0f} |")
+    return "\n".join(lines)
+
+
+def speed_table(rows: list[dict], peak: dict) -> str:
+    lines = [
+        "| model | device | forward MFLOP/image | steady epoch s | epoch floor s | "
+        "epoch / floor | achieved GFLOP/s | peak RSS MB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        ratio = row["steady_epoch_seconds"] / row["epoch_floor_seconds"] if row["epoch_floor_seconds"] else 0
+        lines.append(
+            f"| `{row['model']}` | {row['device']} | {row['forward_mflops']:.2f} | "
+            f"{row['steady_epoch_seconds']:.1f} | {row['epoch_floor_seconds']:.2f} | "
+            f"{ratio:.1f}x | {row['achieved_gflops']:.0f} | {row['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def targets_table(rows: list[dict]) -> str:
+    lines = ["| model | target | measured | met |", "| --- | --- | --- | --- |"]
+    for row in rows:
+        if row["model"] not in TARGETS:
+            continue
+        accuracy, seconds = TARGETS[row["model"]]
+        mean = row["test_accuracy_mean_std"][0]
+        spent = row["train_seconds_median"]
+        target = f">= {accuracy:.3f}" + (f" within {seconds:.0f} s" if seconds else "")
+        met = mean >= accuracy and (seconds is None or spent <= seconds)
+        lines.append(f"| `{row['model']}` ({row['device']}) | {target} | {mean:.4f} in "
+                     f"{spent:.1f} s | {'yes' if met else '**no**'} |")
+    return "\n".join(lines)
+
+
+def time_to_accuracy_line(rows: list[dict]) -> str:
+    by_model = {(r["model"], r["device"]): r for r in rows}
+    lines = []
+    for (model, device), row in by_model.items():
+        if model != "cnn-fast" or ("cnn-tfdocs", device) not in by_model:
+            continue
+        fast = row["seconds_to_val_target_median"]
+        slow = by_model[("cnn-tfdocs", device)]["seconds_to_val_target_median"]
+        if fast is None or slow is None:
+            lines.append(f"- {device}: time to {TIME_TO_ACCURACY} validation accuracy: cnn-fast "
+                         f"{_secs(fast)}, cnn-tfdocs {_secs(slow)} (one of them never got there)")
+        else:
+            lines.append(f"- {device}: time to {TIME_TO_ACCURACY} validation accuracy (median over "
+                         f"seeds): **cnn-fast {fast:.1f} s** vs cnn-tfdocs {slow:.1f} s, a ratio of "
+                         f"**{fast / slow:.2f}** (target <= 0.33)")
+    return "\n".join(lines) or "- (needs both cnn-fast and cnn-tfdocs in the same bench file)"
+
+
+def _secs(value) -> str:
+    return "never" if value is None else f"{value:.1f} s"
+
+
+def render_markdown(report: dict) -> str:
+    rows = report["rows"]
+    m = report["machine"]
+    return f"""# Benchmarks
+
+Written by `{report['command']}` on {report['updated_utc']}. Do not edit by hand: rerun
+the command. Every number is measured on the machine below; accuracies are on the 10,000
+test images, read only by the final evaluation of each run (training validates on its
+own 6,000-image split of the training set).
+
+Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; Python {m['python']}, Keras
+{m['keras']} ({m['backend']}), TensorFlow {m.get('tensorflow', '-')}, NumPy {m['numpy']}.
+
+## Accuracy and time
+
+{results_table(rows)}
+
+- *train s*: wall time of the training epochs (training plus the per-epoch validation
+  pass), median over seeds; start-up, data loading and the test evaluation excluded.
+- *test acc*: mean ± sample standard deviation over the seeds (one training run each).
+  *with flip TTA*: the same runs, scoring the mean of the probabilities of each test
+  image and its mirror image.
+- *predict img/s*: `predict_on_batch` on 1,024 images at a time, median of 10 batches.
+
+## Targets
+
+{targets_table(rows)}
+
+## Time to {TIME_TO_ACCURACY} (validation accuracy)
+
+{time_to_accuracy_line(rows)}
+
+## How close each epoch gets to its compute floor
+
+{speed_table(rows, report['peak_gflops'])}
+
+- *forward MFLOP/image*: 2 x multiply-adds of the Conv2D and Dense layers.
+- *epoch floor*: 3 x forward FLOPs x training images (forward + backward), divided by
+  the peak of a 2048x2048 matmul on this machine: {report['peak_gflops']['float32']:.0f}
+  GFLOP/s in float32, {report['peak_gflops']['bfloat16']:.0f} in bfloat16. The floor uses
+  float32's peak for every model. *epoch / floor*: how many times slower than that
+  floor the steady epoch runs (includes input pipeline, batch norm, validation).
+- *peak RSS*: the largest resident memory of the training process.
+
+## Per-seed numbers
+
+{per_seed_table(rows)}
+"""
+
+
+def per_seed_table(rows: list[dict]) -> str:
+    lines = ["| model | device | seeds | test accuracy | with TTA | train seconds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        fmt = lambda values, digits=4: ", ".join(f"{v:.{digits}f}" for v in values)  # noqa: E731
+        lines.append(f"| `{row['model']}` | {row['device']} | {row['seeds']} | "
+                     f"{fmt(row['test_accuracy'])} | {fmt(row['test_accuracy_tta']) or '-'} | "
+                     f"{fmt(row['train_seconds'], 1)} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, rows: list[dict]) -> bool:
+    """Replace the README's block between the bench markers with the results table."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    block = f"{README_START}\n{results_table(rows)}\n{README_END}"
+    readme.write_text(text[:start] + block + text[end + len(README_END):])
+    return True
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, markdown_path: Path,
+              readme_path: Path | None, data_dir=None, extra: list[str] | None = None,
+              command: str = "fmnist bench", log=print) -> dict:
+    """Benchmark ``models`` over ``seeds`` seeds and (re)write the report files."""
+    report = json.loads(json_path.read_text()) if json_path.exists() else {"rows": []}
+    device = device_name()
+    peak = {"float32": matmul_peak_gflops("float32"), "bfloat16": matmul_peak_gflops("bfloat16")}
+    for model in models:
+        runs = []
+        for seed in range(seeds):
+            out = out_dir / f"{model}-seed{seed}"
+            if out.exists():
+                import shutil
+
+                shutil.rmtree(out)
+            log(f"bench: training {model} seed {seed} ...")
+            runs.append(run_training(model, seed, out, data_dir, extra or []))
+            log(f"bench:   test {runs[-1]['test_accuracy']:.4f} (TTA "
+                f"{runs[-1].get('test_accuracy_tta', float('nan')):.4f}), "
+                f"{runs[-1]['train_seconds']:.1f} s")
+        import keras
+
+        flops = forward_flops(keras.saving.load_model(out_dir / f"{model}-seed0" / rundir.MODEL,
+                                                      compile=False))
+        throughput = predict_throughput(out_dir / f"{model}-seed0" / rundir.MODEL)
+        row = summarize(model, runs, throughput, flops, peak["float32"], device)
+        report["rows"] = [r for r in report["rows"]
+                          if (r["model"], r["device"]) != (model, device)] + [row]
+    order = {name: index for index, name in enumerate(
+        ("mlp", "mlp-plus", "cnn-tfdocs", "cnn-fast", "cnn-best"))}
+    report["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"]))
+    report.update({"machine": machine(), "peak_gflops": peak, "command": command,
+                   "updated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    rundir.write_json(json_path, report)
+    markdown_path.write_text(render_markdown(report))
+    if readme_path is not None:
+        update_readme(readme_path, report["rows"])
+    return report

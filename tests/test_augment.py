@@ -1,0 +1,119 @@
+"""Augmentation and the training stream: shapes, dtypes, label alignment, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fmnist.augment import (Augmentation, augment_batch, random_erase, random_flip,
+                            random_translate)
+from fmnist.train import TrainConfig, steps_per_epoch, training_batches
+
+RNG = np.random.default_rng(0)
+# Distinct images: each one's pixels encode its index, so any mix-up would show.
+IMAGES = RNG.integers(1, 256, size=(37, 28, 28), dtype=np.uint8)
+LABELS = (np.arange(37) % 10).astype(np.uint8)
+
+
+def _seed(step: int):
+    return tf.constant([7, step], tf.int64)
+
+
+@pytest.mark.parametrize("transform", [
+    lambda x, s: random_flip(x, s),
+    lambda x, s: random_translate(x, 2, s),
+    lambda x, s: random_erase(x, 0.5, s),
+    lambda x, s: augment_batch(x, 3, Augmentation(flip=True, translate=2, erase=0.5), seed=1),
+])
+def test_shape_and_dtype_are_kept(transform):
+    out = transform(tf.constant(IMAGES), _seed(1))
+    assert out.shape == IMAGES.shape and out.dtype == tf.uint8
+
+
+def test_flip_mirrors_about_half_the_images_and_nothing_else():
+    out = random_flip(tf.constant(IMAGES), _seed(1)).numpy()
+    mirrored = [np.array_equal(o, x[:, ::-1]) for o, x in zip(out, IMAGES)]
+    kept = [np.array_equal(o, x) for o, x in zip(out, IMAGES)]
+    assert all(m or k for m, k in zip(mirrored, kept))
+    assert 5 < sum(mirrored) < 32
+
+
+def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    padded = np.pad(image, 2)
+    return padded[2 - dy:30 - dy, 2 - dx:30 - dx]
+
+
+def test_translate_shifts_each_image_within_range_with_black_fill():
+    out = random_translate(tf.constant(IMAGES), 2, _seed(2)).numpy()
+    shifts = set()
+    for o, x in zip(out, IMAGES):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if np.array_equal(o, _shifted(x, dy, dx))]
+        assert matches, "output is not a shift of its own input"
+        shifts.add(matches[0])
+    assert len(shifts) > 5  # images get different shifts
+
+
+def test_erase_blanks_one_rectangle_or_nothing():
+    out = random_erase(tf.constant(IMAGES), 0.5, _seed(3)).numpy()
+    erased = 0
+    for o, x in zip(out, IMAGES):
+        changed = o != x
+        if not changed.any():
+            continue
+        erased += 1
+        assert (o[changed] == 0).all()
+        rows, cols = np.where(changed)
+        box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all(), "the erased pixels form a rectangle"
+        assert 4 <= box.shape[0] <= 14 and 4 <= box.shape[1] <= 14
+    assert 5 < erased < 32
+
+
+def test_same_step_same_draw_other_step_other_draw():
+    aug = Augmentation(flip=True, translate=2, erase=0.5)
+    a = augment_batch(tf.constant(IMAGES), 5, aug, seed=1).numpy()
+    b = augment_batch(tf.constant(IMAGES), 5, aug, seed=1).numpy()
+    c = augment_batch(tf.constant(IMAGES), 6, aug, seed=1).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def _stream(config: TrainConfig, first: int, epochs: int):
+    return [(x.numpy(), y.numpy()) for x, y in training_batches(IMAGES, LABELS, config, first, epochs)]
+
+
+def test_stream_keeps_labels_aligned_with_their_images():
+    plain = _stream(TrainConfig(batch_size=8, seed=3), 0, 2)
+    assert len(plain) == 2 * steps_per_epoch(37, 8)
+    for images, labels in plain:
+        for image, label in zip(images, labels):
+            index = next(i for i in range(37) if np.array_equal(IMAGES[i], image))
+            assert LABELS[index] == label
+    augmented = _stream(TrainConfig(batch_size=8, seed=3, flip=True, translate=2), 0, 2)
+    assert [y.tolist() for _, y in augmented] == [y.tolist() for _, y in plain]
+
+
+def test_each_epoch_visits_every_image_once():
+    for epoch in range(2):
+        batches = _stream(TrainConfig(batch_size=8, seed=3), epoch, epoch + 1)
+        seen = np.concatenate([x for x, _ in batches])
+        assert sorted(map(bytes, seen)) == sorted(map(bytes, IMAGES))
+
+
+def test_a_resumed_stream_equals_the_tail_of_the_full_one():
+    config = TrainConfig(batch_size=8, seed=3, flip=True, translate=2, erase=0.3,
+                         label_smoothing=0.1)
+    full = _stream(config, 0, 3)
+    tail = _stream(config, 1, 3)
+    assert len(tail) == 2 * steps_per_epoch(37, 8)
+    for (a, la), (b, lb) in zip(full[steps_per_epoch(37, 8):], tail):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+
+
+def test_label_smoothing_streams_one_hot_labels():
+    images, labels = _stream(TrainConfig(batch_size=8, label_smoothing=0.1), 0, 1)[0]
+    assert labels.shape == (8, 10) and labels.dtype == np.float32
+    np.testing.assert_array_equal(labels.sum(axis=1), 1.0)
