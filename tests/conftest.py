@@ -74,7 +74,7 @@ def fake_dataset(tmp_path, monkeypatch):
 def _real_data_dir() -> Path | None:
     configured = os.environ.get("FMNIST_DATA_DIR")
     if configured and Path(configured).is_dir():
-        return Path(configured)
+        return Path(configured).resolve()  # absolute: subprocesses may run elsewhere
     return None
 
 

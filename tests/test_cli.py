@@ -24,11 +24,12 @@ print('HEAVY', heavy, file=sys.stderr)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["data", "--help"], ["train", "--help"],
-                                  ["evaluate", "--help"]])
+                                  ["evaluate", "--help"], ["compare", "--help"], ["bench", "--help"],
+                                  ["models"]])
 def test_help_does_not_import_tensorflow(argv):
     result = subprocess.run([sys.executable, "-c", HELP_PROBE.format(argv=argv)],
                             capture_output=True, text=True, timeout=60)
-    assert "usage: fmnist" in result.stdout
+    assert "usage: fmnist" in result.stdout or "cnn-fast" in result.stdout
     assert "HEAVY []" in result.stderr
 
 
@@ -108,3 +109,38 @@ def test_data_command_verifies_and_counts_the_real_data(real_data_dir):
     assert result.stdout.count("(verified: payload SHA-256)") == 4
     assert "9 Ankle boot      6000    1000" in result.stdout
     assert "total            60000   10000" in result.stdout
+
+
+def test_existing_out_dir_is_refused_before_anything_heavy(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _one_line_error(run_cli("train", "--out", str(out)), 1, "already exists and is not empty")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_unknown_model_option_is_a_usage_error():
+    _one_line_error(run_cli("train", "--model", "cnn-fast", "--model-option", "depth=3"), 2,
+                    "has no option 'depth'", "stem_width")
+
+
+def test_model_option_of_the_wrong_kind_is_one_clear_line(tmp_path, real_data_dir):
+    result = run_cli("train", "--model", "cnn-fast", "--model-option", "stem=sideways",
+                     "--out", str(tmp_path / "run"), "--data-dir", str(real_data_dir))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    # TensorFlow's own start-up banner may precede it; fmnist's message is the last line.
+    assert "cannot build cnn-fast" in result.stderr.strip().splitlines()[-1]
+    assert "stem must be 'patch', 'conv-s2' or 'conv'" in result.stderr
+
+
+def test_bench_render_needs_a_bench_file(tmp_path):
+    _one_line_error(run_cli("bench", "--render", "--json", str(tmp_path / "none.json")), 1,
+                    "does not exist; run `fmnist bench` first")
+
+
+def test_models_lists_every_registered_model_with_its_recipe():
+    result = run_cli("models")
+    assert result.returncode == 0
+    for name in ("mlp", "mlp-plus", "cnn-tfdocs", "cnn-fast", "cnn-best"):
+        assert f"\n{name} " in "\n" + result.stdout
+    assert "optimizer=sgd" in result.stdout and "--model-option" in result.stdout

@@ -162,11 +162,28 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+RUN_KEYS = ("seed", "params", "epochs", "n_train", "n_test", "train_seconds",
+            "steady_epoch_seconds", "test_accuracy", "test_accuracy_tta", "val_accuracy",
+            "seconds_to_val_target", "peak_rss_mb")
+
+
+def merge_runs(old_row: dict | None, new_runs: list[dict]) -> list[dict]:
+    """The runs of a model: the new seeds' runs, plus stored runs of other seeds.
+
+    Lets a long model be benchmarked a few seeds at a time (``--seed-start``) and still
+    be summarized over all of them.
+    """
+    fresh = [{key: run.get(key) for key in RUN_KEYS} for run in new_runs]
+    seeds = {run["seed"] for run in fresh}
+    kept = [run for run in (old_row or {}).get("runs", []) if run["seed"] not in seeds]
+    return sorted(kept + fresh, key=lambda run: run["seed"])
+
+
 def summarize(model: str, runs: list[dict], throughput: float, flops: int,
               peak_gflops: float, device: str) -> dict:
     """One row of the table from the per-seed runs of one model."""
     accuracies = [r["test_accuracy"] for r in runs]
-    tta = [r["test_accuracy_tta"] for r in runs if "test_accuracy_tta" in r]
+    tta = [r["test_accuracy_tta"] for r in runs if r.get("test_accuracy_tta") is not None]
     steady = statistics.median(r["steady_epoch_seconds"] for r in runs)
     epoch_flops = 3 * flops * runs[0]["n_train"]  # forward + backward ~ 3x forward
     reach = [r["seconds_to_val_target"] for r in runs]
@@ -194,6 +211,7 @@ def summarize(model: str, runs: list[dict], throughput: float, flops: int,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "n_train": runs[0]["n_train"],
         "n_test": runs[0]["n_test"],
+        "runs": runs,
     }
 
 
@@ -236,18 +254,39 @@ def speed_table(rows: list[dict], peak: dict) -> str:
 
 
 def targets_table(rows: list[dict]) -> str:
-    lines = ["| model | target | measured | met |", "| --- | --- | --- | --- |"]
+    """Each target against the measured mean, plain and with flip TTA, said separately."""
+    lines = ["| model | target | measured (plain) | with flip TTA | met |",
+             "| --- | --- | --- | --- | --- |"]
     for row in rows:
         if row["model"] not in TARGETS:
             continue
         accuracy, seconds = TARGETS[row["model"]]
-        mean = row["test_accuracy_mean_std"][0]
+        plain = row["test_accuracy_mean_std"][0]
+        tta = row["test_accuracy_tta_mean_std"][0] if row["test_accuracy_tta_mean_std"] else None
         spent = row["train_seconds_median"]
+        in_time = seconds is None or spent <= seconds
+        if plain >= accuracy and in_time:
+            met = "yes"
+        elif tta is not None and tta >= accuracy and in_time:
+            met = "with TTA only"
+        else:
+            met = "**no**"
         target = f">= {accuracy:.3f}" + (f" within {seconds:.0f} s" if seconds else "")
-        met = mean >= accuracy and (seconds is None or spent <= seconds)
-        lines.append(f"| `{row['model']}` ({row['device']}) | {target} | {mean:.4f} in "
-                     f"{spent:.1f} s | {'yes' if met else '**no**'} |")
+        tta_text = "-" if tta is None else f"{tta:.4f}"
+        lines.append(f"| `{row['model']}` ({row['device']}, {len(row['seeds'])} seeds) | {target} | "
+                     f"{plain:.4f} in {spent:.1f} s | {tta_text} | {met} |")
+    missing = [m for m in TARGETS if m not in {r["model"] for r in rows}]
+    if missing:
+        lines.append("")
+        lines.append(f"Not benchmarked yet: {', '.join(f'`{m}`' for m in missing)}.")
     return "\n".join(lines)
+
+
+def render(report: dict, markdown_path: Path, readme_path: Path | None) -> None:
+    """Write BENCHMARKS.md (and the README's table) from a bench report."""
+    markdown_path.write_text(render_markdown(report))
+    if readme_path is not None:
+        update_readme(readme_path, report["rows"])
 
 
 def time_to_accuracy_line(rows: list[dict]) -> str:
@@ -351,39 +390,41 @@ def update_readme(readme: Path, rows: list[dict]) -> bool:
 
 def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, markdown_path: Path,
               readme_path: Path | None, data_dir=None, extra: list[str] | None = None,
-              command: str = "fmnist bench", log=print) -> dict:
-    """Benchmark ``models`` over ``seeds`` seeds and (re)write the report files."""
+              command: str = "fmnist bench", log=print, seed_start: int = 0) -> dict:
+    """Benchmark ``models`` over seeds ``seed_start .. seed_start+seeds-1``; rewrite reports.
+
+    Stored runs of the same model and device with other seeds are kept and summarized
+    with the new ones; runs of the same seeds are replaced.
+    """
     report = json.loads(json_path.read_text()) if json_path.exists() else {"rows": []}
     device = device_name()
     peak = {"float32": matmul_peak_gflops("float32"), "bfloat16": matmul_peak_gflops("bfloat16")}
     for model in models:
         runs = []
-        for seed in range(seeds):
+        for seed in range(seed_start, seed_start + seeds):
             out = out_dir / f"{model}-seed{seed}"
             if out.exists():
                 import shutil
 
                 shutil.rmtree(out)
-            log(f"bench: training {model} seed {seed} ...")
+            log(f"bench: training {model} seed {seed} ...", flush=True)
             runs.append(run_training(model, seed, out, data_dir, extra or []))
             log(f"bench:   test {runs[-1]['test_accuracy']:.4f} (TTA "
                 f"{runs[-1].get('test_accuracy_tta', float('nan')):.4f}), "
-                f"{runs[-1]['train_seconds']:.1f} s")
+                f"{runs[-1]['train_seconds']:.1f} s", flush=True)
         import keras
 
-        flops = forward_flops(keras.saving.load_model(out_dir / f"{model}-seed0" / rundir.MODEL,
-                                                      compile=False))
-        throughput = predict_throughput(out_dir / f"{model}-seed0" / rundir.MODEL)
-        row = summarize(model, runs, throughput, flops, peak["float32"], device)
-        report["rows"] = [r for r in report["rows"]
-                          if (r["model"], r["device"]) != (model, device)] + [row]
+        final_model = out_dir / f"{model}-seed{seed_start}" / rundir.MODEL
+        flops = forward_flops(keras.saving.load_model(final_model, compile=False))
+        throughput = predict_throughput(final_model)
+        old = next((r for r in report["rows"] if (r["model"], r["device"]) == (model, device)), None)
+        row = summarize(model, merge_runs(old, runs), throughput, flops, peak["float32"], device)
+        report["rows"] = [r for r in report["rows"] if r is not old] + [row]
     order = {name: index for index, name in enumerate(
         ("mlp", "mlp-plus", "cnn-tfdocs", "cnn-fast", "cnn-best"))}
     report["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"]))
     report.update({"machine": machine(), "peak_gflops": peak, "command": command,
                    "updated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     rundir.write_json(json_path, report)
-    markdown_path.write_text(render_markdown(report))
-    if readme_path is not None:
-        update_readme(readme_path, report["rows"])
+    render(report, markdown_path, readme_path)
     return report

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="locate, verify and summarize the dataset",
                                description="Show where the data is, verify every file "
                                "(downloading into the cache if needed) and count each class.")
+    data.add_argument("--show", action="store_true",
+                      help="also draw a grid of sample images per class (PNG)")
+    data.add_argument("--out", metavar="FILE", default="samples.png",
+                      help="where --show writes its grid (default: samples.png)")
     _add_data_dir(data)
 
     models_help = "; ".join(f"{name}: {describe(name)}" for name in model_names())
@@ -151,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "results table. Rows of models not benchmarked this time are kept.")
     bench.add_argument("--models", nargs="+", metavar="MODEL",
                        help="models to benchmark (default: mlp mlp-plus cnn-tfdocs cnn-fast)")
-    bench.add_argument("--seeds", type=_int_at_least(1), default=3, help="seeds 0..N-1 (default: 3)")
+    bench.add_argument("--seeds", type=_int_at_least(1), default=3, help="how many seeds (default: 3)")
+    bench.add_argument("--seed-start", type=_int_at_least(0), default=0,
+                       help="first seed (default: 0); stored runs of other seeds are kept and "
+                            "summarized with these, so a slow model can be run a seed at a time")
     bench.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
                        help="where the runs go (default: runs/bench)")
     bench.add_argument("--json", default="bench.json", metavar="FILE", help="(default: bench.json)")
@@ -162,8 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--train-arg", action="append", default=[], metavar="ARG",
                        help="extra `fmnist train` argument for every run, e.g. --train-arg=--epochs=1 "
                             "(for smoke tests; the table then no longer shows the presets)")
+    bench.add_argument("--render", action="store_true",
+                       help="train nothing: regenerate BENCHMARKS.md and the README table from "
+                            "the stored bench.json")
     bench.set_defaults(subparser=bench)
     _add_data_dir(bench)
+
+    compare = commands.add_parser(
+        "compare", help="compare evaluated runs side by side",
+        description="A table of evaluated runs (model, parameters, epochs, training seconds, "
+                    "test accuracy, per-class accuracy) in the terminal and as compare.md, and "
+                    "a plot of test accuracy against training time as compare.png.")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", metavar="DIR", default=".",
+                         help="folder for compare.md and compare.png (default: .)")
 
     listing = commands.add_parser("models", help="list the registered models and their recipes",
                                   description="List the registered models, what each is, and "
@@ -213,10 +232,17 @@ def _cmd_data(args) -> int:
         print(f"fmnist data: error: {failed} file(s) failed verification (see above)",
               file=sys.stderr)
         return 1
+    if args.show:
+        from fmnist.data import load_split
+        from fmnist.plots import plot_samples
+
+        images, labels = load_split("train", args.data_dir)
+        print(f"\nsamples: {plot_samples(images, labels, CLASS_NAMES, args.out)}")
     return 0
 
 
 def _cmd_train(args) -> int:
+    from fmnist import rundir
     from fmnist.models import get_factory
 
     train_parser = args.subparser
@@ -226,6 +252,8 @@ def _cmd_train(args) -> int:
             train_parser.error(f"--resume takes the run's settings from its config.json; "
                                f"drop {', '.join(given)}")
     else:
+        if args.out:
+            rundir.require_new_run_dir(args.out)  # before minutes of training, and of imports
         try:
             factory = get_factory(args.model or DEFAULT_MODEL)
         except FmnistError as error:
@@ -240,7 +268,6 @@ def _cmd_train(args) -> int:
 
     # Check every input before TensorFlow is imported: errors come in a second, on one
     # line, and a bad test file is caught before training rather than after it.
-    from fmnist import rundir
     from fmnist.data import load_data
 
     if args.resume:
@@ -277,9 +304,32 @@ def _print_test_metrics(metrics: dict) -> None:
 def _cmd_models(args) -> int:
     from fmnist.models import describe, model_names, model_preset
 
+    import inspect
+
+    from fmnist.models import get_factory
+
     for name in model_names():
         preset = ", ".join(f"{k}={v}" for k, v in model_preset(name).items()) or "the defaults"
-        print(f"{name:<12} {describe(name)}\n{'':<12} recipe: {preset}")
+        options = ", ".join(f"{p.name}={p.default!r}"
+                            for p in inspect.signature(get_factory(name)).parameters.values())
+        print(f"{name:<12} {describe(name)}\n{'':<12} recipe: {preset}\n"
+              f"{'':<12} options (--model-option KEY=VALUE): {options or 'none'}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from fmnist.plots import plot_accuracy_vs_time
+    from fmnist.report import compare_runs
+
+    table, points = compare_runs([Path(d) for d in args.run_dirs])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(table + "\n")
+    plot_accuracy_vs_time(points, out / "compare.png")
+    print(table)
+    print(f"\nwrote {out / 'compare.md'} and {out / 'compare.png'}")
     return 0
 
 
@@ -291,6 +341,17 @@ def _cmd_bench(args) -> int:
 
     from fmnist.bench import DEFAULT_MODELS
 
+    if args.render:
+        import json
+
+        from fmnist.bench import render
+
+        if not Path(args.json).is_file():
+            raise FmnistError(f"{args.json} does not exist; run `fmnist bench` first")
+        render(json.loads(Path(args.json).read_text()), Path(args.markdown),
+               Path(args.readme) if args.readme else None)
+        print(f"wrote {args.markdown} from {args.json}")
+        return 0
     models = args.models or list(DEFAULT_MODELS)
     for name in models:
         try:
@@ -304,7 +365,7 @@ def _cmd_bench(args) -> int:
     command = " ".join(["fmnist", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "fmnist bench"
     report = run_bench(models, args.seeds, Path(args.runs_dir), Path(args.json), Path(args.markdown),
                        Path(args.readme) if args.readme else None, data_dir=args.data_dir,
-                       extra=args.train_arg, command=command)
+                       extra=args.train_arg, command=command, seed_start=args.seed_start)
     from fmnist.bench import results_table
 
     print(results_table(report["rows"]))
@@ -340,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_models(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
     except FmnistError as error:
         print(f"fmnist {args.command}: error: {error}", file=sys.stderr)
         return 1

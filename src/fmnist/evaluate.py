@@ -10,9 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist import rundir
-from fmnist.data import load_split
-from fmnist.metrics import classification_metrics, mirrored, predict_proba
+from fmnist import plots, rundir
+from fmnist.data import CLASS_NAMES, load_split
+from fmnist.metrics import (calibration, classification_metrics, confusion_matrix, mirrored,
+                            most_confused, per_class_scores, predict_proba, top_k_accuracy)
+from fmnist.report import write_reports
+
+GALLERY_SIZE = 24  # misclassified images shown, most confident mistakes first
 
 
 def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None, tta: bool = False) -> dict:
@@ -35,16 +39,11 @@ def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None, tta: bool =
 
     model = keras.saving.load_model(run_dir / rundir.MODEL, compile=False, safe_mode=True)
     probabilities = predict_proba(model, x_test)
-    scores = classification_metrics(probabilities, y_test)
 
     metrics_path = run_dir / rundir.METRICS
     metrics = rundir.read_json(metrics_path) if metrics_path.exists() else {}
-    metrics.update({
-        "test_accuracy": scores["accuracy"],
-        "test_loss": scores["loss"],
-        "n_test": int(len(y_test)),
-        "tta": tta,
-    })
+    metrics.update(test_report(probabilities, y_test))
+    metrics.update({"n_test": int(len(y_test)), "tta": tta})
     if tta:
         averaged = (probabilities + predict_proba(model, mirrored(x_test))) / 2
         tta_scores = classification_metrics(averaged, y_test)
@@ -54,4 +53,43 @@ def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None, tta: bool =
         metrics.pop("test_accuracy_tta", None)
         metrics.pop("test_loss_tta", None)
     rundir.write_json(metrics_path, metrics)
+    write_figures(run_dir, x_test, y_test, probabilities, metrics)
+    write_reports(run_dir, config, metrics)
     return metrics
+
+
+def test_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """Every test-set number of the report, as metrics.json keys (plain predictions)."""
+    predicted = probabilities.argmax(axis=1)
+    confusion = confusion_matrix(labels, predicted, classes=len(CLASS_NAMES))
+    scores = classification_metrics(probabilities, labels)
+    calibrated = calibration(probabilities, labels, bins=15)
+    return {
+        "test_accuracy": scores["accuracy"],
+        "test_loss": scores["loss"],
+        "test_top2_accuracy": top_k_accuracy(probabilities, labels, k=2),
+        "test_per_class": per_class_scores(confusion),
+        "test_confusion": confusion.tolist(),
+        "test_ece": calibrated["ece"],
+        "test_calibration_bins": calibrated["bins"],
+        "test_most_confused": most_confused(confusion, top=5),
+    }
+
+
+def write_figures(run_dir: Path, images, labels, probabilities, metrics: dict) -> None:
+    """The report's PNGs: confusion, per-class accuracy, mistakes, reliability, curves."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    plots.plot_confusion(np.array(metrics["test_confusion"]), CLASS_NAMES, run_dir / "confusion.png")
+    plots.plot_per_class_accuracy([c["recall"] for c in metrics["test_per_class"]], CLASS_NAMES,
+                                  run_dir / "per_class.png", overall=metrics["test_accuracy"])
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:GALLERY_SIZE]
+    plots.plot_gallery(images[wrong], labels[wrong], predicted[wrong], confidence[wrong],
+                       CLASS_NAMES, run_dir / "misclassified.png",
+                       title="Most confident mistakes on the test set")
+    plots.plot_reliability(metrics["test_calibration_bins"], metrics["test_ece"],
+                           run_dir / "reliability.png")
+    history_path = run_dir / rundir.HISTORY
+    if history_path.exists() and not (run_dir / rundir.CURVES).exists():
+        plots.plot_history(rundir.read_json(history_path), run_dir / rundir.CURVES)

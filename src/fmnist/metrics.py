@@ -29,3 +29,66 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dic
 def mirrored(images: np.ndarray) -> np.ndarray:
     """Images (N, 28, 28) flipped left-right: the view test-time augmentation adds."""
     return np.ascontiguousarray(images[:, :, ::-1])
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
+    """Counts, int64 (classes, classes): row = true class, column = predicted class."""
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, np.int64), np.asarray(predicted, np.int64)), 1)
+    return matrix
+
+
+def per_class_scores(confusion: np.ndarray) -> list[dict]:
+    """Precision, recall, F1 and support of each class from a confusion matrix.
+
+    A class never predicted has precision 0 (not NaN), like scikit-learn's
+    ``zero_division=0``; recall is the class's accuracy.
+    """
+    true_positives = np.diag(confusion).astype(float)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    scores = []
+    for index in range(len(confusion)):
+        precision = true_positives[index] / predicted[index] if predicted[index] else 0.0
+        recall = true_positives[index] / support[index] if support[index] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores.append({"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                       "support": int(support[index])})
+    return scores
+
+
+def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int = 2) -> float:
+    """Share of images whose true class is among the ``k`` most probable."""
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return float(np.mean((top == np.asarray(labels)[:, None]).any(axis=1)))
+
+
+def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict:
+    """Expected calibration error over ``bins`` equal-width confidence bins, and the bins.
+
+    Confidence is the top probability; bin b holds confidences in (b/bins, (b+1)/bins]
+    (the first bin also takes 0). ECE = sum over bins of (share of images) x
+    |accuracy - mean confidence|.
+    """
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        row = {"low": b / bins, "high": (b + 1) / bins, "count": count,
+               "accuracy": float(correct[members].mean()) if count else None,
+               "confidence": float(confidence[members].mean()) if count else None}
+        if count:
+            ece += count / len(labels) * abs(row["accuracy"] - row["confidence"])
+        table.append(row)
+    return {"ece": float(ece), "bins": table}
+
+
+def most_confused(confusion: np.ndarray, top: int = 5) -> list[dict]:
+    """The ``top`` largest off-diagonal cells: (true, predicted, count), largest first."""
+    cells = [(int(confusion[t, p]), t, p) for t in range(len(confusion))
+             for p in range(len(confusion)) if t != p and confusion[t, p] > 0]
+    cells.sort(key=lambda cell: (-cell[0], cell[1], cell[2]))
+    return [{"true": t, "predicted": p, "count": c} for c, t, p in cells[:top]]

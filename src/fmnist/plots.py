@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+# One palette for every figure: blue for the model / training, orange for validation and
+# reference lines, a single-hue blue scale for matrices.
 TRAIN_COLOR = "#1f77b4"
 VAL_COLOR = "#ff7f0e"
+SEQUENTIAL = "Blues"
 
 
 def plot_history(history: list[dict], path: str | Path) -> Path:
@@ -32,6 +37,151 @@ def plot_history(history: list[dict], path: str | Path) -> Path:
         ax.legend()
         if len(epochs) <= 20:
             ax.set_xticks(epochs)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _short(name: str) -> str:
+    return name.replace("T-shirt/top", "T-shirt")
+
+
+def plot_confusion(confusion: np.ndarray, class_names, path) -> Path:
+    """Row-normalized confusion matrix (share of each true class), counts annotated."""
+    plt = _pyplot()
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(8.2, 7), constrained_layout=True)
+    image = ax.imshow(shares, cmap=SEQUENTIAL, vmin=0, vmax=1)
+    names = [_short(n) for n in class_names]
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (share of each true class; counts in cells)")
+    for t in range(len(names)):
+        for p in range(len(names)):
+            if confusion[t, p]:
+                ax.text(p, t, f"{confusion[t, p]}", ha="center", va="center", fontsize=8,
+                        color="white" if shares[t, p] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of true class")
+    return _save(fig, path)
+
+
+def plot_per_class_accuracy(recalls, class_names, path, overall: float | None = None) -> Path:
+    """Horizontal bars: accuracy (recall) of each class, worst at the bottom."""
+    plt = _pyplot()
+    order = np.argsort(recalls)
+    fig, ax = plt.subplots(figsize=(7, 4.6), constrained_layout=True)
+    values = np.asarray(recalls)[order]
+    bars = ax.barh([_short(class_names[i]) for i in order], values, color=TRAIN_COLOR)
+    for bar, value in zip(bars, values):
+        ax.text(value - 0.005, bar.get_y() + bar.get_height() / 2, f"{value:.3f}",
+                ha="right", va="center", color="white", fontsize=9)
+    if overall is not None:
+        ax.axvline(overall, color=VAL_COLOR, linestyle="--", label=f"overall {overall:.4f}")
+        ax.legend(loc="lower right")
+    ax.set_xlim(max(0.0, float(values.min()) - 0.1), 1.0)
+    ax.set_xlabel("accuracy on the class's test images (recall)")
+    ax.set_title("Per-class accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_gallery(images, true, predicted, confidence, class_names, path,
+                 title: str = "Misclassified test images", columns: int = 8) -> Path:
+    """A grid of images captioned 'true -> predicted (confidence)'."""
+    plt = _pyplot()
+    count = len(images)
+    rows = max(1, -(-count // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.45, rows * 1.75),
+                             constrained_layout=True, squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index >= count:
+            continue
+        ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{_short(class_names[true[index]])}\n→ {_short(class_names[predicted[index]])}"
+                     f" {confidence[index]:.2f}", fontsize=7.5)
+    fig.suptitle(f"{title} (true → predicted, confidence)", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_reliability(bins: list[dict], ece: float, path) -> Path:
+    """Accuracy against confidence per bin, with the diagonal of perfect calibration."""
+    plt = _pyplot()
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(6, 6.4), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1]},
+                                       constrained_layout=True)
+    filled = [b for b in bins if b["count"]]
+    width = bins[0]["high"] - bins[0]["low"]
+    centers = [(b["low"] + b["high"]) / 2 for b in filled]
+    ax.bar(centers, [b["accuracy"] for b in filled], width=width * 0.95, color=TRAIN_COLOR,
+           label="accuracy in bin")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot(centers, [b["confidence"] for b in filled], "o", color=VAL_COLOR, label="mean confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram (ECE {ece:.4f}, {len(bins)} bins)")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    ax_count.bar(centers, [b["count"] for b in filled], width=width * 0.95, color="#7f7f7f")
+    ax_count.set_yscale("log")
+    ax_count.set_xlabel("confidence (top probability)")
+    ax_count.set_ylabel("images")
+    ax_count.set_xlim(0, 1)
+    return _save(fig, path)
+
+
+def plot_samples(images, labels, class_names, path, per_class: int = 8) -> Path:
+    """The first ``per_class`` images of each class, one row per class."""
+    plt = _pyplot()
+    classes = len(class_names)
+    fig, axes = plt.subplots(classes, per_class, figsize=(per_class * 1.0, classes * 1.05),
+                             constrained_layout=True, squeeze=False)
+    for row, name in enumerate(class_names):
+        picks = np.flatnonzero(np.asarray(labels) == row)[:per_class]
+        for column, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if column < len(picks):
+                ax.imshow(images[picks[column]], cmap="gray", vmin=0, vmax=255)
+            if column == 0:
+                ax.set_ylabel(f"{row} {_short(name)}", rotation=0, ha="right", va="center",
+                              fontsize=9)
+    fig.suptitle("Fashion-MNIST: samples per class", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_time(points: list[dict], path) -> Path:
+    """Test accuracy against training seconds, one labelled point per run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for point in points:
+        ax.scatter(point["train_seconds"], point["test_accuracy"], s=45, color=TRAIN_COLOR)
+        ax.annotate(point["label"], (point["train_seconds"], point["test_accuracy"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training seconds (log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Test accuracy against training time")
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    plt = _pyplot()
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

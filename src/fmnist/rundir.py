@@ -58,3 +58,14 @@ def require_run_dir(run_dir: str | Path, needs: str = CONFIG) -> Path:
     if not (run_dir / needs).is_file():
         raise RunDirError(f"{run_dir} has no {needs}; pass a folder written by `fmnist train`")
     return run_dir
+
+
+def require_new_run_dir(run_dir: str | Path) -> Path:
+    """Refuse a run directory that exists and holds anything (a run would be overwritten)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise RunDirError(
+            f"{run_dir} already exists and is not empty; choose another --out, "
+            f"or continue it with --resume {run_dir}"
+        )
+    return run_dir

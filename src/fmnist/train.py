@@ -25,7 +25,7 @@ import numpy as np
 
 from fmnist import __version__, rundir
 from fmnist.data import NUM_CLASSES, load_split
-from fmnist.errors import RunDirError
+from fmnist.errors import FmnistError
 from fmnist.augment import Augmentation, augment_batch
 from fmnist.metrics import classification_metrics, predict_proba
 from fmnist.models import get_factory, model_preset
@@ -104,12 +104,7 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, data_dir=None,
     ``stop_after``: leave the run after this many epochs, unfinished but resumable (as a
     preempted job would be; `resume` continues it).
     """
-    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(config)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise RunDirError(
-            f"{run_dir} already exists and is not empty; choose another --out, "
-            f"or continue it with --resume {run_dir}"
-        )
+    run_dir = rundir.require_new_run_dir(out_dir if out_dir is not None else default_run_dir(config))
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(run_dir / rundir.CONFIG, {
         **dataclasses.asdict(config),
@@ -219,7 +214,11 @@ def compile_for_training(model, config: TrainConfig, total_steps: int):
 
 def _new_model(config: TrainConfig, total_steps: int):
     _configure_determinism(config.seed)  # the same initial weights every time
-    model = get_factory(config.model)(**config.model_options)
+    try:
+        model = get_factory(config.model)(**config.model_options)
+    except (TypeError, ValueError) as error:  # a --model-option of the wrong kind
+        raise FmnistError(f"cannot build {config.model} with options {config.model_options}: "
+                          f"{error}; see the factory's arguments in `fmnist models`") from None
     return compile_for_training(model, config, total_steps)
 
 
@@ -240,8 +239,9 @@ def _epochs_within_budget(config: TrainConfig, x_train, y_train, n_val: int) -> 
     stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: stamps.append(time.perf_counter()))
     model.fit(training_batches(x_train, y_train, config, 0, 1), steps_per_epoch=min(PROBE_STEPS, steps),
               epochs=1, verbose=0, shuffle=False, callbacks=[stamp])
-    step_seconds = float(np.median(np.diff(stamps[4:]))) if len(stamps) > 6 else float(
-        np.median(np.diff(stamps))) if len(stamps) > 1 else 0.1
+    # Median step time, leaving out the first steps (graph tracing, warm-up).
+    steady = stamps[4:] if len(stamps) > 6 else stamps
+    step_seconds = float(np.median(np.diff(steady))) if len(steady) > 1 else 0.1
     # An epoch: its training steps plus validation, a forward pass (about 1/3 of a step).
     epoch_seconds = step_seconds * (steps + steps_per_epoch(n_val, config.batch_size) / 3)
     probe_seconds = time.perf_counter() - started
