@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -404,8 +405,6 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         for seed in range(seed_start, seed_start + seeds):
             out = out_dir / f"{model}-seed{seed}"
             if out.exists():
-                import shutil
-
                 shutil.rmtree(out)
             log(f"bench: training {model} seed {seed} ...", flush=True)
             runs.append(run_training(model, seed, out, data_dir, extra or []))

@@ -38,24 +38,23 @@ def _int_at_least(minimum: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def _float_where(accept, requirement: str):
+    """An argparse type: a finite float for which ``accept(value)`` holds."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (accept(value) and value < float("inf")):  # NaN fails every comparison
+            raise argparse.ArgumentTypeError(f"{requirement}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+_positive_float = _float_where(lambda value: value > 0, "must be a positive number")
+_non_negative_float = _float_where(lambda value: value >= 0, "must be a number >= 0")
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -218,7 +217,8 @@ def _cmd_data(args) -> int:
         else:
             failed += 1
             print(f"  BAD   {report.problem}")
-    counts = {r.spec.split: r.labels for r in reports if r.labels is not None}
+    arrays = {(r.spec.split, r.spec.kind): r.array for r in reports if r.array is not None}
+    counts = {split: labels for (split, kind), labels in arrays.items() if kind == "labels"}
     if counts:
         import numpy as np
 
@@ -233,10 +233,9 @@ def _cmd_data(args) -> int:
               file=sys.stderr)
         return 1
     if args.show:
-        from fmnist.data import load_split
         from fmnist.plots import plot_samples
 
-        images, labels = load_split("train", args.data_dir)
+        images, labels = arrays[("train", "images")], arrays[("train", "labels")]
         print(f"\nsamples: {plot_samples(images, labels, CLASS_NAMES, args.out)}")
     return 0
 

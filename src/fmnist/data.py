@@ -347,7 +347,7 @@ class FileReport:
     path: Path
     verified: str | None  # how it verified, or None
     problem: str | None  # the error message when it did not
-    labels: np.ndarray | None  # the labels, for label files that verified
+    array: np.ndarray | None  # the decoded file, when it verified
 
 
 def inspect(data_dir: str | os.PathLike | None = None) -> tuple[DataSource, list[FileReport]]:
@@ -360,6 +360,5 @@ def inspect(data_dir: str | os.PathLike | None = None) -> tuple[DataSource, list
         except DataError as error:
             reports.append(FileReport(spec, source.directory / spec.name, None, str(error), None))
         else:
-            labels = array if spec.kind == "labels" else None
-            reports.append(FileReport(spec, source.directory / spec.name, how, None, labels))
+            reports.append(FileReport(spec, source.directory / spec.name, how, None, array))
     return source, reports

@@ -42,7 +42,7 @@ def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None, tta: bool =
 
     metrics_path = run_dir / rundir.METRICS
     metrics = rundir.read_json(metrics_path) if metrics_path.exists() else {}
-    metrics.update(test_report(probabilities, y_test))
+    metrics.update(score_test_set(probabilities, y_test))
     metrics.update({"n_test": int(len(y_test)), "tta": tta})
     if tta:
         averaged = (probabilities + predict_proba(model, mirrored(x_test))) / 2
@@ -58,7 +58,7 @@ def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None, tta: bool =
     return metrics
 
 
-def test_report(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+def score_test_set(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     """Every test-set number of the report, as metrics.json keys (plain predictions)."""
     predicted = probabilities.argmax(axis=1)
     confusion = confusion_matrix(labels, predicted, classes=len(CLASS_NAMES))
