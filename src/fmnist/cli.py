@@ -389,27 +389,16 @@ def _cmd_evaluate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    commands = {"data": _cmd_data, "train": _cmd_train, "evaluate": _cmd_evaluate,
+                "models": _cmd_models, "bench": _cmd_bench, "compare": _cmd_compare}
     try:
-        if args.command == "data":
-            return _cmd_data(args)
-        if args.command == "train":
-            return _cmd_train(args)
-        if args.command == "evaluate":
-            return _cmd_evaluate(args)
-        if args.command == "models":
-            return _cmd_models(args)
-        if args.command == "bench":
-            return _cmd_bench(args)
-        if args.command == "compare":
-            return _cmd_compare(args)
+        return commands[args.command](args)
     except FmnistError as error:
         print(f"fmnist {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"fmnist {args.command}: interrupted", file=sys.stderr)
         return 130
-    parser.error(f"unknown command {args.command!r}")
-    return 2
 
 
 if __name__ == "__main__":
