@@ -195,6 +195,51 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action="store_true",
                           help="also report test-time augmentation (mean of image and its mirror)")
     _add_data_dir(evaluate)
+
+    predict = commands.add_parser(
+        "predict", help="classify image files with a trained model",
+        description="Classify image files (PNG, JPEG, ...: photos, scans, drawings). Each "
+                    "image is converted like Fashion-MNIST's own: grayscale, inverted when "
+                    "its background is light, cropped to the object, fitted into 28x28.")
+    predict.add_argument("model", metavar="MODEL", help="run directory, .keras or .onnx file")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--top-k", type=_int_at_least(1), default=3,
+                         help="classes to show per image (default: 3)")
+    predict.add_argument("--json", action="store_true",
+                         help="one JSON object per image and line, instead of a table")
+    predict.add_argument("--engine", choices=("keras", "onnx"),
+                         help="for a run directory: keras (default) or onnx (needs `fmnist export`)")
+    predict.set_defaults(subparser=predict)
+
+    export = commands.add_parser(
+        "export", help="export a trained model to ONNX, verified against Keras",
+        description="Write RUN_DIR/model.onnx (float32, dynamic batch, raw 0..255 pixels in, "
+                    "probabilities out) and check it against the Keras model on the 10,000 "
+                    "test images: probabilities within the tolerance and the same class for "
+                    "every image, or nothing is written.")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="(default: onnx)")
+    export.add_argument("--out", metavar="FILE", help="(default: RUN_DIR/model.onnx)")
+    export.add_argument("--tolerance", type=_positive_float, default=1e-4,
+                        help="largest allowed probability difference (default: 1e-4)")
+    _add_data_dir(export)
+
+    serve = commands.add_parser(
+        "serve", help="serve a model over HTTP: REST API and a web page",
+        description="Serve MODEL with FastAPI/uvicorn: the web page at /, the API under /v1 "
+                    "(POST /v1/predict, POST /v1/predict/pixels, GET /v1/model), /health, "
+                    "OpenAPI docs at /docs.")
+    serve.add_argument("model", metavar="MODEL", help="run directory, .keras or .onnx file")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=_int_at_least(0), default=8000, help="(default: 8000)")
+    serve.add_argument("--engine", choices=("keras", "onnx"),
+                       help="for a run directory: keras (default) or onnx (needs `fmnist export`)")
+    serve.add_argument("--max-upload-mb", type=_positive_float, default=5.0,
+                       help="largest request body in MB (default: 5)")
+    serve.add_argument("--max-images", type=_int_at_least(1), default=64,
+                       help="most images per request (default: 64)")
+    serve.set_defaults(subparser=serve)
     return parser
 
 
@@ -386,11 +431,80 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    import json
+    from pathlib import Path
+
+    from fmnist.images import ImageInputError, load_for_model
+    from fmnist.predict import Predictor, locate
+
+    locate(args.model, args.engine)  # a bad path fails here, before TensorFlow loads
+    missing = [name for name in args.images if not Path(name).is_file()]
+    if missing:
+        raise FmnistError(f"no such image file: {missing[0]}" +
+                          (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    processed, failures = {}, 0
+    for name in args.images:
+        try:
+            processed[name] = load_for_model(name, name)
+        except ImageInputError as error:
+            failures += 1
+            print(json.dumps({"image": name, "error": str(error)}) if args.json else
+                  f"fmnist predict: error: {error}", file=sys.stdout if args.json else sys.stderr)
+    if processed:
+        predictor = Predictor.load(args.model, args.engine)
+        predictions = predictor.predict(list(processed.values()), k=args.top_k)
+        for name, prediction in zip(processed, predictions):
+            if args.json:
+                print(json.dumps({"image": name, **prediction.to_dict()}))
+                continue
+            print(name)
+            for rank, score in enumerate(prediction.top_k, 1):
+                print(f"  {rank}. {score.label:<12} {100 * score.probability:6.2f}%")
+    return 1 if failures else 0
+
+
+def _cmd_export(args) -> int:
+    from fmnist import rundir
+    from fmnist.data import load_split
+
+    rundir.require_run_dir(args.run_dir, needs=rundir.MODEL)  # before TensorFlow loads
+    test_images, _ = load_split("test", args.data_dir)
+
+    from fmnist.export import export_onnx
+
+    report = export_onnx(args.run_dir, test_images, out=args.out, tolerance=args.tolerance)
+    print(f"wrote {report['onnx']} (opset {report['opset']}): on {report['images']:,} test "
+          f"images max |p_keras - p_onnx| = {report['max_abs_difference']:.1e} "
+          f"(limit {report['tolerance']:.0e}), {report['class_mismatches']} class differences")
+    if report["mixed_precision_trained"]:
+        print(f"the model was trained in mixed bfloat16; the float32 export agrees with it on "
+              f"{100 * report['agreement_with_trained_model']:.2f}% of the classes")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from fmnist.predict import Predictor, locate
+
+    locate(args.model, args.engine)  # a bad path fails here, before TensorFlow loads
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"fmnist serve: warning: binding {args.host} exposes the server beyond this "
+              "machine; there is no authentication", file=sys.stderr)
+    predictor = Predictor.load(args.model, args.engine)
+
+    from fmnist.serve import serve
+
+    serve(predictor, host=args.host, port=args.port,
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_images=args.max_images)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     commands = {"data": _cmd_data, "train": _cmd_train, "evaluate": _cmd_evaluate,
-                "models": _cmd_models, "bench": _cmd_bench, "compare": _cmd_compare}
+                "models": _cmd_models, "bench": _cmd_bench, "compare": _cmd_compare,
+                "predict": _cmd_predict, "export": _cmd_export, "serve": _cmd_serve}
     try:
         return commands[args.command](args)
     except FmnistError as error:

@@ -1,0 +1,157 @@
+"""`fmnist export`: a trained model as a portable, verified ONNX file.
+
+The exported graph is float32 end to end (models trained in mixed bfloat16 are rebuilt
+with a float32 policy and the same weights first; bfloat16 is a training speed-up, not
+something an ONNX consumer should have to support), takes raw pixels ``pixels``: float32
+(N, 28, 28), values 0..255, and returns ``probabilities``: float32 (N, 10). The batch
+dimension is dynamic. No augmentation is inside: fmnist augments in the input pipeline.
+
+The file is written to a temporary name, checked against Keras on the test images
+(largest absolute probability difference <= ``tolerance`` and the same class for every
+image) and only then renamed into place; a failed check leaves no model.onnx behind. The
+test images serve only this numerical comparison, never a choice between models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from fmnist import __version__, rundir
+from fmnist.data import CLASS_NAMES
+from fmnist.errors import FmnistError
+
+TOLERANCE = 1e-4
+INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+
+
+class ExportError(FmnistError):
+    """The exported model does not match the Keras model."""
+
+
+def float32_copy(model):
+    """The same network and weights with every layer computing in float32.
+
+    Mixed-precision layers carry their ``DTypePolicy`` in their config; replacing each by
+    "float32" and rebuilding gives a model whose variables line up one to one.
+    """
+
+    def to_float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy":
+                return "float32"
+            return {key: to_float32(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [to_float32(value) for value in node]
+        return node
+
+    copy = model.__class__.from_config(to_float32(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _rename_and_describe(path: Path, model_name: str) -> None:
+    """Give the graph's input and output stable names and record what the model is."""
+    import onnx
+
+    graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    renames = {graph.input[0].name: INPUT_NAME, graph.output[0].name: OUTPUT_NAME}
+    for value in (*graph.input, *graph.output):
+        value.name = renames.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    meta = {"fmnist_model": model_name, "fmnist_version": __version__,
+            "classes": json.dumps(list(CLASS_NAMES)),
+            "input": "pixels: float32 (N, 28, 28), 0..255, light object on black"}
+    del graph_model.metadata_props[:]
+    for key, value in meta.items():
+        graph_model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(graph_model)
+    onnx.save(graph_model, str(path))
+
+
+def _predict(function, images: np.ndarray, batch: int = 1024) -> np.ndarray:
+    return np.concatenate([np.asarray(function(images[i:i + batch]), dtype=np.float32)
+                           for i in range(0, len(images), batch)])
+
+
+def export_onnx(source: str | os.PathLike, images: np.ndarray, out: str | os.PathLike | None = None,
+                tolerance: float = TOLERANCE) -> dict:
+    """Export a run directory's (or a .keras file's) model to ONNX and verify it on ``images``.
+
+    ``images``: uint8 (N, 28, 28), normally the 10,000 test images. Returns the parity
+    report, also written next to the ONNX file (:func:`report_path`). Raises :class:`ExportError`
+    (and leaves nothing behind) when the check fails.
+    """
+    import keras
+    import onnxruntime
+
+    source = Path(source)
+    keras_path = source / rundir.MODEL if source.is_dir() else source
+    if not keras_path.is_file():
+        raise FmnistError(f"{keras_path} does not exist; pass a run directory of `fmnist train`")
+    out = Path(out) if out else keras_path.with_name("model.onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config_path = keras_path.parent / rundir.CONFIG
+    model_name = (rundir.read_json(config_path).get("model") if config_path.is_file()
+                  else keras_path.stem)
+
+    trained = keras.saving.load_model(keras_path, compile=False, safe_mode=True)
+    model = float32_copy(trained)
+    tmp = out.with_name(f".{out.stem}.tmp.onnx")
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings():  # Keras' tf2onnx shim probes np.object, deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            model.export(str(tmp), format="onnx", verbose=False,
+                         input_signature=[keras.InputSpec(shape=(None, 28, 28), dtype="float32")])
+        _rename_and_describe(tmp, model_name)
+        export_seconds = time.perf_counter() - started
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        pixels = np.asarray(images, dtype=np.float32)
+        onnx_probs = _predict(lambda x: session.run(None, {INPUT_NAME: x})[0], pixels)
+        keras_probs = _predict(model.predict_on_batch, pixels)
+        trained_classes = (_predict(trained.predict_on_batch, pixels).argmax(1)
+                           if _mixed(trained) else keras_probs.argmax(1))
+        difference = float(np.abs(onnx_probs - keras_probs).max())
+        mismatches = int((onnx_probs.argmax(1) != keras_probs.argmax(1)).sum())
+        report = {"onnx": str(out), "source": str(keras_path), "model": model_name,
+                  "images": int(len(pixels)), "max_abs_difference": difference,
+                  "tolerance": tolerance, "class_mismatches": mismatches,
+                  "mixed_precision_trained": _mixed(trained),
+                  "agreement_with_trained_model": float(
+                      (onnx_probs.argmax(1) == trained_classes).mean()),
+                  "export_seconds": export_seconds, "onnxruntime": onnxruntime.__version__,
+                  "opset": _opset(tmp)}
+        if difference > tolerance or mismatches:
+            raise ExportError(
+                f"ONNX check failed on {len(pixels)} images: max |p_keras - p_onnx| = "
+                f"{difference:.2e} (limit {tolerance:.0e}), {mismatches} different classes; "
+                "nothing was written")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    rundir.write_json(report_path(out), report)
+    return report
+
+
+def report_path(onnx_path: Path) -> Path:
+    """Where the parity report of an ONNX file goes: model.onnx -> model.onnx.json."""
+    return onnx_path.with_name(onnx_path.name + ".json")
+
+
+def _mixed(model) -> bool:
+    return any(layer.dtype_policy.compute_dtype != "float32" for layer in model.layers)
+
+
+def _opset(path: Path) -> int:
+    import onnx
+
+    return max(entry.version for entry in onnx.load(str(path)).opset_import if entry.domain in ("", "ai.onnx"))

@@ -1,0 +1,191 @@
+"""`fmnist serve`: a FastAPI application around a :class:`~fmnist.predict.Predictor`.
+
+:func:`create_app` receives an already loaded predictor, so importing this module loads
+no model and tests can build apps around any predictor. Endpoints:
+
+    GET  /                   the web page (pick, drop or draw an image)
+    GET  /health             {"status": "ok"}
+    GET  /v1/model           name, engine, classes, input spec, the run's test metrics
+    POST /v1/predict         multipart field ``files`` (one or more images)
+    POST /v1/predict/pixels  JSON {"pixels": 28x28 array of 0..255, or a list of them}
+    GET  /docs               OpenAPI documentation
+
+Bad input is answered with a 4xx and a JSON body ``{"detail": "what is wrong"}``: 413 for
+a request body over ``max_upload_bytes`` (counted while it streams in, so a huge upload
+is never held in memory) or an image over the pixel cap, 415 for something that is not a
+supported image, 422 for malformed JSON, wrong shapes, out-of-range values or too many
+images.
+"""
+
+
+import threading
+from importlib import resources
+
+import numpy as np
+
+from fmnist.images import MAX_PIXELS, ImageInputError, load_for_model
+from fmnist.predict import Prediction, Predictor, top_k
+
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+MAX_IMAGES = 64
+MAX_TOP_K = 10
+
+
+class BodySizeLimit:
+    """ASGI middleware: answer 413 to request bodies over ``limit`` bytes.
+
+    A declared Content-Length over the limit is refused before anything is read. A body
+    that streams past the limit (chunked, or lying about its length) is cut off: reading
+    stops, and whatever response the app was about to send is replaced by the 413.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._too_large(send)
+        received, exceeded, replaced = 0, False, False
+
+        async def limited_receive():
+            nonlocal received, exceeded
+            if exceeded:  # the app keeps reading after the cut: tell it the client left
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            nonlocal replaced
+            if exceeded:
+                if not replaced:
+                    replaced = True
+                    await self._too_large(send)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+            if not replaced:  # the app gave up on the disconnected body without answering
+                await self._too_large(send)
+
+    async def _too_large(self, send):
+        from starlette.responses import JSONResponse
+
+        response = JSONResponse(
+            {"detail": f"request body over the {self.limit:,}-byte limit; send smaller or "
+                       "fewer images"}, status_code=413)
+        await response({"type": "http"}, None, send)
+
+
+def _page() -> str:
+    return resources.files("fmnist").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS):
+    """The FastAPI app serving ``predictor``; limits as in the module docstring."""
+    from typing import Annotated
+
+    from fastapi import FastAPI, File, Query, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from pydantic import BaseModel, Field
+
+    from fmnist import __version__
+
+    app = FastAPI(title="fmnist", version=__version__,
+                  description="Fashion-MNIST classification: upload garment images or send "
+                              "28x28 pixel arrays; get the top-k classes.")
+    app.add_middleware(BodySizeLimit, limit=max_upload_bytes)
+    # Keras models are not guaranteed safe under concurrent calls; onnxruntime sessions are.
+    engine_lock = threading.Lock() if predictor.engine.name == "keras" else None
+    page = _page()
+
+    @app.exception_handler(ImageInputError)
+    async def image_error(request: Request, error: ImageInputError):
+        return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+            problems.append(f"{where or 'body'}: {item.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(problems)[:500] or "invalid request"},
+                            status_code=422)
+
+    def probabilities(pixels: np.ndarray) -> np.ndarray:
+        if engine_lock is None:
+            return predictor.probabilities(pixels)
+        with engine_lock:
+            return predictor.probabilities(pixels)
+
+    def check_count(count: int) -> None:
+        if count == 0:
+            raise ImageInputError("no images in the request; send at least one")
+        if count > max_images:
+            raise ImageInputError(f"{count} images in one request; the limit is {max_images}")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index():
+        return page
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    def model_info():
+        return {**predictor.describe(), "limits": {"max_upload_bytes": max_upload_bytes,
+                                                   "max_images": max_images,
+                                                   "max_pixels": max_pixels}}
+
+    @app.post("/v1/predict")
+    def predict_files(
+        files: Annotated[list[UploadFile], File(description="one or more images (PNG, JPEG, ...)")],
+        k: Annotated[int, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = 3,
+        include_input: Annotated[bool, Query(description="also return the processed 28x28 input")] = False,
+    ):
+        check_count(len(files))
+        processed = [load_for_model(upload.file.read(max_upload_bytes + 1),
+                                    upload.filename or f"file {index}", max_pixels)
+                     for index, upload in enumerate(files)]
+        rows = probabilities(np.stack([p.pixels for p in processed]))
+        return {"model": predictor.name, "engine": predictor.engine.name, "predictions": [
+            Prediction(top_k(row, k), p.pixels, upload.filename or "", p.inverted)
+            .to_dict(include_input) for upload, p, row in zip(files, processed, rows)]}
+
+    class PixelsRequest(BaseModel):
+        pixels: list = Field(description="one 28x28 array of values 0..255 (light on black, "
+                                         "as in Fashion-MNIST), or a list of such arrays")
+        top_k: int = Field(3, ge=1, le=MAX_TOP_K)
+
+    @app.post("/v1/predict/pixels")
+    def predict_pixels(request: PixelsRequest):
+        from fmnist.predict import as_pixel_batch
+
+        batch = as_pixel_batch(request.pixels)
+        check_count(len(batch))
+        rows = probabilities(batch)
+        return {"model": predictor.name, "engine": predictor.engine.name, "predictions": [
+            {"top_k": [vars(score) for score in top_k(row, request.top_k)]} for row in rows]}
+
+    return app
+
+
+def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, **limits) -> None:
+    """Run the app with uvicorn until interrupted (one process; the model is loaded once)."""
+    import uvicorn
+
+    uvicorn.run(create_app(predictor, **limits), host=host, port=port, log_level="info")
