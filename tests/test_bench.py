@@ -64,3 +64,24 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, tmp_path):
     markdown = (tmp_path / "BENCH.md").read_text()
     assert "| `mlp` | CPU |" in markdown and report["machine"]["cpu"] in markdown
     assert "| `mlp` | CPU |" in readme.read_text()
+    # The same bench file gains the inference and the serving sections.
+    common = ["--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
+              "--readme", "", "--data-dir", str(real_data_dir)]
+    inference = run_cli("bench", "--inference", "--runs-dir", str(tmp_path / "runs"), *common)
+    assert inference.returncode == 0, inference.stderr[-2000:]
+    (engines,) = json.loads((tmp_path / "bench.json").read_text())["inference"]
+    assert engines["model"] == "mlp" and engines["images"] == 10_000
+    assert engines["max_abs_difference"] <= 1e-4 and engines["class_mismatches"] == 0
+    assert engines["onnx_images_per_second"] > 1000 and engines["keras_one_image_ms"] > 0
+    assert (tmp_path / "runs" / "mlp-seed0" / "model.onnx").is_file()
+    served = run_cli("bench", "--serve", str(tmp_path / "runs" / "mlp-seed0"), "--engine", "onnx",
+                     "--requests", "150", "--clients", "2", "4", *common)
+    assert served.returncode == 0, served.stderr[-2000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    (load,) = report["serve"]
+    assert load["engine"] == "onnx" and [lv["clients"] for lv in load["levels"]] == [2, 4]
+    assert all(lv["errors"] == 0 and lv["requests"] == 150 and lv["p50_ms"] <= lv["p99_ms"]
+               for lv in load["levels"])
+    assert load["memory"]["after_all_mb"] > 50 and len(report["rows"]) == 1
+    markdown = (tmp_path / "BENCH.md").read_text()
+    assert "## Inference engines" in markdown and "| 4 | 150 |" in markdown

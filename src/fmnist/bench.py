@@ -35,6 +35,8 @@ TARGETS = {  # model -> (test accuracy target, training-seconds limit or None)
     "cnn-best": (0.950, 3600.0),
 }
 TIME_TO_ACCURACY = 0.91  # validation accuracy whose time-to-reach is compared
+ONNX_TARGET = ("cnn-fast", 30_000)  # onnxruntime images/s at batch 1024
+SERVE_TARGETS = {"p50_ms": 10.0, "p99_ms": 50.0, "clients": 8, "growth_percent": 10.0}
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -121,6 +123,95 @@ def predict_throughput(model_path: Path, batch: int = 1024, batches: int = 10) -
         model.predict_on_batch(images)
         times.append(time.perf_counter() - started)
     return batch / float(np.median(times))
+
+
+def engine_speed(engine, batch: int = 1024, batches: int = 10, singles: int = 200) -> dict:
+    """Images/s of ``engine`` ((N, 28, 28) float32 -> (N, 10)) at ``batch``, and the
+    median latency of one image, after warm-up."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, 28, 28)).astype(np.float32)
+    for _ in range(3):
+        engine(images)
+        engine(images[:1])
+    times = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        engine(images)
+        times.append(time.perf_counter() - started)
+    single = []
+    for index in range(singles):
+        started = time.perf_counter()
+        engine(images[index % batch:index % batch + 1])
+        single.append(time.perf_counter() - started)
+    return {"images_per_second": batch / float(np.median(times)),
+            "one_image_ms": 1000 * float(np.median(single))}
+
+
+def measure_inference(rows: list[dict], runs_dir: Path, test_images: np.ndarray, log=print) -> list[dict]:
+    """Keras vs onnxruntime on each benchmarked model's first-seed run.
+
+    Exports ``model.onnx`` into the run (checked on ``test_images``, normally all 10,000)
+    and times both engines on the same random batch.
+    """
+    from fmnist.export import export_onnx
+    from fmnist.predict import KerasEngine, OnnxEngine
+
+    results = []
+    for row in rows:
+        run = runs_dir / f"{row['model']}-seed{row['seeds'][0]}"
+        if not (run / rundir.MODEL).is_file():
+            log(f"bench: no {run / rundir.MODEL}; skipping {row['model']}", flush=True)
+            continue
+        log(f"bench: exporting and timing {row['model']} ...", flush=True)
+        parity = export_onnx(run, test_images)
+        keras_speed = engine_speed(KerasEngine(run / rundir.MODEL))
+        onnx_speed = engine_speed(OnnxEngine(run / "model.onnx"))
+        results.append({
+            "model": row["model"], "device": row["device"], "run": str(run),
+            "keras_images_per_second": keras_speed["images_per_second"],
+            "keras_one_image_ms": keras_speed["one_image_ms"],
+            "onnx_images_per_second": onnx_speed["images_per_second"],
+            "onnx_one_image_ms": onnx_speed["one_image_ms"],
+            **{key: parity[key] for key in ("images", "max_abs_difference", "class_mismatches",
+                                            "mixed_precision_trained",
+                                            "agreement_with_trained_model", "opset",
+                                            "onnxruntime")}})
+    return results
+
+
+def run_inference_bench(json_path: Path, markdown_path: Path, readme_path: Path | None,
+                        runs_dir: Path, test_images: np.ndarray, command: str, log=print) -> dict:
+    """Add Keras/onnxruntime throughput and ONNX parity for the stored rows to bench.json."""
+    if not json_path.is_file():
+        raise FmnistError(f"{json_path} does not exist; run `fmnist bench` first")
+    report = json.loads(json_path.read_text())
+    device = device_name()
+    rows = [row for row in report["rows"] if row["device"] == device]
+    report["inference"] = measure_inference(rows, runs_dir, test_images, log)
+    report["inference_command"] = command
+    report["inference_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rundir.write_json(json_path, report)
+    render(report, markdown_path, readme_path)
+    return report
+
+
+def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_path: Path,
+                    readme_path: Path | None, images: np.ndarray, requests: int, clients: list[int],
+                    command: str, log=print) -> dict:
+    """Load-test `fmnist serve MODEL` and store the result in bench.json."""
+    from fmnist.loadtest import run_load_test
+
+    report = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": []}
+    result = run_load_test(model, images, engine=engine, requests=requests, concurrency=clients,
+                           log=log)
+    result.update({"command": command,
+                   "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    report["serve"] = [old for old in report.get("serve", []) if old["engine"] != result["engine"]]
+    report["serve"].append(result)
+    report.setdefault("machine", machine())
+    rundir.write_json(json_path, report)
+    render(report, markdown_path, readme_path)
+    return result
 
 
 def run_training(model: str, seed: int, out: Path, data_dir, extra: list[str]) -> dict:
@@ -312,6 +403,78 @@ def _secs(value) -> str:
     return "never" if value is None else f"{value:.1f} s"
 
 
+def inference_section(report: dict) -> str:
+    rows = report.get("inference")
+    if not rows:
+        return "Not measured yet: `fmnist bench --inference`."
+    lines = [f"Written by `{report['inference_command']}` on {report['inference_utc']}.", "",
+             "| model | device | Keras img/s | onnxruntime img/s | speed-up | 1 image: Keras ms "
+             "| 1 image: onnxruntime ms | ONNX vs Keras max abs diff (test images) | "
+             "class differences | agrees with the bf16-trained model |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+    for row in rows:
+        agreement = (f"{100 * row['agreement_with_trained_model']:.2f}%"
+                     if row["mixed_precision_trained"] else "(trained in float32)")
+        lines.append(
+            f"| `{row['model']}` | {row['device']} | {row['keras_images_per_second']:,.0f} | "
+            f"{row['onnx_images_per_second']:,.0f} | "
+            f"{row['onnx_images_per_second'] / row['keras_images_per_second']:.1f}x | "
+            f"{row['keras_one_image_ms']:.2f} | {row['onnx_one_image_ms']:.2f} | "
+            f"{row['max_abs_difference']:.1e} on {row['images']:,} | {row['class_mismatches']} | "
+            f"{agreement} |")
+    model, target = ONNX_TARGET
+    measured = next((r["onnx_images_per_second"] for r in rows if r["model"] == model), None)
+    if measured is not None:
+        verdict = "met" if measured >= target else "**not met**"
+        lines += ["", f"Target: `{model}` on onnxruntime >= {target:,} images/s at batch 1024: "
+                      f"{measured:,.0f}, {verdict}."]
+    lines += ["", "- *img/s*: images per second at batch 1024, median of 10 batches after "
+                  "warm-up, same random batch for both engines; *1 image*: median latency of "
+                  "200 single-image calls.",
+              "- The ONNX file is float32 (`fmnist export`); models trained in mixed bfloat16 "
+              "run in bfloat16 under Keras, so the last column compares the two precisions' "
+              "classes on the test images."]
+    return "\n".join(lines)
+
+
+def serve_section(report: dict) -> str:
+    results = report.get("serve")
+    if not results:
+        return "Not measured yet: `fmnist bench --serve RUN_DIR`."
+    parts = []
+    for result in results:
+        memory = result["memory"]
+        lines = [f"`{result['command']}` ({result['utc']}): model `{result['model']}`, engine "
+                 f"{result['engine']}, {result['endpoint']} with {result['image']}, "
+                 f"{result['warmup_requests']} warm-up requests first.", "",
+                 "| concurrent clients | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | "
+                 "errors | server CPU ms/request | server RSS after, MB |",
+                 "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for level in result["levels"]:
+            lines.append(
+                f"| {level['clients']} | {level['requests']:,} | {level['requests_per_second']:.0f} | "
+                f"{level['p50_ms']:.1f} | {level['p90_ms']:.1f} | {level['p99_ms']:.1f} | "
+                f"{level['max_ms']:.1f} | {level['errors']} | "
+                f"{level['server_cpu_ms_per_request']:.2f} | {level['server_rss_after_mb']:.0f} |")
+        lines += ["", f"Server memory: {memory['after_start_mb']:.0f} MB after start-up, "
+                      f"{memory['after_warmup_mb']:.0f} MB after warm-up, "
+                      f"{memory['after_all_mb']:.0f} MB after all requests "
+                      f"({memory['growth_percent']:+.1f}% since warm-up)."]
+        at = next((lv for lv in result["levels"] if lv["clients"] == SERVE_TARGETS["clients"]), None)
+        if at is not None:
+            checks = [("p50", at["p50_ms"] <= SERVE_TARGETS["p50_ms"], f"{at['p50_ms']:.1f} ms <= {SERVE_TARGETS['p50_ms']:.0f}"),
+                      ("p99", at["p99_ms"] <= SERVE_TARGETS["p99_ms"], f"{at['p99_ms']:.1f} ms <= {SERVE_TARGETS['p99_ms']:.0f}"),
+                      ("errors", sum(lv["errors"] for lv in result["levels"]) == 0, "0 errors"),
+                      ("memory", memory["growth_percent"] < SERVE_TARGETS["growth_percent"],
+                       f"growth {memory['growth_percent']:+.1f}% < {SERVE_TARGETS['growth_percent']:.0f}%")]
+            lines += ["", f"Targets at {SERVE_TARGETS['clients']} clients: " + "; ".join(
+                f"{name} {text}: {'met' if ok else '**not met**'}" for name, ok, text in checks) + "."]
+        parts.append("\n".join(lines))
+    parts.append("The load generator (asyncio + httpx, in the bench process) runs on the same "
+                  "machine as the server and competes with it for the cores.")
+    return "\n\n".join(parts)
+
+
 def render_markdown(report: dict) -> str:
     rows = report["rows"]
     m = report["machine"]
@@ -359,6 +522,14 @@ Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; Python {m['python']}, Ke
 ## Per-seed numbers
 
 {per_seed_table(rows)}
+
+## Inference engines: Keras vs onnxruntime
+
+{inference_section(report)}
+
+## Serving: load test of `fmnist serve`
+
+{serve_section(report)}
 """
 
 

@@ -171,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--render", action="store_true",
                        help="train nothing: regenerate BENCHMARKS.md and the README table from "
                             "the stored bench.json")
+    bench.add_argument("--inference", action="store_true",
+                       help="train nothing: export each benchmarked model's first run to ONNX "
+                            "(checked on the test set) and time Keras against onnxruntime")
+    bench.add_argument("--serve", metavar="MODEL",
+                       help="train nothing: load-test `fmnist serve MODEL` (run directory, "
+                            ".keras or .onnx) over loopback")
+    bench.add_argument("--engine", choices=("keras", "onnx"), help="engine for --serve")
+    bench.add_argument("--requests", type=_int_at_least(1), default=10_000,
+                       help="requests per concurrency level for --serve (default: 10000)")
+    bench.add_argument("--clients", type=_int_at_least(1), nargs="+", default=[8, 16],
+                       help="concurrency levels for --serve (default: 8 16)")
     bench.set_defaults(subparser=bench)
     _add_data_dir(bench)
 
@@ -235,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_int_at_least(0), default=8000, help="(default: 8000)")
     serve.add_argument("--engine", choices=("keras", "onnx"),
                        help="for a run directory: keras (default) or onnx (needs `fmnist export`)")
+    serve.add_argument("--threads", type=_int_at_least(1), default=1,
+                       help="onnxruntime threads per prediction (default: 1; requests run "
+                            "concurrently, so more rarely pays)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log a line per request (off by default: it costs ~0.3 ms each)")
     serve.add_argument("--max-upload-mb", type=_positive_float, default=5.0,
                        help="largest request body in MB (default: 5)")
     serve.add_argument("--max-images", type=_int_at_least(1), default=64,
@@ -396,6 +412,32 @@ def _cmd_bench(args) -> int:
                Path(args.readme) if args.readme else None)
         print(f"wrote {args.markdown} from {args.json}")
         return 0
+    command = " ".join(["fmnist", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "fmnist bench"
+    readme = Path(args.readme) if args.readme else None
+    if args.serve:
+        from fmnist.data import load_split
+        from fmnist.predict import locate
+
+        locate(args.serve, args.engine)
+        images, _ = load_split("test", args.data_dir)
+
+        from fmnist.bench import run_serve_bench
+
+        run_serve_bench(args.serve, args.engine, Path(args.json), Path(args.markdown), readme,
+                        images[:1000], args.requests, args.clients, command)
+        print(f"wrote {args.markdown} and {args.json}")
+        return 0
+    if args.inference:
+        from fmnist.data import load_split
+
+        images, _ = load_split("test", args.data_dir)
+
+        from fmnist.bench import run_inference_bench
+
+        run_inference_bench(Path(args.json), Path(args.markdown), readme, Path(args.runs_dir),
+                            images, command)
+        print(f"wrote {args.markdown} and {args.json}")
+        return 0
     models = args.models or list(DEFAULT_MODELS)
     for name in models:
         try:
@@ -406,7 +448,6 @@ def _cmd_bench(args) -> int:
 
     from fmnist.bench import run_bench
 
-    command = " ".join(["fmnist", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "fmnist bench"
     report = run_bench(models, args.seeds, Path(args.runs_dir), Path(args.json), Path(args.markdown),
                        Path(args.readme) if args.readme else None, data_dir=args.data_dir,
                        extra=args.train_arg, command=command, seed_start=args.seed_start)
@@ -490,11 +531,11 @@ def _cmd_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"fmnist serve: warning: binding {args.host} exposes the server beyond this "
               "machine; there is no authentication", file=sys.stderr)
-    predictor = Predictor.load(args.model, args.engine)
+    predictor = Predictor.load(args.model, args.engine, threads=args.threads)
 
     from fmnist.serve import serve
 
-    serve(predictor, host=args.host, port=args.port,
+    serve(predictor, host=args.host, port=args.port, access_log=args.access_log,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_images=args.max_images)
     return 0
 

@@ -83,11 +83,18 @@ class OnnxEngine:
 
     name = "onnx"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime
 
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            # Idle worker threads otherwise spin for a while after each run, burning a core
+            # a server needs for parsing the next request.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(str(path), options,
+                                                        providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped failures
             raise FmnistError(f"{path} is not a loadable ONNX model ({str(error).splitlines()[0]}); "
                               "export it again with `fmnist export RUN_DIR --format onnx`") from None
@@ -186,10 +193,16 @@ class Predictor:
         self.metrics = info.get("metrics", {})
 
     @classmethod
-    def load(cls, source: str | os.PathLike, engine: str | None = None) -> "Predictor":
-        """Load from a run directory (``engine``: keras, the default, or onnx), a .keras or .onnx file."""
+    def load(cls, source: str | os.PathLike, engine: str | None = None,
+             threads: int | None = None) -> "Predictor":
+        """Load from a run directory (``engine``: keras, the default, or onnx), a .keras or .onnx file.
+
+        ``threads``: onnxruntime's intra-op threads (default: one per core, spinning while
+        idle: best for big batches; a server answering one image at a time wants 1).
+        """
         files = locate(source, engine)
-        loaded = KerasEngine(files.path) if files.engine == "keras" else OnnxEngine(files.path)
+        loaded = (KerasEngine(files.path) if files.engine == "keras"
+                  else OnnxEngine(files.path, threads))
         return cls(loaded, files)
 
     def describe(self) -> dict:
