@@ -140,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its last checkpoint; takes its settings "
                             "from DIR/config.json, so no other training flag may be given")
+    train.add_argument("--config", metavar="FILE",
+                       help="start from the settings in this JSON file (e.g. the best_config.json "
+                            "of `fmnist tune`, or a run's config.json); flags override it")
+    scale = train.add_argument_group("scale and tracking")
+    scale.add_argument("--distribute", choices=("none", "mirrored", "multiworker"),
+                       help="data-parallel training: mirrored (local GPUs, or --cpu-replicas), "
+                            "multiworker (one process per worker, cluster in TF_CONFIG)")
+    scale.add_argument("--cpu-replicas", type=_int_at_least(1), metavar="N",
+                       help="without GPUs, split the CPU into N logical devices for the replicas")
+    scale.add_argument("--tensorboard", action="store_const", const=True,
+                       help="write TensorBoard logs (losses, accuracy, learning rate) to RUN_DIR/logs")
+    scale.add_argument("--tensorboard-histograms", action="store_const", const=True,
+                       help="with --tensorboard, also weight histograms every epoch")
     train.add_argument("--tta", action="store_true",
                        help="also evaluate with test-time augmentation (image + mirror)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -263,7 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
 _RUN_FLAGS = ("model", "model_options", "epochs", "time_budget", "batch_size", "optimizer",
               "learning_rate", "schedule", "weight_decay", "label_smoothing", "ema",
               "mixed_precision", "flip", "translate", "erase", "seed", "val_size",
-              "train_size", "test_size", "out")
+              "train_size", "test_size", "distribute", "cpu_replicas", "tensorboard",
+              "tensorboard_histograms", "out")
+
+
+def _read_config_file(path: str) -> dict:
+    """Training settings from a JSON object; keys that are not settings are ignored later
+    (a run's config.json also records versions and derived values)."""
+    import json
+    from pathlib import Path
+
+    try:
+        payload = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FmnistError(f"config file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FmnistError(f"config file {path} is not valid JSON ({error}); fix or regenerate it") from None
+    if not isinstance(payload, dict):
+        raise FmnistError(f"config file {path} must hold a JSON object of training settings")
+    return payload
 
 
 def _cmd_data(args) -> int:
@@ -302,6 +333,8 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from pathlib import Path
+
     from fmnist import rundir
     from fmnist.models import get_factory
 
@@ -314,6 +347,8 @@ def _cmd_train(args) -> int:
     else:
         if args.out:
             rundir.require_new_run_dir(args.out)  # before minutes of training, and of imports
+        base = _read_config_file(args.config) if args.config else {}
+        args.model = args.model or base.get("model")
         try:
             factory = get_factory(args.model or DEFAULT_MODEL)
         except FmnistError as error:
@@ -329,6 +364,11 @@ def _cmd_train(args) -> int:
     # Check every input before TensorFlow is imported: errors come in a second, on one
     # line, and a bad test file is caught before training rather than after it.
     from fmnist.data import load_data
+    from fmnist.distribute import tf_config
+
+    if args.distribute == "multiworker" and tf_config() is None:
+        raise FmnistError("--distribute multiworker needs TF_CONFIG describing the cluster "
+                          "(see README, 'Scale out')")
 
     if args.resume:
         rundir.require_run_dir(args.resume)
@@ -344,8 +384,16 @@ def _cmd_train(args) -> int:
         overrides = {name: getattr(args, name) for name in _RUN_FLAGS[1:-1]}
         if overrides["model_options"] is not None:
             overrides["model_options"] = dict(overrides["model_options"])
+        from_file = {key: value for key, value in base.items() if key != "model"}
+        overrides = {**from_file, **{k: v for k, v in overrides.items() if v is not None}}
         config = training.TrainConfig.for_model(args.model or DEFAULT_MODEL, **overrides)
         run_dir = training.train(config, out_dir=args.out, verbose=verbose, train_data=train_data)
+    from fmnist.distribute import is_chief
+
+    config_used = rundir.read_json(Path(run_dir) / rundir.CONFIG)
+    if config_used.get("distribute") == "multiworker" and not is_chief():
+        print(f"run: {run_dir} (worker; the chief evaluates on the test set)")
+        return 0
     metrics = evaluate_run(run_dir, test_data=test_data, tta=args.tta)
     print(f"run: {run_dir}")
     print(f"validation accuracy: {metrics['val_accuracy']:.4f}  "

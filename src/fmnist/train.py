@@ -12,6 +12,7 @@ and optimizer state) and ends with the same metrics as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -62,6 +63,10 @@ class TrainConfig:
     val_size: int = DEFAULT_VAL_SIZE  # validation images carved from the 60,000
     train_size: int | None = None  # None: all the rest (54,000 by default)
     test_size: int | None = None  # None: all 10,000 test images
+    distribute: str = "none"  # "none", "mirrored" or "multiworker" (see distribute.py)
+    cpu_replicas: int = 1  # without GPUs: logical CPU devices for the mirrored replicas
+    tensorboard: bool = False  # write TensorBoard logs into RUN_DIR/logs
+    tensorboard_histograms: bool = False  # ...with weight histograms every epoch
 
     @classmethod
     def from_json(cls, payload: dict) -> "TrainConfig":
@@ -180,6 +185,55 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
+def distributed_batches(strategy, x, y, config: TrainConfig, first_epoch: int, epochs: int):
+    """The training stream of :func:`training_batches`, split over the strategy's replicas.
+
+    ``config.batch_size`` images go to each replica per step; the global batch is that
+    times ``strategy.num_replicas_in_sync``. Global batch ``g`` holds the same images as
+    a single-process run with that batch size would (the epoch's seeded order, cut into
+    global batches; the last, incomplete one dropped so every replica gets a full
+    batch), and replica ``r`` of ``R`` takes its images ``r, r + R, ...``. Each worker's
+    input pipeline builds only the slices of its own replicas.
+    """
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
+    n = len(y)
+    steps = n // global_batch
+    orders = np.stack([epoch_order(config.seed, e, n)[:steps * global_batch]
+                       for e in range(first_epoch, epochs)]).reshape(-1, global_batch)
+    images, labels = tf.constant(x), tf.constant(y)
+    augmentation, one_hot = config.augmentation, config.label_smoothing > 0
+
+    def dataset_fn(context):
+        local = replicas // context.num_input_pipelines
+        first_replica = context.input_pipeline_id * local
+        # (global step, indices of one replica's share); local replicas take turns.
+        mine = np.stack([orders[:, first_replica + k::replicas] for k in range(local)], axis=1)
+        step_ids = np.arange(first_epoch * steps, first_epoch * steps + len(orders))
+
+        def gather(step, idx):
+            batch_images, batch_labels = tf.gather(images, idx), tf.gather(labels, idx)
+            if augmentation.active:
+                # Keyed by the global step and the replica, so replicas draw differently.
+                batch_images = augment_batch(batch_images, step, augmentation, config.seed)
+            if one_hot:
+                batch_labels = tf.one_hot(tf.cast(batch_labels, tf.int32), NUM_CLASSES)
+            # float32 on the wire: Keras averages a first batch across workers to build the
+            # model, and the collectives reduce floats only.
+            return tf.cast(batch_images, tf.float32), tf.cast(batch_labels, tf.float32)
+
+        keys = (step_ids[:, None] * replicas + first_replica + np.arange(local)[None, :]).ravel()
+        dataset = tf.data.Dataset.from_tensor_slices((keys, mine.reshape(-1, config.batch_size)))
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return (dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE).with_options(options))
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
 def compile_for_training(model, config: TrainConfig, total_steps: int):
     """Compile ``model`` with the run's optimizer, learning-rate schedule and loss."""
     learning_rate = config.learning_rate
@@ -257,32 +311,57 @@ def _fit(run_dir: Path, config: TrainConfig, train_data, verbose, stop_after=Non
     # With label smoothing the loss wants one-hot labels, during training only.
     y_val_fit = np.eye(NUM_CLASSES, dtype=np.float32)[y_val] if config.label_smoothing > 0 else y_val
 
+    from fmnist.distribute import make_strategy
+
+    strategy = make_strategy(config.distribute, config.cpu_replicas)  # before any TF op
     keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
     try:
+        replicas = strategy.num_replicas_in_sync if strategy else 1
+        if replicas > 1:  # linear scaling rule: replicas x the batch, replicas x the rate
+            config = dataclasses.replace(config, learning_rate=config.learning_rate * replicas)
+        steps = (steps_per_epoch(len(y_train), config.batch_size) if strategy is None
+                 else len(y_train) // (config.batch_size * replicas))
+        if steps == 0:
+            raise FmnistError(f"{len(y_train)} training images make no full global batch of "
+                              f"{config.batch_size} x {replicas} replicas; lower --batch-size")
         state_path = run_dir / rundir.STATE
-        if state_path.exists():
-            state = rundir.read_json(state_path)
-            done = int(state["epochs_done"])
-            _configure_determinism(config.seed)
-            model = keras.saving.load_model(run_dir / state["checkpoint"], safe_mode=True)
-            # history.json may hold one epoch more than the checkpoint if the kill came
-            # between the two writes; the checkpoint is the truth.
-            history = rundir.read_json(run_dir / rundir.HISTORY)[:done]
-        else:
-            done, history = 0, []
-            if config.time_budget:
-                config = _fix_epochs_to_budget(run_dir, config, x_train, y_train, len(y_val))
-            model = _new_model(config, config.epochs * steps_per_epoch(len(y_train), config.batch_size))
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            if state_path.exists():
+                state = rundir.read_json(state_path)
+                done = int(state["epochs_done"])
+                _configure_determinism(config.seed)
+                model = keras.saving.load_model(run_dir / state["checkpoint"], safe_mode=True)
+                # history.json may hold one epoch more than the checkpoint if the kill came
+                # between the two writes; the checkpoint is the truth.
+                history = rundir.read_json(run_dir / rundir.HISTORY)[:done]
+            else:
+                done, history = 0, []
+                _record(run_dir, replicas=replicas, global_batch_size=config.batch_size * replicas,
+                        scaled_learning_rate=config.learning_rate)
+                if config.time_budget:
+                    config = _fix_epochs_to_budget(run_dir, config, x_train, y_train, len(y_val))
+                model = _new_model(config, config.epochs * steps)
 
+        if isinstance(strategy, _multiworker_type()):
+            from fmnist.distribute import patch_keras_for_multiworker
+
+            patch_keras_for_multiworker(model, strategy)
         if done < config.epochs:
+            stream = (training_batches(x_train, y_train, config, done, config.epochs)
+                      if strategy is None else
+                      distributed_batches(strategy, x_train, y_train, config, done, config.epochs))
+            callbacks = [EpochCheckpoint(run_dir, history, config.time_budget,
+                                         _probe_seconds(run_dir), stop_after, config.seed)]
+            if config.tensorboard:
+                callbacks = [LogLearningRate(), *callbacks, keras.callbacks.TensorBoard(
+                    log_dir=str(run_dir / "logs"), update_freq="epoch",
+                    histogram_freq=1 if config.tensorboard_histograms else 0)]
             model.fit(
-                training_batches(x_train, y_train, config, done, config.epochs),
-                steps_per_epoch=steps_per_epoch(len(y_train), config.batch_size),
+                stream, steps_per_epoch=steps,
                 epochs=config.epochs, initial_epoch=done,
                 validation_data=(x_val, y_val_fit), validation_batch_size=1024,
                 shuffle=False,  # the stream is already in each epoch's seeded order
-                callbacks=[EpochCheckpoint(run_dir, history, config.time_budget,
-                                           _probe_seconds(run_dir), stop_after, config.seed)],
+                callbacks=callbacks,
                 verbose=verbose,
             )  # with EMA, fit ends by overwriting the weights with their average
             if stop_after is not None and len(history) < config.epochs:
@@ -293,6 +372,27 @@ def _fit(run_dir: Path, config: TrainConfig, train_data, verbose, stop_after=Non
         _finish(run_dir, config, model, history, len(y_train), (x_val, y_val))
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def _multiworker_type():
+    import tensorflow as tf
+
+    return tf.distribute.MultiWorkerMirroredStrategy
+
+
+def _record(run_dir: Path, **values) -> None:
+    """Add derived settings (replicas, scaled rate...) to config.json, for audit and resume."""
+    saved = rundir.read_json(run_dir / rundir.CONFIG)
+    saved.update(values)
+    rundir.write_json(run_dir / rundir.CONFIG, saved)
+
+
+class LogLearningRate(keras.callbacks.Callback):
+    """Put the optimizer's current learning rate into each epoch's logs (for TensorBoard)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
 def _fix_epochs_to_budget(run_dir: Path, config: TrainConfig, x_train, y_train, n_val: int):
