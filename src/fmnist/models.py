@@ -25,6 +25,8 @@ from fmnist.errors import UnknownModelError
 
 _REGISTRY: dict[str, Callable] = {}
 _PRESETS: dict[str, dict] = {}
+# `fmnist tune --model FAMILY`: family -> (registered model it tunes, space function).
+_SEARCH_SPACES: dict[str, tuple[str, Callable]] = {}
 
 
 def register(name: str, **preset) -> Callable[[Callable], Callable]:
@@ -38,6 +40,34 @@ def register(name: str, **preset) -> Callable[[Callable], Callable]:
         return factory
 
     return add
+
+
+def search_space(family: str, model: str) -> Callable[[Callable], Callable]:
+    """Decorator declaring the hyperparameter search space of ``family`` over ``model``.
+
+    The decorated function takes a KerasTuner ``HyperParameters`` object and returns
+    ``(model_options, recipe)``: factory arguments and TrainConfig overrides, drawn from
+    ``hp.Int`` / ``hp.Float`` / ``hp.Choice``. Everything not drawn is the model's preset.
+    """
+
+    def add(space: Callable) -> Callable:
+        get_factory(model)
+        _SEARCH_SPACES[family] = (model, space)
+        return space
+
+    return add
+
+
+def get_search_space(family: str) -> tuple[str, Callable]:
+    try:
+        return _SEARCH_SPACES[family]
+    except KeyError:
+        raise UnknownModelError(f"no search space {family!r}; choose one of: "
+                                f"{', '.join(search_families())}") from None
+
+
+def search_families() -> list[str]:
+    return list(_SEARCH_SPACES)
 
 
 def model_preset(name: str) -> dict:
@@ -225,6 +255,17 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
     return keras.Model(pixels, _probabilities(x), name=name)
 
 
+@search_space("mlp", model="mlp-plus")
+def mlp_space(hp):
+    """Dense networks: depth, width, dropout, AdamW peak rate, batch size."""
+    depth = hp.Int("depth", 1, 3)
+    units = hp.Choice("units", [128, 256, 512, 1024])
+    options = {"hidden_units": [units] * depth, "dropout": hp.Float("dropout", 0.0, 0.5, step=0.1)}
+    recipe = {"learning_rate": hp.Float("learning_rate", 3e-4, 1e-2, sampling="log"),
+              "batch_size": hp.Choice("batch_size", [128, 256, 512])}
+    return options, recipe
+
+
 @register("cnn-fast", epochs=10, batch_size=256, optimizer="sgd", learning_rate=0.2,
           weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, mixed_precision=True,
           flip=True, translate=1)
@@ -240,6 +281,18 @@ def cnn_fast(stem: str = "conv-s2", stem_width: int = 32, widths14=(64,), widths
     """
     return _convnet("cnn_fast", stem, stem_width, widths14, widths7, head, dense, dropout,
                     separable)
+
+
+@search_space("cnn", model="cnn-fast")
+def cnn_space(hp):
+    """cnn-fast's family: stem and 14x14 widths, dense width, dropout, SGD peak rate, batch."""
+    options = {"stem_width": hp.Choice("stem_width", [16, 32, 48]),
+               "widths14": [hp.Choice("width14", [32, 64, 96])],
+               "dense": hp.Choice("dense", [64, 128, 256]),
+               "dropout": hp.Float("dropout", 0.0, 0.4, step=0.1)}
+    recipe = {"learning_rate": hp.Float("learning_rate", 0.05, 0.4, sampling="log"),
+              "batch_size": hp.Choice("batch_size", [128, 256])}
+    return options, recipe
 
 
 @register("cnn-best", epochs=60, batch_size=256, optimizer="sgd", learning_rate=0.1,

@@ -180,6 +180,23 @@ def plot_accuracy_vs_time(points: list[dict], path) -> Path:
     return _save(fig, path)
 
 
+def plot_trials(val_accuracy: list, best_index: int, path) -> Path:
+    """Validation accuracy of each search trial in order (None: did not finish); best ringed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.8), constrained_layout=True)
+    done = [(i + 1, a) for i, a in enumerate(val_accuracy) if a is not None]
+    ax.plot([t for t, _ in done], [a for _, a in done], "o", color=TRAIN_COLOR, label="trial")
+    best = val_accuracy[best_index]
+    ax.plot([best_index + 1], [best], "o", markersize=14, markerfacecolor="none",
+            color=VAL_COLOR, label=f"best: {best:.4f}")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Hyperparameter search")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
 def _save(fig, path) -> Path:
     plt = _pyplot()
     path = Path(path)
