@@ -77,6 +77,13 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    """MODEL (a run directory, .keras or .onnx file) and --engine, for predict and serve."""
+    parser.add_argument("model", metavar="MODEL", help="run directory, .keras or .onnx file")
+    parser.add_argument("--engine", choices=("keras", "onnx"),
+                        help="for a run directory: keras (default) or onnx (needs `fmnist export`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fmnist.models import describe, model_names
 
@@ -255,14 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify image files (PNG, JPEG, ...: photos, scans, drawings). Each "
                     "image is converted like Fashion-MNIST's own: grayscale, inverted when "
                     "its background is light, cropped to the object, fitted into 28x28.")
-    predict.add_argument("model", metavar="MODEL", help="run directory, .keras or .onnx file")
+    _add_model_source(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top-k", type=_int_at_least(1), default=3,
                          help="classes to show per image (default: 3)")
     predict.add_argument("--json", action="store_true",
                          help="one JSON object per image and line, instead of a table")
-    predict.add_argument("--engine", choices=("keras", "onnx"),
-                         help="for a run directory: keras (default) or onnx (needs `fmnist export`)")
     predict.set_defaults(subparser=predict)
 
     export = commands.add_parser(
@@ -283,12 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve MODEL with FastAPI/uvicorn: the web page at /, the API under /v1 "
                     "(POST /v1/predict, POST /v1/predict/pixels, GET /v1/model), /health, "
                     "OpenAPI docs at /docs.")
-    serve.add_argument("model", metavar="MODEL", help="run directory, .keras or .onnx file")
+    _add_model_source(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="interface to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=_int_at_least(0), default=8000, help="(default: 8000)")
-    serve.add_argument("--engine", choices=("keras", "onnx"),
-                       help="for a run directory: keras (default) or onnx (needs `fmnist export`)")
     serve.add_argument("--threads", type=_int_at_least(1), default=1,
                        help="onnxruntime threads per prediction (default: 1; requests run "
                             "concurrently, so more rarely pays)")

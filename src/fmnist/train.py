@@ -163,22 +163,31 @@ def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int):
 
     n = len(y)
     orders = np.stack([epoch_order(config.seed, e, n) for e in range(first_epoch, epochs)])
-    images, labels = tf.constant(x), tf.constant(y)
-    augmentation, one_hot = config.augmentation, config.label_smoothing > 0
-
-    def gather(step, idx):
-        batch_images, batch_labels = tf.gather(images, idx), tf.gather(labels, idx)
-        if augmentation.active:
-            batch_images = augment_batch(batch_images, step, augmentation, config.seed)
-        if one_hot:
-            batch_labels = tf.one_hot(tf.cast(batch_labels, tf.int32), NUM_CLASSES)
-        return batch_images, batch_labels
-
+    gather = _batch_gatherer(x, y, config)
     batches = tf.data.Dataset.from_tensor_slices(orders).flat_map(
         lambda order: tf.data.Dataset.from_tensor_slices(order).batch(config.batch_size))
     # The global batch number keys the augmentation's random draws (see augment.py).
     batches = batches.enumerate(start=first_epoch * steps_per_epoch(n, config.batch_size))
     return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _batch_gatherer(x, y, config: TrainConfig):
+    """``gather(key, indices) -> (images, labels)``: one batch of the in-memory arrays,
+    augmented (random draws keyed by ``key``) and with one-hot labels under smoothing."""
+    import tensorflow as tf
+
+    images, labels = tf.constant(x), tf.constant(y)
+    augmentation, one_hot = config.augmentation, config.label_smoothing > 0
+
+    def gather(key, idx):
+        batch_images, batch_labels = tf.gather(images, idx), tf.gather(labels, idx)
+        if augmentation.active:
+            batch_images = augment_batch(batch_images, key, augmentation, config.seed)
+        if one_hot:
+            batch_labels = tf.one_hot(tf.cast(batch_labels, tf.int32), NUM_CLASSES)
+        return batch_images, batch_labels
+
+    return gather
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -203,8 +212,7 @@ def distributed_batches(strategy, x, y, config: TrainConfig, first_epoch: int, e
     steps = n // global_batch
     orders = np.stack([epoch_order(config.seed, e, n)[:steps * global_batch]
                        for e in range(first_epoch, epochs)]).reshape(-1, global_batch)
-    images, labels = tf.constant(x), tf.constant(y)
-    augmentation, one_hot = config.augmentation, config.label_smoothing > 0
+    gather = _batch_gatherer(x, y, config)
 
     def dataset_fn(context):
         local = replicas // context.num_input_pipelines
@@ -212,18 +220,7 @@ def distributed_batches(strategy, x, y, config: TrainConfig, first_epoch: int, e
         # (global step, indices of one replica's share); local replicas take turns.
         mine = np.stack([orders[:, first_replica + k::replicas] for k in range(local)], axis=1)
         step_ids = np.arange(first_epoch * steps, first_epoch * steps + len(orders))
-
-        def gather(step, idx):
-            batch_images, batch_labels = tf.gather(images, idx), tf.gather(labels, idx)
-            if augmentation.active:
-                # Keyed by the global step and the replica, so replicas draw differently.
-                batch_images = augment_batch(batch_images, step, augmentation, config.seed)
-            if one_hot:
-                batch_labels = tf.one_hot(tf.cast(batch_labels, tf.int32), NUM_CLASSES)
-            # float32 on the wire: Keras averages a first batch across workers to build the
-            # model, and the collectives reduce floats only.
-            return tf.cast(batch_images, tf.float32), tf.cast(batch_labels, tf.float32)
-
+        # Augmentation keyed by global step and replica, so replicas draw differently.
         keys = (step_ids[:, None] * replicas + first_replica + np.arange(local)[None, :]).ravel()
         dataset = tf.data.Dataset.from_tensor_slices((keys, mine.reshape(-1, config.batch_size)))
         options = tf.data.Options()
