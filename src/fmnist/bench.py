@@ -197,16 +197,17 @@ def run_inference_bench(json_path: Path, markdown_path: Path, readme_path: Path 
 
 def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_path: Path,
                     readme_path: Path | None, images: np.ndarray, requests: int, clients: list[int],
-                    command: str, log=print) -> dict:
+                    command: str, log=print, workers: int = 1) -> dict:
     """Load-test `fmnist serve MODEL` and store the result in bench.json."""
     from fmnist.loadtest import run_load_test
 
     report = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": []}
     result = run_load_test(model, images, engine=engine, requests=requests, concurrency=clients,
-                           log=log)
+                           log=log, workers=workers)
     result.update({"command": command,
                    "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    report["serve"] = [old for old in report.get("serve", []) if old["engine"] != result["engine"]]
+    report["serve"] = [old for old in report.get("serve", [])
+                       if (old["engine"], old.get("workers", 1)) != (result["engine"], workers)]
     report["serve"].append(result)
     report.setdefault("machine", machine())
     rundir.write_json(json_path, report)
@@ -445,17 +446,19 @@ def serve_section(report: dict) -> str:
     for result in results:
         memory = result["memory"]
         lines = [f"`{result['command']}` ({result['utc']}): model `{result['model']}`, engine "
-                 f"{result['engine']}, {result['endpoint']} with {result['image']}, "
+                 f"{result['engine']}, {result.get('workers', 1)} server process(es), "
+                 f"{result['endpoint']} with {result['image']}, "
                  f"{result['warmup_requests']} warm-up requests first.", "",
                  "| concurrent clients | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | "
-                 "errors | server CPU ms/request | server RSS after, MB |",
-                 "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                 "errors | server CPU ms/request | client CPU ms/request | server RSS after, MB |",
+                 "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for level in result["levels"]:
             lines.append(
                 f"| {level['clients']} | {level['requests']:,} | {level['requests_per_second']:.0f} | "
                 f"{level['p50_ms']:.1f} | {level['p90_ms']:.1f} | {level['p99_ms']:.1f} | "
                 f"{level['max_ms']:.1f} | {level['errors']} | "
-                f"{level['server_cpu_ms_per_request']:.2f} | {level['server_rss_after_mb']:.0f} |")
+                f"{level['server_cpu_ms_per_request']:.2f} | {level['client_cpu_ms_per_request']:.2f} | "
+                f"{level['server_rss_after_mb']:.0f} |")
         lines += ["", f"Server memory: {memory['after_start_mb']:.0f} MB after start-up, "
                       f"{memory['after_warmup_mb']:.0f} MB after warm-up, "
                       f"{memory['after_all_mb']:.0f} MB after all requests "

@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train nothing: load-test `fmnist serve MODEL` (run directory, "
                             ".keras or .onnx) over loopback")
     bench.add_argument("--engine", choices=("keras", "onnx"), help="engine for --serve")
+    bench.add_argument("--workers", type=_int_at_least(1), default=1,
+                       help="server processes for --serve (default: 1)")
     bench.add_argument("--requests", type=_int_at_least(1), default=10_000,
                        help="requests per concurrency level for --serve (default: 10000)")
     bench.add_argument("--clients", type=_int_at_least(1), nargs="+", default=[8, 16],
@@ -295,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=_int_at_least(1), default=1,
                        help="onnxruntime threads per prediction (default: 1; requests run "
                             "concurrently, so more rarely pays)")
+    serve.add_argument("--workers", type=_int_at_least(1), default=1,
+                       help="server processes, each with its own copy of the model (default: 1)")
     serve.add_argument("--access-log", action="store_true",
                        help="log a line per request (off by default: it costs ~0.3 ms each)")
     serve.add_argument("--max-upload-mb", type=_positive_float, default=5.0,
@@ -505,7 +509,7 @@ def _cmd_bench(args) -> int:
         from fmnist.bench import run_serve_bench
 
         run_serve_bench(args.serve, args.engine, Path(args.json), Path(args.markdown), readme,
-                        images[:1000], args.requests, args.clients, command)
+                        images[:1000], args.requests, args.clients, command, workers=args.workers)
         print(f"wrote {args.markdown} and {args.json}")
         return 0
     if args.inference:
@@ -634,17 +638,17 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from fmnist.predict import Predictor, locate
+    from fmnist.predict import locate
 
     locate(args.model, args.engine)  # a bad path fails here, before TensorFlow loads
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"fmnist serve: warning: binding {args.host} exposes the server beyond this "
               "machine; there is no authentication", file=sys.stderr)
-    predictor = Predictor.load(args.model, args.engine, threads=args.threads)
 
     from fmnist.serve import serve
 
-    serve(predictor, host=args.host, port=args.port, access_log=args.access_log,
+    serve(args.model, args.engine, threads=args.threads, host=args.host, port=args.port,
+          workers=args.workers, access_log=args.access_log,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_images=args.max_images)
     return 0
 

@@ -7,9 +7,10 @@ concurrent keep-alive clients over loopback, for a fixed number of requests. The
 resident memory (VmRSS from /proc) is read after start-up, after the warm-up, and after
 every level.
 
-The clients are asyncio coroutines on httpx in this process, which shares the machine's
-cores with the server: on a 2-core machine the figures are what one box serving itself
-gets, a pessimistic bound for a server with its clients elsewhere.
+The clients are asyncio coroutines in this process speaking plain HTTP/1.1 keep-alive
+(see :func:`_drive`); they share the machine's cores with the server, so on a 2-core
+machine the figures are what one box serving itself gets, a pessimistic bound for a
+server with its clients elsewhere. Client CPU per request is reported beside the server's.
 """
 
 from __future__ import annotations
@@ -34,18 +35,46 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's worker processes), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        queue.extend(children.get(current, []))
+    return found
+
+
 def rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` in MiB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    """Resident memory of process ``pid`` and its descendants in MiB (Linux /proc)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time process ``pid`` has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of process ``pid`` and its descendants so far (Linux /proc)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -56,8 +85,10 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def start_server(model: str, engine: str | None, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "fmnist.cli", "serve", model, "--port", str(port)]
+def start_server(model: str, engine: str | None, port: int, log: Path,
+                 workers: int = 1) -> subprocess.Popen:
+    command = [sys.executable, "-m", "fmnist.cli", "serve", model, "--port", str(port),
+               "--workers", str(workers)]
     if engine:
         command += ["--engine", engine]
     with open(log, "w") as stream:
@@ -80,31 +111,66 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120)
     raise RuntimeError(f"the server did not answer {url}/health within {timeout:.0f} s")
 
 
-async def _drive(url: str, images: list[bytes], requests: int, clients: int) -> dict:
-    """``requests`` uploads spread over ``clients`` concurrent keep-alive connections."""
-    import httpx
+def multipart_request(port: int, name: str, png: bytes) -> bytes:
+    """The bytes of one ``POST /v1/predict`` with a single file, keep-alive."""
+    boundary = "fmnistloadtestboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + png + \
+        f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
 
+
+async def _exchange(reader, writer, request: bytes) -> bool:
+    """Send one prepared request on a keep-alive connection; True for a 200 with predictions."""
+    writer.write(request)
+    await writer.drain()
+    status = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    body = await reader.readexactly(length)
+    return status.split()[1:2] == [b"200"] and b'"predictions"' in body
+
+
+async def _drive(url: str, images: list[bytes], requests: int, clients: int) -> dict:
+    """``requests`` uploads spread over ``clients`` concurrent keep-alive connections.
+
+    The client speaks HTTP/1.1 over asyncio streams with each request's bytes prepared
+    beforehand: a general-purpose client (httpx) spent as much CPU per request as the
+    server here, and on a shared 2-core machine that would be measuring the client.
+    """
+    port = int(url.rsplit(":", 1)[1])
+    prepared = [multipart_request(port, f"{i}.png", png) for i, png in enumerate(images)]
     latencies, errors = [], 0
     counter = iter(range(requests))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async def client(session: httpx.AsyncClient):
+    async def client():
         nonlocal errors
-        for index in counter:
-            files = {"files": (f"{index}.png", images[index % len(images)], "image/png")}
-            started = time.perf_counter()
-            try:
-                response = await session.post(url + "/v1/predict", files=files)
-                ok = response.status_code == 200 and response.json()["predictions"]
-            except (httpx.HTTPError, ValueError, KeyError):
-                ok = False
-            latencies.append(time.perf_counter() - started)
-            errors += not ok
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for index in counter:
+                started = time.perf_counter()
+                try:
+                    ok = await _exchange(reader, writer, prepared[index % len(prepared)])
+                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                    ok = False
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                latencies.append(time.perf_counter() - started)
+                errors += not ok
+        finally:
+            writer.close()
 
-    async with httpx.AsyncClient(limits=limits, timeout=30) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(clients)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
     milliseconds = np.array(latencies) * 1000
     return {"clients": clients, "requests": requests, "seconds": elapsed,
             "requests_per_second": requests / elapsed, "errors": errors,
@@ -116,7 +182,7 @@ async def _drive(url: str, images: list[bytes], requests: int, clients: int) -> 
 
 def run_load_test(model: str, images: np.ndarray, engine: str | None = None,
                   requests: int = 10_000, concurrency=(8, 16), warmup: int = 500,
-                  log_dir: Path = Path("runs/loadtest"), log=print) -> dict:
+                  log_dir: Path = Path("runs/loadtest"), log=print, workers: int = 1) -> dict:
     """Serve ``model`` in a child process and load it; returns the measurements.
 
     ``images``: uint8 (N, 28, 28) sent as PNG files, one per request, in turn.
@@ -124,7 +190,7 @@ def run_load_test(model: str, images: np.ndarray, engine: str | None = None,
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(model, engine, port, log_dir / "server.log")
+    server = start_server(model, engine, port, log_dir / "server.log", workers)
     try:
         wait_until_healthy(url, server)
         import httpx
@@ -137,9 +203,10 @@ def run_load_test(model: str, images: np.ndarray, engine: str | None = None,
         levels = []
         for clients in concurrency:
             log(f"loadtest: {requests:,} requests from {clients} concurrent clients ...", flush=True)
-            cpu_before = cpu_seconds(server.pid)
+            cpu_before, client_before = cpu_seconds(server.pid), time.process_time()
             level = asyncio.run(_drive(url, uploads, requests, clients))
             level["server_cpu_ms_per_request"] = 1000 * (cpu_seconds(server.pid) - cpu_before) / requests
+            level["client_cpu_ms_per_request"] = 1000 * (time.process_time() - client_before) / requests
             level["server_rss_after_mb"] = rss_mb(server.pid)
             levels.append(level)
             log(f"loadtest:   {level['requests_per_second']:.0f} req/s, p50 {level['p50_ms']:.1f} ms, "
@@ -152,7 +219,7 @@ def run_load_test(model: str, images: np.ndarray, engine: str | None = None,
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
-    return {"model": served["name"], "path": model, "engine": served["engine"],
+    return {"model": served["name"], "path": model, "engine": served["engine"], "workers": workers,
             "endpoint": "POST /v1/predict",
             "image": "one 28x28 PNG per request", "warmup_requests": warmup,
             "levels": levels, "memory": memory, "cpu_count": os.cpu_count(),

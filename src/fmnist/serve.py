@@ -198,14 +198,41 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     return app
 
 
-def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000,
-          access_log: bool = False, **limits) -> None:
-    """Run the app with uvicorn until interrupted (one process; the model is loaded once).
+SERVE_ENV = "FMNIST_SERVE"  # JSON settings handed to worker processes (see serve())
 
+
+def app_from_environment():
+    """App factory for uvicorn's worker processes: each loads the model named in
+    ``$FMNIST_SERVE`` (JSON: model, engine, threads, limits) once, at start-up."""
+    import json
+    import os
+
+    settings = json.loads(os.environ[SERVE_ENV])
+    predictor = Predictor.load(settings["model"], settings["engine"], threads=settings["threads"])
+    return create_app(predictor, **settings["limits"])
+
+
+def serve(model: str, engine: str | None = None, threads: int | None = 1,
+          host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          access_log: bool = False, **limits) -> None:
+    """Run the app with uvicorn until interrupted.
+
+    ``workers`` > 1: that many processes, each with its own copy of the model, sharing
+    the port (uvicorn's process manager); a Python process serves one request's parsing
+    at a time, so a server with several cores needs several to use them.
     ``access_log``: a line per request; off by default because it costs about a fifth of
     a small request's CPU time (measured with `fmnist bench --serve`).
     """
+    import json
+    import os
+
     import uvicorn
 
-    uvicorn.run(create_app(predictor, **limits), host=host, port=port, log_level="info",
-                access_log=access_log)
+    os.environ[SERVE_ENV] = json.dumps({"model": str(model), "engine": engine, "threads": threads,
+                                        "limits": limits})
+    if workers == 1:  # load in this process: a bad model fails before the port opens
+        uvicorn.run(app_from_environment(), host=host, port=port, log_level="info",
+                    access_log=access_log)
+    else:
+        uvicorn.run("fmnist.serve:app_from_environment", factory=True, workers=workers,
+                    host=host, port=port, log_level="info", access_log=access_log)
