@@ -339,7 +339,7 @@ def _fit(run_dir: Path, config: TrainConfig, train_data, verbose, stop_after=Non
                     config = _fix_epochs_to_budget(run_dir, config, x_train, y_train, len(y_val))
                 model = _new_model(config, config.epochs * steps)
 
-        if isinstance(strategy, _multiworker_type()):
+        if strategy is not None and isinstance(strategy, _multiworker_type()):
             from fmnist.distribute import patch_keras_for_multiworker
 
             patch_keras_for_multiworker(model, strategy)
