@@ -207,3 +207,24 @@ def test_export_command_writes_and_reports(trained_run, real_data_dir, tmp_path)
     assert "10,000 test images" in result.stdout and "0 class differences" in result.stdout
     report = json.loads((tmp_path / "exported.onnx.json").read_text())
     assert report["images"] == 10_000 and report["max_abs_difference"] <= 1e-4
+
+
+def test_int8_quantization_is_checked_and_loadable(exported, test_images, real_data_dir, tmp_path):
+    from fmnist.data import load_split
+    from fmnist.export import ExportError, quantize_int8
+
+    run, _ = exported
+    calibration = load_split("train", real_data_dir)[0][:256]
+    x, _ = test_images
+    # This small model is less sure of itself than a real one: 97% instead of the default 99%.
+    report = quantize_int8(run / "model.onnx", calibration, x, out=tmp_path / "model.int8.onnx",
+                           min_agreement=0.97)
+    assert report["class_agreement"] >= 0.97 and report["calibration_images"] == 256
+    assert (tmp_path / "model.int8.onnx.json").is_file()
+    quantized = Predictor.load(tmp_path / "model.int8.onnx")
+    float_classes = Predictor.load(run, engine="onnx").probabilities(x).argmax(1)
+    assert (quantized.probabilities(x).argmax(1) == float_classes).mean() == report["class_agreement"]
+    with pytest.raises(ExportError, match="nothing was written"):
+        quantize_int8(run / "model.onnx", calibration, x, out=tmp_path / "strict.onnx", min_agreement=1.01)
+    assert not (tmp_path / "strict.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.int8.onnx.json"]

@@ -147,13 +147,15 @@ def engine_speed(engine, batch: int = 1024, batches: int = 10, singles: int = 20
             "one_image_ms": 1000 * float(np.median(single))}
 
 
-def measure_inference(rows: list[dict], runs_dir: Path, test_images: np.ndarray, log=print) -> list[dict]:
-    """Keras vs onnxruntime on each benchmarked model's first-seed run.
+def measure_inference(rows: list[dict], runs_dir: Path, test_images: np.ndarray,
+                      calibration_images: np.ndarray, log=print) -> list[dict]:
+    """Keras vs onnxruntime (float32 and int8) on each benchmarked model's first-seed run.
 
-    Exports ``model.onnx`` into the run (checked on ``test_images``, normally all 10,000)
-    and times both engines on the same random batch.
+    Exports ``model.onnx`` into the run (checked on ``test_images``, normally all 10,000),
+    quantizes it (calibrated on ``calibration_images``, training images) and times the
+    engines on the same random batch.
     """
-    from fmnist.export import export_onnx
+    from fmnist.export import ExportError, export_onnx, quantize_int8
     from fmnist.predict import KerasEngine, OnnxEngine
 
     results = []
@@ -166,12 +168,21 @@ def measure_inference(rows: list[dict], runs_dir: Path, test_images: np.ndarray,
         parity = export_onnx(run, test_images)
         keras_speed = engine_speed(KerasEngine(run / rundir.MODEL))
         onnx_speed = engine_speed(OnnxEngine(run / "model.onnx"))
+        try:
+            int8 = quantize_int8(run / "model.onnx", calibration_images, test_images)
+            int8_speed = engine_speed(OnnxEngine(run / "model.int8.onnx"))
+        except ExportError as error:
+            log(f"bench: no int8 model for {row['model']}: {error}", flush=True)
+            int8, int8_speed = {"class_agreement": None}, {"images_per_second": None, "one_image_ms": None}
         results.append({
             "model": row["model"], "device": row["device"], "run": str(run),
             "keras_images_per_second": keras_speed["images_per_second"],
             "keras_one_image_ms": keras_speed["one_image_ms"],
             "onnx_images_per_second": onnx_speed["images_per_second"],
             "onnx_one_image_ms": onnx_speed["one_image_ms"],
+            "int8_images_per_second": int8_speed["images_per_second"],
+            "int8_one_image_ms": int8_speed["one_image_ms"],
+            "int8_class_agreement": int8["class_agreement"],
             **{key: parity[key] for key in ("images", "max_abs_difference", "class_mismatches",
                                             "mixed_precision_trained",
                                             "agreement_with_trained_model", "opset",
@@ -180,14 +191,15 @@ def measure_inference(rows: list[dict], runs_dir: Path, test_images: np.ndarray,
 
 
 def run_inference_bench(json_path: Path, markdown_path: Path, readme_path: Path | None,
-                        runs_dir: Path, test_images: np.ndarray, command: str, log=print) -> dict:
+                        runs_dir: Path, test_images: np.ndarray, command: str, log=print,
+                        calibration_images: np.ndarray | None = None) -> dict:
     """Add Keras/onnxruntime throughput and ONNX parity for the stored rows to bench.json."""
     if not json_path.is_file():
         raise FmnistError(f"{json_path} does not exist; run `fmnist bench` first")
     report = json.loads(json_path.read_text())
     device = device_name()
     rows = [row for row in report["rows"] if row["device"] == device]
-    report["inference"] = measure_inference(rows, runs_dir, test_images, log)
+    report["inference"] = measure_inference(rows, runs_dir, test_images, calibration_images, log)
     report["inference_command"] = command
     report["inference_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rundir.write_json(json_path, report)
@@ -409,29 +421,42 @@ def inference_section(report: dict) -> str:
     if not rows:
         return "Not measured yet: `fmnist bench --inference`."
     lines = [f"Written by `{report['inference_command']}` on {report['inference_utc']}.", "",
-             "| model | device | Keras img/s | onnxruntime img/s | speed-up | 1 image: Keras ms "
-             "| 1 image: onnxruntime ms | ONNX vs Keras max abs diff (test images) | "
-             "class differences | agrees with the bf16-trained model |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+             "| model | device | Keras img/s | onnxruntime img/s | onnxruntime int8 img/s | "
+             "1 image: Keras / onnxruntime / int8 ms | ONNX vs Keras max abs diff (test images) "
+             "| class differences | agrees with the bf16-trained model | int8 agrees with float |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- | ---: | --- | --- |"]
     for row in rows:
         agreement = (f"{100 * row['agreement_with_trained_model']:.2f}%"
                      if row["mixed_precision_trained"] else "(trained in float32)")
+        int8_speed = row.get("int8_images_per_second")
+        int8_ms = row.get("int8_one_image_ms")
+        int8_agreement = row.get("int8_class_agreement")
         lines.append(
             f"| `{row['model']}` | {row['device']} | {row['keras_images_per_second']:,.0f} | "
             f"{row['onnx_images_per_second']:,.0f} | "
-            f"{row['onnx_images_per_second'] / row['keras_images_per_second']:.1f}x | "
-            f"{row['keras_one_image_ms']:.2f} | {row['onnx_one_image_ms']:.2f} | "
+            f"{'-' if int8_speed is None else f'{int8_speed:,.0f}'} | "
+            f"{row['keras_one_image_ms']:.2f} / {row['onnx_one_image_ms']:.2f} / "
+            f"{'-' if int8_ms is None else f'{int8_ms:.2f}'} | "
             f"{row['max_abs_difference']:.1e} on {row['images']:,} | {row['class_mismatches']} | "
-            f"{agreement} |")
+            f"{agreement} | {'-' if int8_agreement is None else f'{100 * int8_agreement:.2f}%'} |")
     model, target = ONNX_TARGET
-    measured = next((r["onnx_images_per_second"] for r in rows if r["model"] == model), None)
-    if measured is not None:
-        verdict = "met" if measured >= target else "**not met**"
-        lines += ["", f"Target: `{model}` on onnxruntime >= {target:,} images/s at batch 1024: "
-                      f"{measured:,.0f}, {verdict}."]
+    row = next((r for r in rows if r["model"] == model), None)
+    if row is not None:
+        float_speed, int8_speed = row["onnx_images_per_second"], row.get("int8_images_per_second")
+        verdict = "met" if float_speed >= target else "**not met**"
+        text = (f"Target: `{model}` on onnxruntime >= {target:,} images/s at batch 1024: float32 "
+                f"{float_speed:,.0f}, {verdict}")
+        if int8_speed:
+            text += (f"; int8 {int8_speed:,.0f}, {'met' if int8_speed >= target else '**not met**'} "
+                     f"(same class as float32 for {100 * row['int8_class_agreement']:.2f}% of the "
+                     "test images)")
+        lines += ["", text + "."]
     lines += ["", "- *img/s*: images per second at batch 1024, median of 10 batches after "
                   "warm-up, same random batch for both engines; *1 image*: median latency of "
                   "200 single-image calls.",
+              "- *int8*: `fmnist export --quantize int8`, onnxruntime static quantization "
+              "(QDQ, per-channel int8 weights, uint8 activations) calibrated on 1,024 training "
+              "images; kept only when it picks the float model's class for >= 99% of the test images.",
               "- The ONNX file is float32 (`fmnist export`); models trained in mixed bfloat16 "
               "run in bfloat16 under Keras, so the last column compares the two precisions' "
               "classes on the test images."]

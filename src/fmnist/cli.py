@@ -283,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", metavar="FILE", help="(default: RUN_DIR/model.onnx)")
     export.add_argument("--tolerance", type=_positive_float, default=1e-4,
                         help="largest allowed probability difference (default: 1e-4)")
+    export.add_argument("--quantize", choices=("int8",),
+                        help="also write model.int8.onnx: onnxruntime static quantization "
+                             "calibrated on training images, kept if it picks the float "
+                             "model's class for >= 99%% of the test images")
     _add_data_dir(export)
 
     serve = commands.add_parser(
@@ -516,11 +520,12 @@ def _cmd_bench(args) -> int:
         from fmnist.data import load_split
 
         images, _ = load_split("test", args.data_dir)
+        train_images, _ = load_split("train", args.data_dir)
 
         from fmnist.bench import run_inference_bench
 
         run_inference_bench(Path(args.json), Path(args.markdown), readme, Path(args.runs_dir),
-                            images, command)
+                            images, command, calibration_images=train_images[:1024])
         print(f"wrote {args.markdown} and {args.json}")
         return 0
     models = args.models or list(DEFAULT_MODELS)
@@ -634,6 +639,14 @@ def _cmd_export(args) -> int:
     if report["mixed_precision_trained"]:
         print(f"the model was trained in mixed bfloat16; the float32 export agrees with it on "
               f"{100 * report['agreement_with_trained_model']:.2f}% of the classes")
+    if args.quantize:
+        from fmnist.export import quantize_int8
+
+        train_images, _ = load_split("train", args.data_dir)
+        quantized = quantize_int8(report["onnx"], train_images[:1024], test_images)
+        print(f"wrote {quantized['onnx']}: same class as the float model for "
+              f"{100 * quantized['class_agreement']:.2f}% of {quantized['images']:,} test images, "
+              f"max |p_float - p_int8| = {quantized['max_abs_difference']:.3f}")
     return 0
 
 
