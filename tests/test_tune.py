@@ -74,6 +74,14 @@ def test_best_config_trains_with_train_config(real_data_dir, tmp_path):
     assert failed.returncode == 1 and "not valid JSON" in failed.stderr
 
 
+def test_bayesian_search_respects_max_trials(train_only_data, tmp_path):
+    out = tmp_path / "bayesian"
+    result = run_cli("tune", *TINY, "--tuner", "bayesian", "--max-trials", "2", "--max-epochs", "1",
+                     "--out", str(out), "--data-dir", str(train_only_data))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert trials_in(out)["trials"] == 2 and trials_in(out)["tuner"] == "bayesian"
+
+
 def test_budget_stops_the_search_early_with_random_search(train_only_data, tmp_path):
     out = tmp_path / "budget"
     result = run_cli("tune", *TINY, "--tuner", "random", "--max-trials", "50", "--budget-seconds", "1",
