@@ -57,6 +57,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     (row,) = report["rows"]
     assert row["model"] == "mlp" and row["seeds"] == [0, 1] and row["n_train"] == 2000
+    assert row["commands"] == [report["command"]] and report["command"].startswith("fmnist bench --models mlp")
     assert len(row["test_accuracy"]) == 2 and len(row["test_accuracy_tta"]) == 2
     assert 0.5 < row["test_accuracy_mean_std"][0] <= 1.0
     assert row["peak_rss_mb"] > 100 and row["predict_images_per_second"] > 1000

@@ -458,8 +458,8 @@ def inference_section(report: dict) -> str:
               "(QDQ, per-channel int8 weights, uint8 activations) calibrated on 1,024 training "
               "images; kept only when it picks the float model's class for >= 99% of the test images.",
               "- The ONNX file is float32 (`fmnist export`); models trained in mixed bfloat16 "
-              "run in bfloat16 under Keras, so the last column compares the two precisions' "
-              "classes on the test images."]
+              "run in bfloat16 under Keras, so *agrees with the bf16-trained model* compares the two "
+              "precisions' classes on the test images."]
     return "\n".join(lines)
 
 
@@ -498,7 +498,8 @@ def serve_section(report: dict) -> str:
             lines += ["", f"Targets at {SERVE_TARGETS['clients']} clients: " + "; ".join(
                 f"{name} {text}: {'met' if ok else '**not met**'}" for name, ok, text in checks) + "."]
         parts.append("\n".join(lines))
-    parts.append("The load generator (asyncio + httpx, in the bench process) runs on the same "
+    parts.append("The load generator (asyncio streams speaking HTTP/1.1 keep-alive, in the bench "
+                 "process) runs on the same "
                   "machine as the server and competes with it for the cores.")
     return "\n\n".join(parts)
 
@@ -508,8 +509,8 @@ def render_markdown(report: dict) -> str:
     m = report["machine"]
     return f"""# Benchmarks
 
-Written by `{report['command']}` on {report['updated_utc']}. Do not edit by hand: rerun
-the command. Every number is measured on the machine below; accuracies are on the 10,000
+Last written by `{report['command']}` on {report['updated_utc']}; each row's
+commands are listed at the end. Do not edit by hand: rerun the commands. Every number is measured on the machine below; accuracies are on the 10,000
 test images, read only by the final evaluation of each run (training validates on its
 own 6,000-image split of the training set).
 
@@ -551,6 +552,10 @@ Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; Python {m['python']}, Ke
 
 {per_seed_table(rows)}
 
+## How each row was produced
+
+{commands_list(rows)}
+
 ## Inference engines: Keras vs onnxruntime
 
 {inference_section(report)}
@@ -559,6 +564,14 @@ Machine: {m['cpu']}, {m['cores']} cores, {m['device']}; Python {m['python']}, Ke
 
 {serve_section(report)}
 """
+
+
+def commands_list(rows: list[dict]) -> str:
+    lines = []
+    for row in rows:
+        commands = row.get("commands") or ["(not recorded)"]
+        lines.append(f"- `{row['model']}` ({row['device']}): " + "; then ".join(f"`{c}`" for c in commands))
+    return "\n".join(lines)
 
 
 def per_seed_table(rows: list[dict]) -> str:
@@ -617,6 +630,9 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         throughput = predict_throughput(final_model)
         old = next((r for r in report["rows"] if (r["model"], r["device"]) == (model, device)), None)
         row = summarize(model, merge_runs(old, runs), throughput, flops, peak["float32"], device)
+        # Which invocations produced the row's runs (a slow model is run a few seeds at a time).
+        kept = {run["seed"] for run in row["runs"]} - {run["seed"] for run in runs}
+        row["commands"] = [*old.get("commands", []), command] if old and kept else [command]
         report["rows"] = [r for r in report["rows"] if r is not old] + [row]
     order = {name: index for index, name in enumerate(
         ("mlp", "mlp-plus", "cnn-tfdocs", "cnn-fast", "cnn-best"))}
