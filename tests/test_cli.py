@@ -18,14 +18,16 @@ try:
     main({argv!r})
 except SystemExit:
     pass
-heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'matplotlib', 'pooch', 'sklearn'))
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'matplotlib', 'pooch', 'sklearn',
+                                                              'onnxruntime', 'fastapi', 'keras_tuner', 'PIL'))
 print('HEAVY', heavy, file=sys.stderr)
 """
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["data", "--help"], ["train", "--help"],
                                   ["evaluate", "--help"], ["compare", "--help"], ["bench", "--help"],
-                                  ["models"]])
+                                  ["predict", "--help"], ["export", "--help"], ["serve", "--help"],
+                                  ["tune", "--help"], ["models"]])
 def test_help_does_not_import_tensorflow(argv):
     result = subprocess.run([sys.executable, "-c", HELP_PROBE.format(argv=argv)],
                             capture_output=True, text=True, timeout=60)
