@@ -269,15 +269,15 @@ def mlp_space(hp):
 @register("cnn-fast", epochs=10, batch_size=256, optimizer="sgd", learning_rate=0.2,
           weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, mixed_precision=True,
           flip=True, translate=1)
-def cnn_fast(stem: str = "conv-s2", stem_width: int = 32, widths14=(64,), widths7=(),
+def cnn_fast(stem: str = "conv-s2", stem_width: int = 32, widths14=(32, 32), widths7=(),
              head: str = "flatten", dense: int = 128, dropout: float = 0.0,
              separable: bool = False):
     """The default: the fastest route here to ~0.93, a batch-norm CNN with a stride-2 stem.
 
-    Conv(32, 3x3, stride 2) -> Conv(64, 3x3) at 14x14 -> MaxPool -> Dense(128) on the
-    7x7 map -> Dense(10); 422,314 parameters, 8.1 MFLOP per image. Nesterov SGD
+    Conv(32, 3x3, stride 2) -> 2 x Conv(32, 3x3) at 14x14 -> MaxPool -> Dense(128) on the
+    7x7 map -> Dense(10); 221,610 parameters, 7.7 MFLOP per image. Nesterov SGD
     one-cycle (peak 0.2) over 10 epochs, label smoothing 0.1, flips and 1-pixel shifts,
-    bfloat16: about 110 s on 2 CPU cores (target >= 0.930, see BENCHMARKS.md).
+    bfloat16: about 100 s on 2 CPU cores (target >= 0.930, see BENCHMARKS.md).
     """
     return _convnet("cnn_fast", stem, stem_width, widths14, widths7, head, dense, dropout,
                     separable)
