@@ -93,6 +93,18 @@ def forward_flops(model) -> int:
     return int(total)
 
 
+def median_seconds(call, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``call()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
 def matmul_peak_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
     """GFLOP/s of a large square matmul: what this machine's BLAS reaches at best."""
     import tensorflow as tf
@@ -100,13 +112,7 @@ def matmul_peak_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 
     a = tf.random.stateless_uniform([size, size], seed=[1, 2], dtype=tf.float32)
     a = tf.cast(a, dtype)
     matmul = tf.function(lambda m: tf.linalg.matmul(m, m))
-    matmul(a).numpy()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        matmul(a).numpy()
-        times.append(time.perf_counter() - started)
-    return 2 * size**3 / float(np.median(times)) / 1e9
+    return 2 * size**3 / median_seconds(lambda: matmul(a).numpy(), repeats) / 1e9
 
 
 def predict_throughput(model_path: Path, batch: int = 1024, batches: int = 10) -> float:
@@ -115,36 +121,16 @@ def predict_throughput(model_path: Path, batch: int = 1024, batches: int = 10) -
 
     model = keras.saving.load_model(model_path, compile=False)
     images = np.random.default_rng(0).integers(0, 256, (batch, 28, 28), dtype=np.uint8)
-    for _ in range(3):
-        model.predict_on_batch(images)  # trace and warm up
-    times = []
-    for _ in range(batches):
-        started = time.perf_counter()
-        model.predict_on_batch(images)
-        times.append(time.perf_counter() - started)
-    return batch / float(np.median(times))
+    # Warm-up traces the graph.
+    return batch / median_seconds(lambda: model.predict_on_batch(images), batches, warmup=3)
 
 
 def engine_speed(engine, batch: int = 1024, batches: int = 10, singles: int = 200) -> dict:
     """Images/s of ``engine`` ((N, 28, 28) float32 -> (N, 10)) at ``batch``, and the
     median latency of one image, after warm-up."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch, 28, 28)).astype(np.float32)
-    for _ in range(3):
-        engine(images)
-        engine(images[:1])
-    times = []
-    for _ in range(batches):
-        started = time.perf_counter()
-        engine(images)
-        times.append(time.perf_counter() - started)
-    single = []
-    for index in range(singles):
-        started = time.perf_counter()
-        engine(images[index % batch:index % batch + 1])
-        single.append(time.perf_counter() - started)
-    return {"images_per_second": batch / float(np.median(times)),
-            "one_image_ms": 1000 * float(np.median(single))}
+    images = np.random.default_rng(0).integers(0, 256, (batch, 28, 28)).astype(np.float32)
+    return {"images_per_second": batch / median_seconds(lambda: engine(images), batches, warmup=3),
+            "one_image_ms": 1000 * median_seconds(lambda: engine(images[:1]), singles, warmup=3)}
 
 
 def measure_inference(rows: list[dict], runs_dir: Path, test_images: np.ndarray,

@@ -77,6 +77,13 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_split_sizes(parser: argparse.ArgumentParser, train_help: str) -> None:
+    """--val-size and --train-size (None: the split's defaults, 6,000 and the rest)."""
+    parser.add_argument("--val-size", type=_int_at_least(10),
+                        help="validation images held out of the 60,000 (default: 6000)")
+    parser.add_argument("--train-size", type=_int_at_least(10), help=train_help)
+
+
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     """MODEL (a run directory, .keras or .onnx file) and --engine, for predict and serve."""
     parser.add_argument("model", metavar="MODEL", help="run directory, .keras or .onnx file")
@@ -136,10 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="augment with random erasing, probability P")
     train.add_argument("--seed", type=_int_at_least(0),
                        help="fixes split, initialization and shuffling (default: 0)")
-    train.add_argument("--val-size", type=_int_at_least(10),
-                       help="validation images held out of the 60,000 (default: 6000)")
-    train.add_argument("--train-size", type=_int_at_least(10),
-                       help="use a stratified subset of this many training images (quick runs)")
+    _add_split_sizes(train, "use a stratified subset of this many training images (quick runs)")
     train.add_argument("--test-size", type=_int_at_least(1),
                        help="evaluate on the first N test images only (quick runs)")
     train.add_argument("--out", metavar="DIR",
@@ -253,10 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: 9)")
     tune.add_argument("--out", metavar="DIR", help="search directory (default: runs/tune-MODEL)")
     tune.add_argument("--seed", type=_int_at_least(0), default=0, help="(default: 0)")
-    tune.add_argument("--val-size", type=_int_at_least(10), default=6000,
-                      help="validation images held out of the 60,000 (default: 6000)")
-    tune.add_argument("--train-size", type=_int_at_least(10),
-                      help="search on a stratified subset of this many training images")
+    _add_split_sizes(tune, "search on a stratified subset of this many training images")
     _add_data_dir(tune)
 
     predict = commands.add_parser(
@@ -606,11 +607,13 @@ def _cmd_tune(args) -> int:
     train_data = load_split("train", args.data_dir)  # verified before TensorFlow loads
     out = Path(args.out or f"runs/tune-{args.model}")
 
+    from fmnist.split import DEFAULT_VAL_SIZE
     from fmnist.tune import run_search
 
     summary = run_search(args.model, train_data, out, kind=args.tuner, max_trials=args.max_trials,
                          budget_seconds=args.budget_seconds, max_epochs=args.max_epochs,
-                         seed=args.seed, val_size=args.val_size, train_size=args.train_size)
+                         seed=args.seed, val_size=args.val_size or DEFAULT_VAL_SIZE,
+                         train_size=args.train_size)
     if summary is None:
         print(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: no more trials; the chief "
               "writes the summary")

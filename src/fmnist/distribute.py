@@ -32,11 +32,12 @@ def tf_config() -> dict | None:
         return None
     try:
         config = json.loads(raw)
-        workers = config["cluster"]
-        task = config["task"]
-        task["type"], int(task["index"])
-        if not isinstance(workers, dict) or not workers:
+        cluster, task = config["cluster"], config["task"]
+        if not isinstance(cluster, dict) or not cluster:
             raise ValueError("empty cluster")
+        if not isinstance(task["type"], str):
+            raise ValueError("task type must be a string")
+        int(task["index"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise FmnistError(f"TF_CONFIG is not a valid cluster description ({error}); expected "
                           '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": '

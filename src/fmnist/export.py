@@ -25,6 +25,7 @@ import numpy as np
 from fmnist import __version__, rundir
 from fmnist.data import CLASS_NAMES
 from fmnist.errors import FmnistError
+from fmnist.predict import in_batches
 
 TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
@@ -55,8 +56,10 @@ def float32_copy(model):
     return copy
 
 
-def _rename_and_describe(path: Path, model_name: str) -> None:
-    """Give the graph's input and output stable names and record what the model is."""
+def _rename_and_describe(path: Path, model_name: str) -> int:
+    """Give the graph's input and output stable names and record what the model is.
+
+    Returns the graph's ONNX opset."""
     import onnx
 
     graph_model = onnx.load(str(path))
@@ -75,11 +78,7 @@ def _rename_and_describe(path: Path, model_name: str) -> None:
         graph_model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(graph_model)
     onnx.save(graph_model, str(path))
-
-
-def _predict(function, images: np.ndarray, batch: int = 1024) -> np.ndarray:
-    return np.concatenate([np.asarray(function(images[i:i + batch]), dtype=np.float32)
-                           for i in range(0, len(images), batch)])
+    return max(entry.version for entry in graph_model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def export_onnx(source: str | os.PathLike, images: np.ndarray, out: str | os.PathLike | None = None,
@@ -112,13 +111,13 @@ def export_onnx(source: str | os.PathLike, images: np.ndarray, out: str | os.Pat
             warnings.simplefilter("ignore", FutureWarning)
             model.export(str(tmp), format="onnx", verbose=False,
                          input_signature=[keras.InputSpec(shape=(None, 28, 28), dtype="float32")])
-        _rename_and_describe(tmp, model_name)
+        opset = _rename_and_describe(tmp, model_name)
         export_seconds = time.perf_counter() - started
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         pixels = np.asarray(images, dtype=np.float32)
-        onnx_probs = _predict(lambda x: session.run(None, {INPUT_NAME: x})[0], pixels)
-        keras_probs = _predict(model.predict_on_batch, pixels)
-        trained_classes = (_predict(trained.predict_on_batch, pixels).argmax(1)
+        onnx_probs = in_batches(lambda x: session.run(None, {INPUT_NAME: x})[0], pixels)
+        keras_probs = in_batches(model.predict_on_batch, pixels)
+        trained_classes = (in_batches(trained.predict_on_batch, pixels).argmax(1)
                            if _mixed(trained) else keras_probs.argmax(1))
         difference = float(np.abs(onnx_probs - keras_probs).max())
         mismatches = int((onnx_probs.argmax(1) != keras_probs.argmax(1)).sum())
@@ -129,7 +128,7 @@ def export_onnx(source: str | os.PathLike, images: np.ndarray, out: str | os.Pat
                   "agreement_with_trained_model": float(
                       (onnx_probs.argmax(1) == trained_classes).mean()),
                   "export_seconds": export_seconds, "onnxruntime": onnxruntime.__version__,
-                  "opset": _opset(tmp)}
+                  "opset": opset}
         if difference > tolerance or mismatches:
             raise ExportError(
                 f"ONNX check failed on {len(pixels)} images: max |p_keras - p_onnx| = "
@@ -183,8 +182,8 @@ def quantize_int8(onnx_path: str | os.PathLike, calibration_images: np.ndarray,
         float_session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         int8_session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         pixels = np.asarray(check_images, dtype=np.float32)
-        float_probs = _predict(lambda x: float_session.run(None, {INPUT_NAME: x})[0], pixels)
-        int8_probs = _predict(lambda x: int8_session.run(None, {INPUT_NAME: x})[0], pixels)
+        float_probs = in_batches(lambda x: float_session.run(None, {INPUT_NAME: x})[0], pixels)
+        int8_probs = in_batches(lambda x: int8_session.run(None, {INPUT_NAME: x})[0], pixels)
         agreement = float((float_probs.argmax(1) == int8_probs.argmax(1)).mean())
         report = {"onnx": str(out), "source": str(onnx_path), "images": int(len(pixels)),
                   "calibration_images": int(len(calibration)), "class_agreement": agreement,
@@ -210,9 +209,3 @@ def report_path(onnx_path: Path) -> Path:
 
 def _mixed(model) -> bool:
     return any(layer.dtype_policy.compute_dtype != "float32" for layer in model.layers)
-
-
-def _opset(path: Path) -> int:
-    import onnx
-
-    return max(entry.version for entry in onnx.load(str(path)).opset_import if entry.domain in ("", "ai.onnx"))

@@ -141,10 +141,11 @@ def to_fashion_mnist(image: Image.Image) -> Processed:
     """
     image = ImageOps.exif_transpose(image)
     gray = to_grayscale(image)
-    inverted = bool(np.median(_border(gray)) > 127.5)
+    border = float(np.median(_border(gray)))
+    inverted = border > 127.5
     if inverted:
         gray = 255.0 - gray
-    background = float(np.median(_border(gray)))
+    background = 255.0 - border if inverted else border  # the median negates with the image
     peak = float(gray.max())
     if peak - background < 1.0:  # a blank image: nothing to find, nothing to stretch
         return Processed(np.zeros((SIDE, SIDE), np.uint8), inverted, (0, 0, *image.size))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -95,17 +97,22 @@ def start_server(model: str, engine: str | None, port: int, log: Path,
         return subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
 
 
-def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
-    import httpx
+def get_json(url: str, timeout: float = 10) -> dict:
+    """GET ``url`` and decode its JSON body (standard library: the bench needs no client
+    package installed)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
 
+
+def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"the server exited with status {server.returncode} before answering")
         try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
+            if get_json(url + "/health", timeout=1).get("status") == "ok":
                 return
-        except httpx.HTTPError:
+        except (OSError, ValueError):  # not listening yet (URLError is an OSError)
             pass
         time.sleep(0.2)
     raise RuntimeError(f"the server did not answer {url}/health within {timeout:.0f} s")
@@ -193,9 +200,7 @@ def run_load_test(model: str, images: np.ndarray, engine: str | None = None,
     server = start_server(model, engine, port, log_dir / "server.log", workers)
     try:
         wait_until_healthy(url, server)
-        import httpx
-
-        served = httpx.get(url + "/v1/model", timeout=10).json()
+        served = get_json(url + "/v1/model")
         memory = {"after_start_mb": rss_mb(server.pid)}
         uploads = [png_bytes(image) for image in images]
         asyncio.run(_drive(url, uploads, warmup, max(concurrency)))

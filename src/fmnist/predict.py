@@ -13,7 +13,7 @@ mode: no pickled Python code is ever run) and ``onnx`` (onnxruntime on the file
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +112,6 @@ class ModelFiles:
     path: Path
     engine: str
     run_dir: Path | None = None
-    info: dict = field(default_factory=dict)
 
 
 def locate(source: str | os.PathLike, engine: str | None = None) -> ModelFiles:
@@ -175,6 +174,12 @@ def as_pixel_batch(array, name: str = "pixels") -> np.ndarray:
     return values.astype(np.float32)
 
 
+def in_batches(function, images: np.ndarray, batch: int = BATCH) -> np.ndarray:
+    """``function`` over ``images`` ``batch`` at a time, outputs concatenated as float32."""
+    return np.concatenate([np.asarray(function(images[start:start + batch]), dtype=np.float32)
+                           for start in range(0, len(images), batch)])
+
+
 def top_k(probabilities: np.ndarray, k: int) -> list[ClassScore]:
     """The ``k`` most probable classes of one (10,) probability vector, best first."""
     order = np.argsort(-probabilities, kind="stable")[:k]
@@ -215,8 +220,7 @@ class Predictor:
     def probabilities(self, pixels) -> np.ndarray:
         """(28, 28) or (N, 28, 28) pixel values 0..255 -> float32 (N, 10) probabilities."""
         batch = as_pixel_batch(pixels)
-        return np.concatenate([self.engine(batch[start:start + BATCH])
-                               for start in range(0, len(batch), BATCH)])
+        return in_batches(self.engine, batch)
 
     def prepare(self, inputs) -> list[tuple[str, Processed | np.ndarray]]:
         """Split ``inputs`` into named single images; files/bytes/PIL images are preprocessed.

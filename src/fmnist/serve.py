@@ -24,7 +24,7 @@ from importlib import resources
 import numpy as np
 
 from fmnist.images import MAX_PIXELS, ImageInputError, load_for_model
-from fmnist.predict import Prediction, Predictor, top_k
+from fmnist.predict import Prediction, Predictor, as_pixel_batch, top_k
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_IMAGES = 64
@@ -187,8 +187,6 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 
     @app.post("/v1/predict/pixels")
     async def predict_pixels(request: PixelsRequest):
-        from fmnist.predict import as_pixel_batch
-
         batch = as_pixel_batch(request.pixels)
         check_count(len(batch))
         rows = probabilities(batch)

@@ -263,7 +263,8 @@ def compile_for_training(model, config: TrainConfig, total_steps: int):
     return model
 
 
-def _new_model(config: TrainConfig, total_steps: int):
+def new_model(config: TrainConfig, total_steps: int):
+    """The run's model, seeded and compiled with its recipe for ``total_steps`` steps."""
     _configure_determinism(config.seed)  # the same initial weights every time
     try:
         model = get_factory(config.model)(**config.model_options)
@@ -285,7 +286,7 @@ def _epochs_within_budget(config: TrainConfig, x_train, y_train, n_val: int) -> 
     """
     started = time.perf_counter()
     steps = steps_per_epoch(len(y_train), config.batch_size)
-    model = _new_model(config, config.epochs * steps)
+    model = new_model(config, config.epochs * steps)
     stamps: list[float] = []
     stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: stamps.append(time.perf_counter()))
     model.fit(training_batches(x_train, y_train, config, 0, 1), steps_per_epoch=min(PROBE_STEPS, steps),
@@ -337,7 +338,7 @@ def _fit(run_dir: Path, config: TrainConfig, train_data, verbose, stop_after=Non
                         scaled_learning_rate=config.learning_rate)
                 if config.time_budget:
                     config = _fix_epochs_to_budget(run_dir, config, x_train, y_train, len(y_val))
-                model = _new_model(config, config.epochs * steps)
+                model = new_model(config, config.epochs * steps)
 
         if strategy is not None and isinstance(strategy, _multiworker_type()):
             from fmnist.distribute import patch_keras_for_multiworker

@@ -31,8 +31,8 @@ import numpy as np
 from fmnist import rundir
 from fmnist.data import NUM_CLASSES
 from fmnist.models import get_search_space
-from fmnist.split import train_val_split
-from fmnist.train import TrainConfig, _new_model, steps_per_epoch, training_batches
+from fmnist.split import DEFAULT_VAL_SIZE, train_val_split
+from fmnist.train import TrainConfig, new_model, steps_per_epoch, training_batches
 
 TUNERS = ("hyperband", "random", "bayesian")
 PROJECT = "search"
@@ -66,7 +66,7 @@ class SearchSpace(kt.HyperModel):
         keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
         try:
             total = config.epochs * steps_per_epoch(len(self.y_train), config.batch_size)
-            return _new_model(config, total)  # the schedule spans the trial's epochs
+            return new_model(config, total)  # the schedule spans the trial's epochs
         finally:
             keras.config.set_dtype_policy("float32")
 
@@ -164,7 +164,7 @@ def is_distributed() -> bool:
 
 def run_search(family: str, train_data, directory: Path, kind: str = "hyperband",
                max_trials: int = 10, budget_seconds: float | None = None, max_epochs: int = 9,
-               seed: int = 0, val_size: int = 6000, train_size: int | None = None) -> dict | None:
+               seed: int = 0, val_size: int = DEFAULT_VAL_SIZE, train_size: int | None = None) -> dict | None:
     """Search ``family``'s space; on the chief (or alone), write and return the summary."""
     x, y = train_data
     train_idx, val_idx = train_val_split(y, val_size, seed, train_size)
