@@ -56,6 +56,8 @@ def test_unknown_model_is_a_usage_error():
     (["--learning-rate", "nan"], "must be a positive number"),
     (["--seed", "1.5"], "expected a whole number"),
     (["--frobnicate"], "unrecognized arguments"),
+    (["--precision", "float16"], "invalid choice: 'float16'"),
+    (["--mixed-precision"], "unrecognized arguments"),  # replaced by --precision
 ])
 def test_bad_flag_values_are_usage_errors(flags, needle):
     _one_line_error(run_cli("train", *flags), 2, needle)
@@ -146,3 +148,55 @@ def test_models_lists_every_registered_model_with_its_recipe():
     for name in ("mlp", "mlp-plus", "cnn-tfdocs", "cnn-fast", "cnn-best"):
         assert f"\n{name} " in "\n" + result.stdout
     assert "optimizer=sgd" in result.stdout and "--model-option" in result.stdout
+
+
+# What TensorFlow's C++ side printed to every training before: notices and a false error.
+TENSORFLOW_NOISE = ("E0000", "node_def_util", "absl::InitializeLog", "oneDNN custom operations",
+                    "use_unbounded_threadpool")
+
+
+@pytest.mark.slow
+def test_train_says_its_precision_and_prints_no_tensorflow_noise(tmp_path, real_data_dir):
+    result = run_cli("train", "--model", "mlp", "--epochs", "2", "--train-size", "1000",
+                     "--val-size", "500", "--test-size", "500", "--tta", "--quiet",
+                     "--out", str(tmp_path / "run"), "--data-dir", str(real_data_dir))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("precision: ") and "(auto: " in lines[0]
+    assert any("--tta does not apply: mlp was trained without flips" in line for line in lines)
+    assert "flip TTA" not in result.stdout  # no TTA figure for a model that never saw mirrors
+    noise = [line for line in result.stderr.splitlines()
+             if any(marker in line for marker in TENSORFLOW_NOISE)]
+    assert noise == [], noise
+    # An explicit bfloat16 where it is emulated: one warning line of fmnist's, nothing else.
+    from fmnist.hardware import choose_precision
+
+    emulated = choose_precision("bfloat16").warning is not None
+    forced = run_cli("train", "--model", "mlp", "--precision", "bfloat16", "--epochs", "1",
+                     "--train-size", "500", "--val-size", "200", "--test-size", "200", "--quiet",
+                     "--out", str(tmp_path / "bf16"), "--data-dir", str(real_data_dir))
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.startswith("precision: bfloat16 (bfloat16 as requested")
+    warnings = [line for line in forced.stderr.splitlines() if line.strip()]
+    assert warnings == (["fmnist: warning: bfloat16 was requested, but this hardware only "
+                         "emulates it, so training will be many times slower than in float32; "
+                         "use --precision auto or float32"] if emulated else []), warnings
+
+
+def test_no_committed_file_holds_this_machines_absolute_path():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    offenders = []
+    for name in listed.stdout.splitlines():
+        path = root / name
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        if str(root) in text:
+            offenders.append(name)
+    assert offenders == []

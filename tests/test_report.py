@@ -66,7 +66,8 @@ def test_top2_accuracy_and_most_confused_pairs():
 
 @pytest.fixture(scope="module")
 def evaluated_run(real_data_dir, tmp_path_factory):
-    run = train(TrainConfig(epochs=1, train_size=2000, val_size=500, test_size=600),
+    # Trained with flips, so flip TTA applies (evaluate.tta_applies).
+    run = train(TrainConfig(epochs=1, flip=True, train_size=2000, val_size=500, test_size=600),
                 tmp_path_factory.mktemp("run") / "mlp", data_dir=real_data_dir, verbose=0)
     evaluate_run(run, data_dir=real_data_dir, tta=True)
     return run

@@ -133,7 +133,8 @@ def test_resuming_a_finished_run_changes_nothing(real_data_dir, tmp_path):
 def test_presets_sit_between_defaults_and_flags():
     config = TrainConfig.for_model("cnn-fast", epochs=3, learning_rate=None)
     assert config.epochs == 3  # a flag wins
-    assert config.optimizer == "sgd" and config.mixed_precision  # the preset
+    assert config.optimizer == "sgd" and config.flip  # the preset
+    assert config.precision == "auto"  # every preset leaves precision to the hardware
     assert config.val_size == 6000  # a default
     assert TrainConfig.for_model("mlp") == TrainConfig()  # the seed keeps the notebook's recipe
 
@@ -152,7 +153,7 @@ def test_every_optimizer_and_schedule_trains(optimizer, schedule):
 
 
 def test_mixed_precision_run_leaves_the_global_policy_alone(real_data_dir, tmp_path):
-    run = train(TrainConfig(mixed_precision=True, **QUICK), tmp_path / "run",
+    run = train(TrainConfig(precision="bfloat16", **QUICK), tmp_path / "run",
                 data_dir=real_data_dir, verbose=0)
     assert keras.config.dtype_policy().name == "float32"
     model = keras.saving.load_model(run / rundir.MODEL)
@@ -186,9 +187,13 @@ def test_ema_weights_survive_a_kill_after_the_last_checkpoint(real_data_dir, tmp
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("model", ["mlp-plus", "cnn-fast"])
-def test_resume_is_exact_with_dropout_augmentation_and_bfloat16(real_data_dir, tmp_path, model):
-    sizes = dict(train_size=1500, val_size=500, test_size=500, batch_size=128, seed=4)
+# mlp-plus in bfloat16 (emulated on CPUs without it, but dense layers stay quick), cnn-fast
+# in whatever auto picks here; dropout, augmentation and both precisions resume exactly.
+@pytest.mark.parametrize("model, precision", [("mlp-plus", "bfloat16"), ("cnn-fast", "auto")])
+def test_resume_is_exact_with_dropout_augmentation_and_bfloat16(real_data_dir, tmp_path, model,
+                                                                precision):
+    sizes = dict(train_size=1500, val_size=500, test_size=500, batch_size=128, seed=4,
+                 precision=precision)
     straight = train(TrainConfig.for_model(model, epochs=2, erase=0.3, **sizes),
                      tmp_path / "straight", data_dir=real_data_dir, verbose=0)
     partial = train(TrainConfig.for_model(model, epochs=2, erase=0.3, **sizes),
@@ -197,3 +202,80 @@ def test_resume_is_exact_with_dropout_augmentation_and_bfloat16(real_data_dir, t
     assert not (partial / rundir.MODEL).exists()
     resume(partial, data_dir=real_data_dir, verbose=0)
     assert _history_numbers(partial) == _history_numbers(straight)
+
+
+def _pretend_cpu(monkeypatch, flags: set) -> None:
+    """Make this machine answer as a CPU with ``flags`` and no GPU."""
+    from fmnist import hardware
+
+    monkeypatch.setattr(hardware, "read_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(hardware, "gpu_compute_capability", lambda: None)
+    monkeypatch.setattr(hardware, "is_x86", lambda: True)
+
+
+def _compute_dtypes(run_dir) -> set:
+    model = keras.saving.load_model(run_dir / rundir.MODEL)
+    return {layer.dtype_policy.compute_dtype for layer in model.layers
+            if layer.name not in ("pixels", "probabilities")}
+
+
+TINY = dict(train_size=600, val_size=200, test_size=200, batch_size=100)
+
+
+def test_auto_precision_is_chosen_by_the_cpu_printed_and_recorded(real_data_dir, tmp_path,
+                                                                  monkeypatch):
+    lines = []
+    _pretend_cpu(monkeypatch, {"avx2", "fma", "avx512f", "avx512_bf16"})
+    run = train(TrainConfig(epochs=1, **TINY), tmp_path / "bf16", data_dir=real_data_dir,
+                verbose=0, log=lines.append)
+    saved = json.loads((run / rundir.CONFIG).read_text())
+    assert saved["precision"] == "auto" and saved["precision_used"] == "bfloat16"
+    assert "avx512_bf16" in saved["precision_reason"]
+    assert lines == [f"precision: bfloat16 ({saved['precision_reason']})"]
+    assert _compute_dtypes(run) == {"bfloat16"}
+
+    lines.clear()
+    _pretend_cpu(monkeypatch, {"avx2", "fma"})
+    run = train(TrainConfig(epochs=1, **TINY), tmp_path / "f32", data_dir=real_data_dir,
+                verbose=0, log=lines.append)
+    saved = json.loads((run / rundir.CONFIG).read_text())
+    assert saved["precision_used"] == "float32" and "no native bfloat16" in saved["precision_reason"]
+    assert lines[0].startswith("precision: float32 (auto: this CPU has no native bfloat16")
+    assert _compute_dtypes(run) == {"float32"}
+
+
+def test_a_resumed_run_keeps_the_precision_in_its_config(real_data_dir, tmp_path, monkeypatch,
+                                                         capsys):
+    _pretend_cpu(monkeypatch, {"avx2", "avx512f", "avx512_bf16"})
+    run = train(TrainConfig(epochs=2, **TINY), tmp_path / "run", data_dir=real_data_dir,
+                verbose=0, stop_after=1)
+    # The run moves to an AVX2 machine, where auto would pick float32.
+    _pretend_cpu(monkeypatch, {"avx2", "fma"})
+    capsys.readouterr()
+    resume(run, data_dir=real_data_dir, verbose=0)
+    out = capsys.readouterr()
+    assert "precision: bfloat16 (kept from" in out.out
+    assert json.loads((run / rundir.CONFIG).read_text())["precision_used"] == "bfloat16"
+    assert _compute_dtypes(run) == {"bfloat16"}
+    # bfloat16 as recorded is no explicit request: no warning about emulation either.
+    assert "warning" not in out.err
+
+
+def test_explicit_bfloat16_on_an_emulating_cpu_warns_once(real_data_dir, tmp_path, monkeypatch,
+                                                          capsys):
+    _pretend_cpu(monkeypatch, {"avx2", "fma"})
+    train(TrainConfig(epochs=1, precision="bfloat16", **TINY), tmp_path / "run",
+          data_dir=real_data_dir, verbose=0)
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(err) == 1 and "many times slower" in err[0]
+
+
+def test_runs_made_before_precision_existed_resume_in_their_precision():
+    from fmnist.train import recorded_precision
+
+    old = {"model": "cnn-fast", "mixed_precision": True}
+    assert TrainConfig.from_json(old).precision == "bfloat16"
+    assert recorded_precision(old) == "bfloat16"
+    assert recorded_precision({"mixed_precision": False}) == "float32"
+    assert recorded_precision({"precision": "auto", "precision_used": "float32"}) == "float32"
+    assert recorded_precision({"precision": "auto"}) is None

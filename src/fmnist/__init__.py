@@ -9,8 +9,11 @@ import os
 # Keras 3 reads KERAS_BACKEND when it is first imported; fmnist is built and
 # measured on TensorFlow, but a user's explicit choice (jax, torch) wins.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# Hide TensorFlow's C++ info and warning lines (CPU feature notes); errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from fmnist.runtime import configure_tensorflow_environment  # noqa: E402
+
+# oneDNN kernels on every x86 CPU, quiet C++ logs: both must precede TensorFlow's import.
+configure_tensorflow_environment()
 
 __version__ = "0.1.0"
 

@@ -14,6 +14,7 @@ import sys
 
 from fmnist import __version__
 from fmnist.errors import FmnistError
+from fmnist.hardware import PRECISIONS
 
 DEFAULT_MODEL = "cnn-fast"
 
@@ -133,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--label-smoothing", type=_non_negative_float)
     recipe.add_argument("--ema", type=_positive_float, metavar="MOMENTUM",
                         help="average the weights with this momentum (e.g. 0.999)")
-    recipe.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
-                        help="bfloat16 compute (fast on CPUs with AVX512-BF16)")
+    recipe.add_argument("--precision", choices=PRECISIONS,
+                        help="auto (every preset): bfloat16 where the hardware computes it "
+                             "natively (CPUs with avx512_bf16 or amx_bf16, GPUs of compute "
+                             "capability >= 8.0), float32 elsewhere")
     recipe.add_argument("--flip", action=argparse.BooleanOptionalAction,
                         help="augment with random left-right flips")
     recipe.add_argument("--translate", type=_int_at_least(0), metavar="PIXELS",
@@ -317,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Flags that define a run; with --resume they come from the run's config.json instead.
 _RUN_FLAGS = ("model", "model_options", "epochs", "time_budget", "batch_size", "optimizer",
               "learning_rate", "schedule", "weight_decay", "label_smoothing", "ema",
-              "mixed_precision", "flip", "translate", "erase", "seed", "val_size",
+              "precision", "flip", "translate", "erase", "seed", "val_size",
               "train_size", "test_size", "distribute", "cpu_replicas", "tensorboard",
               "tensorboard_histograms", "out")
 
@@ -436,12 +439,21 @@ def _cmd_train(args) -> int:
     if config_used.get("distribute") == "multiworker" and not is_chief():
         print(f"run: {run_dir} (worker; the chief evaluates on the test set)")
         return 0
+    _say_if_tta_does_not_apply(args, config_used)
     metrics = evaluate_run(run_dir, test_data=test_data, tta=args.tta)
     print(f"run: {run_dir}")
     print(f"validation accuracy: {metrics['val_accuracy']:.4f}  "
           f"training: {metrics['train_seconds']:.1f} s, {metrics['epochs']} epochs")
     _print_test_metrics(metrics)
     return 0
+
+
+def _say_if_tta_does_not_apply(args, config: dict) -> None:
+    from fmnist.evaluate import tta_applies
+
+    if args.tta and not tta_applies(config):
+        print(f"fmnist {args.command}: --tta does not apply: {config.get('model')} was trained "
+              "without flips, so only the plain test accuracy is reported")
 
 
 def _print_test_metrics(metrics: dict) -> None:
@@ -492,17 +504,26 @@ def _cmd_bench(args) -> int:
     from fmnist.bench import DEFAULT_MODELS
 
     if args.render:
-        import json
-
-        from fmnist.bench import render
+        from fmnist.bench import load_report, render
 
         if not Path(args.json).is_file():
             raise FmnistError(f"{args.json} does not exist; run `fmnist bench` first")
-        render(json.loads(Path(args.json).read_text()), Path(args.markdown),
-               Path(args.readme) if args.readme else None)
+        import json
+
+        from fmnist import rundir
+
+        report = load_report(Path(args.json))
+        if json.loads(Path(args.json).read_text()).get("format") != report["format"]:
+            rundir.write_json(Path(args.json), report)  # an older layout, upgraded once
+            print(f"upgraded {args.json} to the per-machine layout")
+        render(report, Path(args.markdown), Path(args.readme) if args.readme else None)
         print(f"wrote {args.markdown} from {args.json}")
         return 0
-    command = " ".join(["fmnist", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "fmnist bench"
+    from fmnist.bench import repo_relative_command
+
+    # As typed, minus any absolute path: bench files are committed, and rerun from the repo.
+    command = (repo_relative_command(sys.argv[1:]) if sys.argv[1:2] == ["bench"]
+               else "fmnist bench")
     readme = Path(args.readme) if args.readme else None
     if args.serve:
         from fmnist.data import load_split
@@ -542,14 +563,16 @@ def _cmd_bench(args) -> int:
     report = run_bench(models, args.seeds, Path(args.runs_dir), Path(args.json), Path(args.markdown),
                        Path(args.readme) if args.readme else None, data_dir=args.data_dir,
                        extra=args.train_arg, command=command, seed_start=args.seed_start)
-    from fmnist.bench import results_table
+    from fmnist.bench import readme_tables
 
-    print(results_table(report["rows"]))
+    print(readme_tables(report))
     print(f"wrote {args.markdown} and {args.json}")
     return 0
 
 
 def _cmd_evaluate(args) -> int:
+    from pathlib import Path
+
     from fmnist import rundir
     from fmnist.data import load_split
 
@@ -558,6 +581,7 @@ def _cmd_evaluate(args) -> int:
 
     from fmnist.evaluate import evaluate_run
 
+    _say_if_tta_does_not_apply(args, rundir.read_json(Path(args.run_dir) / rundir.CONFIG))
     metrics = evaluate_run(args.run_dir, test_data=test_data, tta=args.tta)
     _print_test_metrics(metrics)
     return 0
@@ -672,6 +696,9 @@ def _cmd_serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from fmnist.runtime import quiet_tensorflow_import
+
+    quiet_tensorflow_import()  # TensorFlow's import notices are not for users' terminals
     commands = {"data": _cmd_data, "train": _cmd_train, "evaluate": _cmd_evaluate,
                 "models": _cmd_models, "bench": _cmd_bench, "compare": _cmd_compare,
                 "predict": _cmd_predict, "export": _cmd_export, "serve": _cmd_serve,

@@ -18,3 +18,7 @@ class RunDirError(FmnistError):
 
 class UnknownModelError(FmnistError, ValueError):
     """A model name that is not in the registry."""
+
+
+class ConfigError(FmnistError, ValueError):
+    """A training setting with a value fmnist does not know (e.g. in a --config file)."""

@@ -10,8 +10,25 @@ import numpy as np
 
 
 def predict_proba(model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Class probabilities, float32 (N, 10), for uint8 ``images`` (N, 28, 28)."""
-    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+    """Class probabilities, float32 (N, 10), for uint8 ``images`` (N, 28, 28).
+
+    ``predict_on_batch`` over slices rather than ``predict``: given arrays, ``predict``
+    builds a tf.data pipeline that TensorFlow rewrites under op determinism (on after
+    training), logging a C++ "error" about an unknown attribute each time.
+    """
+    if len(images) == 0:
+        return np.zeros((0, 10), dtype=np.float32)
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        # Under tf.distribute, predict_on_batch hands every replica the whole batch and
+        # concatenates their answers; predict splits a dataset between them instead.
+        import tensorflow as tf
+
+        batches = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+        return np.asarray(model.predict(batches, verbose=0), dtype=np.float32)
+    return np.concatenate([np.asarray(model.predict_on_batch(images[start:start + batch_size]),
+                                      dtype=np.float32)
+                           for start in range(0, len(images), batch_size)])
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict:

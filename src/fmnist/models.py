@@ -11,7 +11,8 @@ and export all feed the same raw pixels and cannot drift apart.
 Add a model with ``@register("name", **preset)`` on a factory that returns an
 uncompiled ``keras.Model``; ``preset`` is the model's training recipe (any TrainConfig
 field: epochs, optimizer, schedule, augmentation...), which command-line flags
-override. The tests are parametrized over the registry, so a model is tested the day it
+override. Every preset says ``precision="auto"``: bfloat16 only where the hardware
+computes it natively (see hardware.py), so a preset is fast on every machine. The tests are parametrized over the registry, so a model is tested the day it
 is added. Keras is imported inside the factories: importing this module (as the CLI
 does to list model names) must stay cheap. Factories use only Keras layers and
 ``keras.ops``, so any Keras backend can run them.
@@ -137,14 +138,20 @@ def _probabilities(features):
 
 
 def _conv_bn_relu(x, filters: int, kernel: int = 3, strides: int = 1, name: str = "conv",
-                  separable: bool = False):
+                  separable: bool = False, batch_norm: bool = True):
     """Conv (no bias: batch norm has one) -> BatchNorm -> ReLU, channels last.
 
     ``separable``: a depthwise 3x3 then a pointwise 1x1 conv, ~8x fewer FLOPs.
+    ``batch_norm=False``: Conv with bias and ReLU in one layer, which TensorFlow runs as
+    one fused kernel; Keras 3's batch norm is not fused, and cost a quarter of a cnn-fast
+    step on an AVX2 CPU.
     """
     from keras import layers
 
     conv = layers.SeparableConv2D if separable else layers.Conv2D
+    if not batch_norm:
+        return conv(filters, kernel, strides=strides, padding="same", activation="relu",
+                    name=name)(x)
     x = conv(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
     # momentum 0.9, not Keras' 0.99: runs here last a few hundred steps per epoch, and
     # slow moving statistics left validation near chance after the first epoch.
@@ -152,7 +159,7 @@ def _conv_bn_relu(x, filters: int, kernel: int = 3, strides: int = 1, name: str 
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-@register("mlp")
+@register("mlp", precision="auto")
 def mlp(hidden_units: int = 128):
     """The seed notebook's network: Flatten -> Dense(128, relu) -> Dense(10, softmax).
 
@@ -167,8 +174,8 @@ def mlp(hidden_units: int = 128):
     return keras.Model(pixels, _probabilities(x), name="mlp")
 
 
-@register("mlp-plus", epochs=12, batch_size=256, optimizer="adamw", learning_rate=3e-3,
-          weight_decay=1e-4, schedule="onecycle", label_smoothing=0.1, mixed_precision=False)
+@register("mlp-plus", precision="auto", epochs=12, batch_size=256, optimizer="adamw",
+          learning_rate=3e-3, weight_decay=1e-4, schedule="onecycle", label_smoothing=0.1)
 def mlp_plus(hidden_units=(512, 256), dropout: float = 0.2):
     """The best dense-only network here: Dense-BatchNorm-ReLU-Dropout blocks (512, 256).
 
@@ -188,7 +195,7 @@ def mlp_plus(hidden_units=(512, 256), dropout: float = 0.2):
     return keras.Model(pixels, _probabilities(x), name="mlp_plus")
 
 
-@register("cnn-tfdocs", epochs=10, batch_size=128)
+@register("cnn-tfdocs", precision="auto", epochs=10, batch_size=128)
 def cnn_tfdocs():
     """Reference: the TensorFlow-docs kind of CNN, trained the usual way.
 
@@ -210,7 +217,7 @@ def cnn_tfdocs():
 
 
 def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str,
-             dense: int, dropout: float, separable: bool = False):
+             dense: int, dropout: float, separable: bool = False, batch_norm: bool = True):
     """A small batch-norm CNN: stem to 14x14, 3x3 convs, pool to 7x7, 3x3 convs, head.
 
     ``stem``: "patch" (2x2 stride-2 conv), "conv-s2" (3x3 stride-2 conv: overlapping
@@ -219,34 +226,37 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
     of the 3x3 convs at 14x14 and at 7x7. ``head``: "gap" (global average pool) or
     "flatten" (the 7x7 map as is: garments' layout matters); then an optional
     Dense(``dense``)-BatchNorm-ReLU block. ``separable``: depthwise-separable 3x3 convs
-    after the stem.
+    after the stem. ``batch_norm=False``: no batch norm anywhere (conv+bias+ReLU fused).
     """
     import keras
     from keras import layers
 
     pixels, x = _pixels_input()
     x = layers.Reshape((28, 28, 1), name="channels")(x)  # (N, 28, 28, 1)
+    bn = {"batch_norm": batch_norm}
     if stem == "patch":
-        x = _conv_bn_relu(x, stem_width, kernel=2, strides=2, name="stem")  # (N, 14, 14, C)
+        x = _conv_bn_relu(x, stem_width, kernel=2, strides=2, name="stem", **bn)  # (N, 14, 14, C)
     elif stem == "conv-s2":
-        x = _conv_bn_relu(x, stem_width, kernel=3, strides=2, name="stem")  # (N, 14, 14, C)
+        x = _conv_bn_relu(x, stem_width, kernel=3, strides=2, name="stem", **bn)  # (N, 14, 14, C)
     elif stem == "conv":
-        x = _conv_bn_relu(x, stem_width, name="stem")  # (N, 28, 28, C)
+        x = _conv_bn_relu(x, stem_width, name="stem", **bn)  # (N, 28, 28, C)
         x = layers.MaxPooling2D(name="stem_pool")(x)  # (N, 14, 14, C)
     else:
         raise ValueError(f"stem must be 'patch', 'conv-s2' or 'conv', not {stem!r}")
     for index, filters in enumerate(widths14):
-        x = _conv_bn_relu(x, filters, name=f"conv14_{index}", separable=separable)
+        x = _conv_bn_relu(x, filters, name=f"conv14_{index}", separable=separable, **bn)
     x = layers.MaxPooling2D(name="pool14")(x)  # (N, 7, 7, C)
     for index, filters in enumerate(widths7):
-        x = _conv_bn_relu(x, filters, name=f"conv7_{index}", separable=separable)
+        x = _conv_bn_relu(x, filters, name=f"conv7_{index}", separable=separable, **bn)
     if head == "gap":
         x = layers.GlobalAveragePooling2D(name="gap")(x)  # (N, C)
     elif head == "flatten":
         x = layers.Flatten(name="flatten")(x)  # (N, 49C)
     else:
         raise ValueError(f"head must be 'gap' or 'flatten', not {head!r}")
-    if dense:
+    if dense and not batch_norm:
+        x = layers.Dense(dense, activation="relu", name="dense")(x)
+    elif dense:
         x = layers.Dense(dense, use_bias=False, name="dense")(x)
         x = layers.BatchNormalization(momentum=0.9, name="dense_bn")(x)
         x = layers.ReLU(name="dense_relu")(x)
@@ -266,21 +276,22 @@ def mlp_space(hp):
     return options, recipe
 
 
-@register("cnn-fast", epochs=10, batch_size=256, optimizer="sgd", learning_rate=0.2,
-          weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, mixed_precision=True,
+@register("cnn-fast", precision="auto", epochs=10, batch_size=256, optimizer="sgd",
+          learning_rate=0.2, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1,
           flip=True, translate=1)
 def cnn_fast(stem: str = "conv-s2", stem_width: int = 32, widths14=(32, 32), widths7=(),
              head: str = "flatten", dense: int = 128, dropout: float = 0.0,
-             separable: bool = False):
+             separable: bool = False, batch_norm: bool = True):
     """The default: the fastest route here to ~0.93, a batch-norm CNN with a stride-2 stem.
 
     Conv(32, 3x3, stride 2) -> 2 x Conv(32, 3x3) at 14x14 -> MaxPool -> Dense(128) on the
     7x7 map -> Dense(10); 221,610 parameters, 7.7 MFLOP per image. Nesterov SGD
-    one-cycle (peak 0.2) over 10 epochs, label smoothing 0.1, flips and 1-pixel shifts,
-    bfloat16: about 100 s on 2 CPU cores (target >= 0.930, see BENCHMARKS.md).
+    one-cycle (peak 0.2) over 10 epochs, label smoothing 0.1, flips and 1-pixel shifts;
+    about 100 s on 2 cores of an AVX-512 BF16 CPU (bfloat16), about 5 minutes on 2 AVX2
+    cores (float32). Target >= 0.930; measured per machine kind in BENCHMARKS.md.
     """
     return _convnet("cnn_fast", stem, stem_width, widths14, widths7, head, dense, dropout,
-                    separable)
+                    separable, batch_norm)
 
 
 @search_space("cnn", model="cnn-fast")
@@ -295,8 +306,8 @@ def cnn_space(hp):
     return options, recipe
 
 
-@register("cnn-best", epochs=60, batch_size=256, optimizer="sgd", learning_rate=0.1,
-          weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, mixed_precision=True,
+@register("cnn-best", precision="auto", epochs=60, batch_size=256, optimizer="sgd",
+          learning_rate=0.1, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1,
           flip=True, translate=2, erase=0.5)
 def cnn_best(stem: str = "conv-s2", stem_width: int = 32, widths14=(64, 64),
              widths7=(128, 128), head: str = "flatten", dense: int = 256,

@@ -28,6 +28,7 @@ from fmnist import __version__, rundir
 from fmnist.data import NUM_CLASSES, load_split
 from fmnist.errors import FmnistError
 from fmnist.augment import Augmentation, augment_batch
+from fmnist.hardware import PRECISIONS, PrecisionChoice, choose_precision, dtype_policy
 from fmnist.metrics import classification_metrics, predict_proba
 from fmnist.models import get_factory, model_preset
 from fmnist.plots import plot_history
@@ -54,7 +55,10 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     label_smoothing: float = 0.0
     ema: float | None = None  # momentum of an exponential moving average of the weights
-    mixed_precision: bool = False  # bfloat16 compute, float32 weights and outputs
+    # "auto": bfloat16 where the hardware computes it natively, else float32 (see
+    # hardware.py); "bfloat16": mixed precision (bfloat16 compute, float32 weights and
+    # outputs); "float32". What a run used is recorded as config.json's precision_used.
+    precision: str = "auto"
     flip: bool = False  # augmentation: random left-right flips
     translate: int = 0  # augmentation: random shifts of up to N pixels
     erase: float = 0.0  # augmentation: probability of random erasing
@@ -71,6 +75,10 @@ class TrainConfig:
     @classmethod
     def from_json(cls, payload: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        payload = dict(payload)
+        if "mixed_precision" in payload and "precision" not in payload:
+            # config.json of runs made before --precision replaced --mixed-precision.
+            payload["precision"] = "bfloat16" if payload["mixed_precision"] else "float32"
         return cls(**{key: value for key, value in payload.items() if key in names})
 
     @classmethod
@@ -101,36 +109,90 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig, out_dir: str | Path | None = None, data_dir=None,
-          verbose: int | str = "auto", train_data=None, stop_after: int | None = None) -> Path:
+          verbose: int | str = "auto", train_data=None, stop_after: int | None = None,
+          log=print) -> Path:
     """Train a new run into ``out_dir`` (created; must be absent or empty). Returns it.
 
     ``train_data``: the 60,000 training ``(images, labels)`` if already loaded (the CLI
     verifies the data before importing TensorFlow); else they are loaded from ``data_dir``.
     ``stop_after``: leave the run after this many epochs, unfinished but resumable (as a
-    preempted job would be; `resume` continues it).
+    preempted job would be; `resume` continues it). ``log``: where the one line saying
+    which precision was chosen, and why, goes (None: nowhere).
     """
+    choice = choose_precision(config.precision)  # a bad value fails before anything is written
     run_dir = rundir.require_new_run_dir(out_dir if out_dir is not None else default_run_dir(config))
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_json(run_dir / rundir.CONFIG, {
         **dataclasses.asdict(config),
+        "precision_used": choice.precision,
+        "precision_reason": choice.reason,
         "versions": versions(),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
+    announce_precision(choice, log)
     if train_data is None:
         train_data = load_split("train", data_dir)
-    _fit(run_dir, config, train_data, verbose, stop_after)
+    _fit(run_dir, config, train_data, verbose, choice.precision, stop_after)
     return run_dir
 
 
 def resume(run_dir: str | Path, data_dir=None, verbose: int | str = "auto",
-           train_data=None) -> Path:
-    """Continue a run from its last checkpoint (or finish it if training was done)."""
+           train_data=None, log=print) -> Path:
+    """Continue a run from its last checkpoint (or finish it if training was done).
+
+    The run keeps the precision recorded in its config.json, whatever this machine would
+    choose today: a checkpoint continues in the arithmetic it was trained in.
+    """
     run_dir = rundir.require_run_dir(run_dir)
-    config = TrainConfig.from_json(rundir.read_json(run_dir / rundir.CONFIG))
+    saved = rundir.read_json(run_dir / rundir.CONFIG)
+    config = TrainConfig.from_json(saved)
+    precision = recorded_precision(saved)
+    if precision is None:  # recorded by no version of fmnist: decide now, and record it
+        choice = choose_precision(config.precision)
+        _record(run_dir, precision_used=choice.precision, precision_reason=choice.reason)
+        announce_precision(choice, log)
+        precision = choice.precision
+    elif log is not None:
+        log(f"precision: {precision} (kept from {run_dir / rundir.CONFIG})")
     if train_data is None:
         train_data = load_split("train", data_dir)
-    _fit(run_dir, config, train_data, verbose)
+    _fit(run_dir, config, train_data, verbose, precision)
     return run_dir
+
+
+def recorded_precision(saved: dict) -> str | None:
+    """The precision a run's config.json says it trained in (None: not recorded)."""
+    if saved.get("precision_used") in PRECISIONS[1:]:
+        return saved["precision_used"]
+    if "mixed_precision" in saved:  # runs made before precision was chosen by hardware
+        return "bfloat16" if saved["mixed_precision"] else "float32"
+    return None
+
+
+def announce_precision(choice: PrecisionChoice, log=print) -> None:
+    """Print the chosen precision and its reason; warn (stderr) about emulated bfloat16."""
+    import sys
+
+    if log is not None:
+        log(f"precision: {choice.precision} ({choice.reason})")
+    if choice.warning:
+        print(f"fmnist: warning: {choice.warning}", file=sys.stderr)
+        _absorb_bfloat16_notice()
+
+
+def _absorb_bfloat16_notice() -> None:
+    """Trigger, and drop, the C++ line TensorFlow logs once per process on its first
+    bfloat16 op where oneDNN cannot run it ("E0000 ... oneDNN supports DT_BFLOAT16 only
+    on platforms with AVX-512"): the warning above already says so, in words."""
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    from fmnist.runtime import filtered_stderr
+
+    with filtered_stderr(lambda line: "oneDNN supports DT_BFLOAT16 only" in line):
+        ones = tf.ones((2, 2), dtype=tf.bfloat16)
+        tf.linalg.matmul(ones, ones).numpy()
 
 
 def _configure_determinism(seed: int) -> None:
@@ -156,24 +218,33 @@ def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int):
     Yields ``(images, labels)``: images uint8 (B, 28, 28), augmented as configured;
     labels uint8 (B,), or float32 one-hot (B, 10) when label smoothing is on. Each epoch
     ends with its own (possibly smaller) last batch, so ``steps_per_epoch(n, B)`` steps
-    make exactly one epoch. The data stays in memory; batches are gathered by index and
-    augmented as whole tensors, with no Python per sample.
+    make exactly one epoch. The data stays in memory. Each epoch is gathered in its
+    seeded order and augmented as one tensor (random draws keyed by the epoch), then cut
+    into batches: one pipeline call per epoch instead of one per batch, which took a
+    tenth of a cnn-fast epoch on a 2-core CPU where the pipeline competes with training.
     """
     import tensorflow as tf
 
     n = len(y)
     orders = np.stack([epoch_order(config.seed, e, n) for e in range(first_epoch, epochs)])
     gather = _batch_gatherer(x, y, config)
-    batches = tf.data.Dataset.from_tensor_slices(orders).flat_map(
-        lambda order: tf.data.Dataset.from_tensor_slices(order).batch(config.batch_size))
-    # The global batch number keys the augmentation's random draws (see augment.py).
-    batches = batches.enumerate(start=first_epoch * steps_per_epoch(n, config.batch_size))
-    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def one_epoch(epoch, order):
+        return tf.data.Dataset.from_tensor_slices(gather(epoch, order)).batch(config.batch_size)
+
+    epoch_ids = np.arange(first_epoch, epochs, dtype=np.int64)
+    # No prefetch and no autotuning: a batch is a slice of a ready tensor, and on a
+    # 2-core CPU a prefetch thread beside oneDNN's threads made every step 10% slower.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return (tf.data.Dataset.from_tensor_slices((epoch_ids, orders)).flat_map(one_epoch)
+            .with_options(options))
 
 
 def _batch_gatherer(x, y, config: TrainConfig):
-    """``gather(key, indices) -> (images, labels)``: one batch of the in-memory arrays,
-    augmented (random draws keyed by ``key``) and with one-hot labels under smoothing."""
+    """``gather(key, indices) -> (images, labels)``: the images at ``indices`` (a batch,
+    or a whole epoch) of the in-memory arrays, augmented (random draws keyed by ``key``)
+    and with one-hot labels under smoothing."""
     import tensorflow as tf
 
     images, labels = tf.constant(x), tf.constant(y)
@@ -301,7 +372,20 @@ def _epochs_within_budget(config: TrainConfig, x_train, y_train, n_val: int) -> 
     return max(1, min(config.epochs, fits)), probe_seconds
 
 
-def _fit(run_dir: Path, config: TrainConfig, train_data, verbose, stop_after=None) -> None:
+def validation_batches(x_val, y_val, batch_size: int = 1024):
+    """The validation split as a tf.data stream of ``batch_size`` batches, in order.
+
+    Given as arrays, Keras would wrap them in a pipeline whose parallel map TensorFlow
+    rewrites under op determinism, and it logs an alarming C++ "error" about an unknown
+    attribute every epoch; a plain sliced dataset does the same work without it.
+    """
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch_size)
+
+
+def _fit(run_dir: Path, config: TrainConfig, train_data, verbose, precision: str,
+         stop_after=None) -> None:
     x, y = train_data  # uint8 (60000, 28, 28), (60000,)
     train_idx, val_idx = train_val_split(y, config.val_size, config.seed, config.train_size)
     x_train, y_train = x[train_idx], y[train_idx]  # uint8 (n_train, 28, 28), (n_train,)
@@ -312,7 +396,7 @@ def _fit(run_dir: Path, config: TrainConfig, train_data, verbose, stop_after=Non
     from fmnist.distribute import make_strategy
 
     strategy = make_strategy(config.distribute, config.cpu_replicas)  # before any TF op
-    keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
+    keras.config.set_dtype_policy(dtype_policy(precision))
     try:
         replicas = strategy.num_replicas_in_sync if strategy else 1
         if replicas > 1:  # linear scaling rule: replicas x the batch, replicas x the rate
@@ -357,7 +441,7 @@ def _fit(run_dir: Path, config: TrainConfig, train_data, verbose, stop_after=Non
             model.fit(
                 stream, steps_per_epoch=steps,
                 epochs=config.epochs, initial_epoch=done,
-                validation_data=(x_val, y_val_fit), validation_batch_size=1024,
+                validation_data=validation_batches(x_val, y_val_fit),
                 shuffle=False,  # the stream is already in each epoch's seeded order
                 callbacks=callbacks,
                 verbose=verbose,

@@ -32,7 +32,9 @@ from fmnist import rundir
 from fmnist.data import NUM_CLASSES
 from fmnist.models import get_search_space
 from fmnist.split import DEFAULT_VAL_SIZE, train_val_split
-from fmnist.train import TrainConfig, new_model, steps_per_epoch, training_batches
+from fmnist.hardware import choose_precision, dtype_policy
+from fmnist.train import (TrainConfig, new_model, steps_per_epoch, training_batches,
+                          validation_batches)
 
 TUNERS = ("hyperband", "random", "bayesian")
 PROJECT = "search"
@@ -63,7 +65,8 @@ class SearchSpace(kt.HyperModel):
 
     def build(self, hp):
         config = self.config(hp)
-        keras.config.set_dtype_policy("mixed_bfloat16" if config.mixed_precision else "float32")
+        # Trials train in the precision a run of the same config would (auto: by hardware).
+        keras.config.set_dtype_policy(dtype_policy(choose_precision(config.precision).precision))
         try:
             total = config.epochs * steps_per_epoch(len(self.y_train), config.batch_size)
             return new_model(config, total)  # the schedule spans the trial's epochs
@@ -78,8 +81,8 @@ class SearchSpace(kt.HyperModel):
         return model.fit(
             training_batches(self.x_train, self.y_train, config, initial_epoch, epochs),
             steps_per_epoch=steps_per_epoch(len(self.y_train), config.batch_size),
-            epochs=epochs, initial_epoch=initial_epoch, validation_data=(self.x_val, y_val),
-            validation_batch_size=1024, callbacks=callbacks, verbose=0)
+            epochs=epochs, initial_epoch=initial_epoch,
+            validation_data=validation_batches(self.x_val, y_val), callbacks=callbacks, verbose=0)
 
 
 def _limited(oracle_class):
