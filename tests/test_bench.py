@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 
 import pytest
 
@@ -12,10 +14,134 @@ from fmnist.models import build_model
 
 
 def test_seconds_to_reach_accuracy_counts_epoch_time_until_first_hit():
-    history = [{"seconds": 2.0, "val_accuracy": 0.8}, {"seconds": 3.0, "val_accuracy": 0.92},
-               {"seconds": 3.0, "val_accuracy": 0.90}]
+    history = [{"epoch": 1, "seconds": 2.0, "val_accuracy": 0.8},
+               {"epoch": 2, "seconds": 3.0, "val_accuracy": 0.92},
+               {"epoch": 3, "seconds": 3.0, "val_accuracy": 0.90}]
     assert bench.seconds_to(history, 0.91) == 5.0
     assert bench.seconds_to(history, 0.95) is None
+    assert bench.crossings(history) == {"0.91": {"epoch": 2, "seconds": 5.0},
+                                        "0.92": {"epoch": 2, "seconds": 5.0}, "0.93": None}
+
+
+def test_crossing_medians_say_not_reached_when_any_seed_missed():
+    hit = {"0.91": {"epoch": 2, "seconds": 10.0}, "0.92": {"epoch": 4, "seconds": 20.0},
+           "0.93": None}
+    other = {"0.91": {"epoch": 3, "seconds": 14.0}, "0.92": {"epoch": 5, "seconds": 24.0},
+             "0.93": {"epoch": 9, "seconds": 40.0}}
+    summary = bench.median_crossings([{"val_crossings": hit}, {"val_crossings": other}])
+    assert summary == {"0.91": {"epoch": 2.5, "seconds": 12.0},
+                       "0.92": {"epoch": 4.5, "seconds": 22.0}, "0.93": None}
+    row = {"model": "cnn-fast", "device": "CPU", "val_crossings_median": summary}
+    assert "| epoch 2.5, 12.0 s | epoch 4.5, 22.0 s | not reached |" in bench.crossing_table([row])
+
+
+def test_recorded_commands_hold_no_absolute_path(tmp_path):
+    command = bench.repo_relative_command(
+        ["bench", "--seeds", "3", "--runs-dir", str(tmp_path / "runs"), f"--json={tmp_path}/b.json",
+         "--models", "mlp"], cwd=str(tmp_path))
+    assert command == "fmnist bench --seeds 3 --runs-dir runs --json=b.json --models mlp"
+    outside = bench.repo_relative_command(["bench", "--data-dir", "/elsewhere/data"], cwd="/repo")
+    assert outside == "fmnist bench --data-dir ../elsewhere/data"
+
+
+def _row(model, seconds, accuracy, steady=10.0, flops=7.0, bench_id="b1", flip=False,
+         precision="float32", tta=None):
+    row = {"model": model, "device": "CPU", "seeds": [0, 1, 2], "params": 1000, "epochs": 10,
+           "precision": precision, "flip": flip, "train_seconds_median": seconds,
+           "train_seconds": [seconds] * 3, "steady_epoch_seconds": steady,
+           "forward_mflops": flops, "n_train": 54000, "n_test": 10000,
+           "test_accuracy": [accuracy] * 3, "test_accuracy_mean_std": (accuracy, 0.0),
+           "test_accuracy_tta": [tta] * 3 if tta else [],
+           "test_accuracy_tta_mean_std": (tta, 0.0) if tta else None,
+           "predict_images_per_second": 1000.0, "peak_rss_mb": 900.0, "bench_id": bench_id,
+           "val_crossings_median": {}}
+    bench._refloor(row, {"float32": 100.0, "bfloat16": 200.0})
+    return row
+
+
+def test_default_target_compares_with_the_reference_of_the_same_run():
+    rows = [_row("cnn-tfdocs", 300.0, 0.915), _row("cnn-fast", 140.0, 0.931, steady=15.0)]
+    result = bench.default_target(rows)
+    assert result["same_run"] and result["accuracy_met"] and result["time_met"]
+    assert result["time_ratio"] == pytest.approx(140 / 300)
+    floor = 3 * 7e6 * 54000 / 100e9  # float32 peak of 100 GFLOP/s
+    assert result["floor_ratio"] == pytest.approx(15.0 / floor) and result["floor_met"]  # 1.32x
+    rows[1]["steady_epoch_seconds"] = 20.0  # 1.76x the floor
+    assert not bench.default_target(rows)["floor_met"]
+    rows[0]["bench_id"] = "another day"
+    assert not bench.default_target(rows)["same_run"]
+    assert "not measured in the same bench run" in bench.default_target_text(rows)
+    assert bench.default_target([_row("mlp", 9.0, 0.88)]) is None
+
+
+def test_the_floor_uses_the_peak_of_the_precision_trained_in():
+    f32, bf16 = _row("cnn-fast", 1, 0.9), _row("cnn-fast", 1, 0.9, precision="bfloat16")
+    assert f32["epoch_floor_seconds"] == pytest.approx(2 * bf16["epoch_floor_seconds"])
+
+
+def test_tta_is_shown_only_for_models_trained_with_flips():
+    table = bench.results_table([_row("mlp", 9.0, 0.878, tta=0.83),
+                                 _row("cnn-fast", 99.0, 0.930, flip=True, tta=0.9325)])
+    mlp_line, fast_line = table.splitlines()[2:]
+    assert "0.83" not in mlp_line and "| — |" in mlp_line
+    assert "0.9325 ± 0.0000" in fast_line
+
+
+FORMAT_1 = {  # the shape of bench.json before figures were kept per machine
+    "rows": [{"model": "mlp", "device": "CPU", "seeds": [0], "params": 10, "epochs": 10,
+              "train_seconds_median": 9.7, "train_seconds": [9.7], "steady_epoch_seconds": 0.9,
+              "forward_mflops": 0.2, "epoch_floor_seconds": 0.16, "achieved_gflops": 37,
+              "test_accuracy": [0.879], "test_accuracy_mean_std": [0.879, 0.0],
+              "test_accuracy_tta": [0.846], "test_accuracy_tta_mean_std": [0.846, 0.0],
+              "val_accuracy_mean": 0.888, "seconds_to_val_target": [None],
+              "seconds_to_val_target_median": None, "predict_images_per_second": 3.7e5,
+              "peak_rss_mb": 849, "n_train": 54000, "n_test": 10000,
+              "runs": [{"seed": 0, "test_accuracy": 0.879, "test_accuracy_tta": 0.846,
+                        "seconds_to_val_target": None}],
+              "commands": ["fmnist bench --seeds 3 --runs-dir /somewhere/repo/runs/bench"]}],
+    "machine": {"cpu": "AMD EPYC", "cores": 2, "device": "CPU"},
+    "peak_gflops": {"float32": 203.0, "bfloat16": 393.0},
+    "command": "fmnist bench --seeds 3 --runs-dir /somewhere/repo/runs/bench",
+    "updated_utc": "2026-11-26T01:37:08+00:00",
+}
+
+
+def test_a_format_1_bench_file_is_filed_under_the_kind_its_peaks_show(tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(FORMAT_1))
+    report = bench.load_report(path)
+    assert report["format"] == bench.FORMAT and list(report["machines"]) == ["cpu-avx512-bf16-2cores"]
+    (row,) = report["machines"]["cpu-avx512-bf16-2cores"]["rows"]
+    assert not row["flip"] and row["test_accuracy_tta_mean_std"] is None  # mlp had no flips
+    assert "/somewhere" not in json.dumps(report)
+    assert row["commands"] == ["fmnist bench --seeds 3 --runs-dir runs/bench"]
+    emulated = dict(FORMAT_1, peak_gflops={"float32": 92.0, "bfloat16": 9.0})
+    path.write_text(json.dumps(emulated))
+    assert list(bench.load_report(path)["machines"]) == ["cpu-avx2-2cores"]
+
+
+def test_each_machine_kind_gets_its_own_section_and_readme_table(tmp_path):
+    avx2 = {"machine": {"cpu": "AMD EPYC", "cpu_kind": "avx2", "cores": 2, "device": "CPU",
+                        "cpu_flags": ["avx2", "fma"], "peak_gflops": {"float32": 92.0,
+                                                                      "bfloat16": 9.0}},
+            "rows": [_row("cnn-tfdocs", 290.0, 0.915), _row("cnn-fast", 150.0, 0.931, flip=True)],
+            "command": "fmnist bench", "updated_utc": "2026-11-27T10:00:00+00:00"}
+    report = {"format": 2, "machines": {"cpu-avx2-2cores": avx2}}
+    report["machines"].update(bench.migrate_v1(FORMAT_1)["machines"])
+    markdown = bench.render_markdown(report, current="cpu-avx2-2cores")
+    first, second = markdown.index("(`cpu-avx2-2cores`)"), markdown.index("(`cpu-avx512-bf16-2cores`)")
+    assert first < second  # the kind measured now comes first
+    assert markdown.count("Not re-measured in the latest bench run") == 1
+    assert markdown.index("Not re-measured in the latest bench run") > second
+    # Rendered later without a bench run: the latest run's kind is still the one measured.
+    assert bench.render_markdown(report) == markdown
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.README_START}\nold\n{bench.README_END}\noutro\n")
+    assert bench.update_readme(readme, report, current="cpu-avx2-2cores")
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "x86-64 AVX2, no AVX-512, no native bfloat16, 2 cores" in text
+    assert "x86-64 AVX-512 with native bfloat16" in text
 
 
 def test_forward_flops_of_the_seed_mlp():
@@ -31,22 +157,19 @@ def test_forward_flops_count_convolutions():
     assert bench.forward_flops(model) == conv1 + conv2 + dense
 
 
-def test_update_readme_replaces_only_the_marked_block(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{bench.README_START}\nold\n{bench.README_END}\noutro\n")
-    row = {"model": "mlp", "device": "CPU", "params": 10, "epochs": 1, "train_seconds_median": 1.0,
-           "test_accuracy_mean_std": (0.5, 0.0), "test_accuracy_tta_mean_std": None, "seeds": [0],
-           "predict_images_per_second": 100.0}
-    assert bench.update_readme(readme, [row])
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
-    assert "| `mlp` | CPU | 10 | 1 | 1.0 | 0.5000 ± 0.0000 | - | 1 | 100 |" in text
 
 
 @pytest.mark.slow
 def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{bench.README_START}\n{bench.README_END}\n")
+    # Figures of another kind of machine are already in the file: they must survive.
+    other = bench.migrate_v1(FORMAT_1)
+    (other_kind,) = other["machines"]
+    if other_kind == bench.machine_kind(bench.machine(measure=False)):
+        other = bench.migrate_v1(dict(FORMAT_1, peak_gflops={"float32": 92.0, "bfloat16": 9.0}))
+        (other_kind,) = other["machines"]
+    (tmp_path / "bench.json").write_text(json.dumps(other))
     result = run_cli(
         "bench", "--models", "mlp", "--seeds", "2", "--runs-dir", str(tmp_path / "runs"),
         "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
@@ -55,22 +178,35 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, tmp_path):
         "--train-arg=--test-size=500", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
-    (row,) = report["rows"]
+    assert report["machines"][other_kind] == other["machines"][other_kind]  # untouched
+    (kind,) = set(report["machines"]) - {other_kind}
+    section = report["machines"][kind]
+    (row,) = section["rows"]
     assert row["model"] == "mlp" and row["seeds"] == [0, 1] and row["n_train"] == 2000
-    assert row["commands"] == [report["command"]] and report["command"].startswith("fmnist bench --models mlp")
-    assert len(row["test_accuracy"]) == 2 and len(row["test_accuracy_tta"]) == 2
+    assert section["command"].startswith("fmnist bench --models mlp")
+    assert row["commands"] == [section["command"]]
+    words = shlex.split(section["command"])
+    assert not [word for word in words if os.path.isabs(word.rpartition("=")[2])], words
+    assert len(row["test_accuracy"]) == 2 and not row["flip"]
+    assert row["test_accuracy_tta"] == []  # --tta does not apply to a model without flips
+    assert set(row["runs"][0]["val_crossings"]) == {"0.91", "0.92", "0.93"}
+    assert row["precision"] in ("float32", "bfloat16")
     assert 0.5 < row["test_accuracy_mean_std"][0] <= 1.0
     assert row["peak_rss_mb"] > 100 and row["predict_images_per_second"] > 1000
-    assert report["peak_gflops"]["float32"] > 1
+    record = section["machine"]
+    assert record["peak_gflops"]["float32"] > 1 and record["cores"] >= 1
+    assert {"cpu", "cpu_flags", "cpu_kind", "onednn"} <= set(record)
     markdown = (tmp_path / "BENCH.md").read_text()
-    assert "| `mlp` | CPU |" in markdown and report["machine"]["cpu"] in markdown
+    assert "| `mlp` | CPU |" in markdown and record["cpu"] in markdown
+    assert markdown.index(f"(`{kind}`)") < markdown.index(f"(`{other_kind}`)")
+    assert "Not re-measured in the latest bench run" in markdown and "### Time to accuracy" in markdown
     assert "| `mlp` | CPU |" in readme.read_text()
-    # The same bench file gains the inference and the serving sections.
+    # The same bench file gains the inference and the serving sections of this machine.
     common = ["--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
               "--readme", "", "--data-dir", str(real_data_dir)]
     inference = run_cli("bench", "--inference", "--runs-dir", str(tmp_path / "runs"), *common)
     assert inference.returncode == 0, inference.stderr[-2000:]
-    (engines,) = json.loads((tmp_path / "bench.json").read_text())["inference"]
+    (engines,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["inference"]
     assert engines["model"] == "mlp" and engines["images"] == 10_000
     assert engines["max_abs_difference"] <= 1e-4 and engines["class_mismatches"] == 0
     assert engines["onnx_images_per_second"] > 1000 and engines["keras_one_image_ms"] > 0
@@ -81,10 +217,29 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, tmp_path):
                      "--requests", "150", "--clients", "2", "4", *common)
     assert served.returncode == 0, served.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
-    (load,) = report["serve"]
+    (load,) = report["machines"][kind]["serve"]
     assert load["engine"] == "onnx" and [lv["clients"] for lv in load["levels"]] == [2, 4]
     assert all(lv["errors"] == 0 and lv["requests"] == 150 and lv["p50_ms"] <= lv["p99_ms"]
                for lv in load["levels"])
-    assert load["memory"]["after_all_mb"] > 50 and len(report["rows"]) == 1
+    assert load["memory"]["after_all_mb"] > 50 and len(report["machines"][kind]["rows"]) == 1
+    assert report["machines"][other_kind] == other["machines"][other_kind]
     markdown = (tmp_path / "BENCH.md").read_text()
-    assert "## Inference engines" in markdown and "| 4 | 150 |" in markdown
+    assert "### Inference engines" in markdown and "| 4 | 150 |" in markdown
+
+
+def test_render_upgrades_a_format_1_file_and_rewrites_the_reports(tmp_path):
+    path, markdown, readme = tmp_path / "bench.json", tmp_path / "BENCH.md", tmp_path / "README.md"
+    path.write_text(json.dumps(FORMAT_1))
+    readme.write_text(f"# x\n{bench.README_START}\n{bench.README_END}\n")
+    result = run_cli("bench", "--render", "--json", str(path), "--markdown", str(markdown),
+                     "--readme", str(readme))
+    assert result.returncode == 0, result.stderr
+    assert "upgraded" in result.stdout
+    upgraded = json.loads(path.read_text())
+    assert upgraded["format"] == bench.FORMAT and "cpu-avx512-bf16-2cores" in upgraded["machines"]
+    assert "(`cpu-avx512-bf16-2cores`)" in markdown.read_text()
+    assert "| `mlp` | CPU | float32 |" in readme.read_text()
+    again = run_cli("bench", "--render", "--json", str(path), "--markdown", str(markdown),
+                    "--readme", "")
+    assert again.returncode == 0 and "upgraded" not in again.stdout
+    assert json.loads(path.read_text()) == upgraded
