@@ -151,10 +151,12 @@ def load_report(path: Path) -> dict:
     figures were kept per machine is migrated (see ``migrate_v1``); no file: empty."""
     if not path.is_file():
         return {"format": FORMAT, "machines": {}}
-    report = json.loads(path.read_text())
-    if report.get("format") == FORMAT:
-        return report
-    return migrate_v1(report)
+    return upgrade(json.loads(path.read_text()))
+
+
+def upgrade(report: dict) -> dict:
+    """``report`` itself if it is in the current layout, else its migration."""
+    return report if report.get("format") == FORMAT else migrate_v1(report)
 
 
 def migrate_v1(old: dict) -> dict:

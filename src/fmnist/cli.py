@@ -504,16 +504,16 @@ def _cmd_bench(args) -> int:
     from fmnist.bench import DEFAULT_MODELS
 
     if args.render:
-        from fmnist.bench import load_report, render
-
-        if not Path(args.json).is_file():
-            raise FmnistError(f"{args.json} does not exist; run `fmnist bench` first")
         import json
 
         from fmnist import rundir
+        from fmnist.bench import render, upgrade
 
-        report = load_report(Path(args.json))
-        if json.loads(Path(args.json).read_text()).get("format") != report["format"]:
+        if not Path(args.json).is_file():
+            raise FmnistError(f"{args.json} does not exist; run `fmnist bench` first")
+        stored = json.loads(Path(args.json).read_text())
+        report = upgrade(stored)
+        if report is not stored:
             rundir.write_json(Path(args.json), report)  # an older layout, upgraded once
             print(f"upgraded {args.json} to the per-machine layout")
         render(report, Path(args.markdown), Path(args.readme) if args.readme else None)

@@ -14,7 +14,7 @@ capability are parameters, so tests can ask "what on an AVX2 machine?" on any ma
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -104,9 +104,6 @@ class PrecisionChoice:
             return ("bfloat16 was requested, but this hardware only emulates it, so training "
                     "will be many times slower than in float32; use --precision auto or float32")
         return None
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def native_bfloat16(flags_reader: FlagsReader | None = None,

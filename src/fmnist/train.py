@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -76,9 +77,8 @@ class TrainConfig:
     def from_json(cls, payload: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         payload = dict(payload)
-        if "mixed_precision" in payload and "precision" not in payload:
-            # config.json of runs made before --precision replaced --mixed-precision.
-            payload["precision"] = "bfloat16" if payload["mixed_precision"] else "float32"
+        if "precision" not in payload and _legacy_precision(payload):
+            payload["precision"] = _legacy_precision(payload)
         return cls(**{key: value for key, value in payload.items() if key in names})
 
     @classmethod
@@ -164,15 +164,19 @@ def recorded_precision(saved: dict) -> str | None:
     """The precision a run's config.json says it trained in (None: not recorded)."""
     if saved.get("precision_used") in PRECISIONS[1:]:
         return saved["precision_used"]
-    if "mixed_precision" in saved:  # runs made before precision was chosen by hardware
-        return "bfloat16" if saved["mixed_precision"] else "float32"
-    return None
+    return _legacy_precision(saved)
+
+
+def _legacy_precision(saved: dict) -> str | None:
+    """The precision of a config.json written before --precision replaced the boolean
+    --mixed-precision (None: not such a config)."""
+    if "mixed_precision" not in saved:
+        return None
+    return "bfloat16" if saved["mixed_precision"] else "float32"
 
 
 def announce_precision(choice: PrecisionChoice, log=print) -> None:
     """Print the chosen precision and its reason; warn (stderr) about emulated bfloat16."""
-    import sys
-
     if log is not None:
         log(f"precision: {choice.precision} ({choice.reason})")
     if choice.warning:
