@@ -224,8 +224,8 @@ def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int):
     ends with its own (possibly smaller) last batch, so ``steps_per_epoch(n, B)`` steps
     make exactly one epoch. The data stays in memory. Each epoch is gathered in its
     seeded order and augmented as one tensor (random draws keyed by the epoch), then cut
-    into batches: one pipeline call per epoch instead of one per batch, which took a
-    tenth of a cnn-fast epoch on a 2-core CPU where the pipeline competes with training.
+    into batches: one pipeline call per epoch instead of one per batch, so the pipeline
+    needs no thread of its own beside training on a 2-core CPU.
     """
     import tensorflow as tf
 
@@ -238,7 +238,8 @@ def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int):
 
     epoch_ids = np.arange(first_epoch, epochs, dtype=np.int64)
     # No prefetch and no autotuning: a batch is a slice of a ready tensor, and on a
-    # 2-core CPU a prefetch thread beside oneDNN's threads made every step 10% slower.
+    # 2-core CPU a prefetch thread competes with oneDNN's threads (in a scratch timing
+    # here it was never faster, and up to 10% slower, within run-to-run noise).
     options = tf.data.Options()
     options.autotune.enabled = False
     return (tf.data.Dataset.from_tensor_slices((epoch_ids, orders)).flat_map(one_epoch)
