@@ -117,3 +117,7 @@ def test_images(real_data_dir):
     """The first 1,000 test images and labels (uint8 (1000, 28, 28), uint8 (1000,))."""
     x, y = data.load_split("test", real_data_dir)
     return x[:1000], y[:1000]
+
+
+# The hostile-input corpus (tests/fuzz/corpus.py) is imported by tests as `corpus`.
+sys.path.insert(0, str(Path(__file__).parent / "fuzz"))

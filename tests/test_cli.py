@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import gz, idx_bytes, run_cli
 
@@ -200,3 +201,37 @@ def test_no_committed_file_holds_this_machines_absolute_path():
         if str(root) in text:
             offenders.append(name)
     assert offenders == []
+
+
+def test_an_unexpected_exception_is_one_line_unless_debugging(monkeypatch, capsys):
+    from fmnist import cli
+
+    def broken(args):
+        raise KeyError("a bug\nover two lines")
+
+    monkeypatch.setattr(cli, "_cmd_models", broken)
+    monkeypatch.delenv("FMNIST_DEBUG", raising=False)
+    assert cli.main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected KeyError" in err and "FMNIST_DEBUG=1" in err
+    monkeypatch.setenv("FMNIST_DEBUG", "1")
+    with pytest.raises(KeyError):
+        cli.main(["models"])
+
+
+def test_predict_answers_crafted_files_with_one_line_each(trained_run, tmp_path):
+    from corpus import crafted_files
+
+    paths = []
+    for name, (payload, status) in crafted_files().items():
+        if status != 200:
+            paths.append(tmp_path / name)
+            paths[-1].write_bytes(payload)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(good)
+    result = run_cli("predict", str(trained_run), *map(str, paths), str(good))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == len(paths) and all(line.startswith("fmnist predict: error: ")
+                                             for line in errors)
+    assert str(good) in result.stdout

@@ -330,3 +330,49 @@ def test_gzip_module_error_types_are_the_ones_we_catch():
         gzip.decompress(gz(b"x" * 100)[:20])
     with pytest.raises((gzip.BadGzipFile, zlib.error)):
         gzip.decompress(b"not gzip")
+
+
+def test_a_read_error_keeps_a_good_cached_file(fake_dataset, tmp_path, monkeypatch):
+    import errno
+
+    directory, _ = fake_dataset
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for path in directory.iterdir():
+        (cache / path.name).write_bytes(path.read_bytes())
+
+    def failing_disk(path):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(data, "sha256_file", failing_disk)
+    with pytest.raises(DataError, match="cannot read .* Input/output error"):
+        data.load_split("train")
+    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in directory.iterdir())
+
+
+def test_an_unwritable_cache_is_one_clear_error(fake_dataset, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FMNIST_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(DataError, match="cannot write to the data cache .*FMNIST_CACHE_DIR"):
+        data.load_split("train")
+
+
+def test_a_full_disk_during_download_is_one_clear_error_and_leaves_nothing(fake_dataset, mirror,
+                                                                           monkeypatch):
+    import errno
+
+    import pooch
+
+    _, contents = fake_dataset
+    url, handler = mirror
+    handler.files = {name: archive for name, (_, archive) in contents.items()}
+    monkeypatch.setattr(data, "MIRRORS", (url,))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pooch.Pooch, "fetch", disk_full)
+    with pytest.raises(DataError, match="No space left on device.*free some space"):
+        data.load_split("train")
+    assert list(data.cache_dir().iterdir()) == []

@@ -121,18 +121,20 @@ def test_a_blank_image_gives_a_black_input():
 @pytest.mark.parametrize("payload, status", [
     (b"just some text, not an image", 415),
     (b"%PDF-1.7\n%...", 415),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 415),  # a PNG signature with garbage after it
+    # A PNG signature with garbage after it: a broken PNG, not an unsupported format.
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, 422),
 ])
-def test_non_images_are_refused_with_415(payload, status):
+def test_non_images_get_415_and_broken_ones_422(payload, status):
     with pytest.raises(ImageInputError) as raised:
         open_image(payload, "upload.bin")
     assert raised.value.status == status and "upload.bin" in str(raised.value)
+    assert "0x" not in str(raised.value), "no object addresses in messages"
 
 
 def test_a_truncated_image_is_refused_with_422():
     data = encode(as_photo(garment()), "PNG")
     with pytest.raises(ImageInputError) as raised:
-        open_image(data[: len(data) // 2], "half.png")
+        load_for_model(data[: len(data) // 2], "half.png")
     assert raised.value.status == 422 and "corrupt or truncated" in str(raised.value)
 
 

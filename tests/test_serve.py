@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import re
 import threading
 
 import numpy as np
@@ -45,6 +47,24 @@ def assert_error(response, status: int, words: str):
     assert isinstance(detail, str) and words in detail and "\n" not in detail
 
 
+def test_docs_work_offline(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(url.startswith("/docs-assets/") for url in assets), assets
+    for url in assets:
+        assert client.get(url).status_code == 200, url
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN
+
+
+def test_model_is_identified_by_hash_not_by_a_server_path(client, trained_run):
+    import hashlib
+
+    info = client.get("/v1/model").json()
+    assert info["sha256"] == hashlib.sha256((trained_run / "model.keras").read_bytes()).hexdigest()
+    assert str(trained_run) not in json.dumps(info) and "path" not in info
+
+
 def test_health_model_page_and_docs(client, trained_run):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/v1/model").json()
@@ -55,7 +75,6 @@ def test_health_model_page_and_docs(client, trained_run):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="predict-drawing"' in page.text and "http://" not in page.text.replace("http://www.w3.org", "")
-    assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/health", "/v1/model", "/v1/predict", "/v1/predict/pixels"} <= set(paths)
 
@@ -114,8 +133,7 @@ def test_too_many_pixels_get_413(client):
 
 
 @pytest.mark.parametrize("payload, name", [(b"hello, world", "notes.txt"),
-                                           (b"%PDF-1.4\n1 0 obj", "paper.pdf"),
-                                           (b"GIF89a" + b"\x00" * 8, "broken.gif")])
+                                           (b"%PDF-1.4\n1 0 obj", "paper.pdf")])
 def test_non_images_get_415(client, payload, name):
     assert_error(client.post("/v1/predict", files={"files": (name, payload, "image/png")}), 415, name)
 
@@ -130,6 +148,14 @@ def test_non_images_get_415(client, payload, name):
     ({"json": {"pixels": [[[0] * 28] * 28] * 9}}, "limit is 8"),
     ({"json": {"values": []}}, "pixels"),
     ({"json": {"pixels": []}}, "shape"),
+    # Integers beyond float range, NaN and infinity (Python's JSON reader accepts both).
+    ({"content": '{"pixels": [' + ",".join(["[" + ",".join(["0"] * 28) + "]"] * 27 + [
+        "[1" + "0" * 400 + "," + ",".join(["0"] * 27) + "]"]) + "]}",
+      "headers": {"content-type": "application/json"}}, "numbers"),
+    ({"content": '{"pixels": [' + ",".join(["[" + ",".join(["NaN"] * 28) + "]"] * 28) + "]}",
+      "headers": {"content-type": "application/json"}}, "0 to 255"),
+    ({"content": '{"pixels": [' + ",".join(["[" + ",".join(["Infinity"] * 28) + "]"] * 28) + "]}",
+      "headers": {"content-type": "application/json"}}, "0 to 255"),
 ])
 def test_bad_pixel_payloads_get_422(client, request_kwargs, words):
     assert_error(client.post("/v1/predict/pixels", **request_kwargs), 422, words)
@@ -198,3 +224,103 @@ def test_importing_the_server_loads_no_model():
     script = "import sys, fmnist.serve; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_crafted_files_get_a_4xx_naming_the_file_never_a_5xx(predictor):
+    from corpus import crafted_files, regression_files
+    from fastapi.testclient import TestClient
+
+    from fmnist.serve import create_app
+
+    client = TestClient(create_app(predictor))  # the default limits: the 2 MB ICC file fits
+
+    cases = {name: (payload, want) for name, (payload, want) in crafted_files().items()}
+    cases.update({name: (payload, None) for name, payload in regression_files().items()})
+    wrong = {}
+    for name, (payload, want) in cases.items():
+        response = client.post("/v1/predict", files={"files": (name, payload, "image/png")})
+        if response.status_code >= 500 or (want is not None and response.status_code != want):
+            wrong[name] = (response.status_code, response.text[:200])
+        elif response.status_code != 200 and name not in response.json()["detail"]:
+            wrong[name] = (response.status_code, "detail does not name the file")
+    assert not wrong, wrong
+
+
+def test_the_request_pixel_budget_is_counted_from_headers(predictor):
+    from fastapi.testclient import TestClient
+
+    from fmnist.serve import create_app
+
+    app = create_app(predictor, max_request_pixels=1_000_000)
+    square = png(np.full((800, 800), 255, np.uint8))  # 0.64 MP each
+    with TestClient(app) as client:
+        assert client.post("/v1/predict", files={"files": ("a.png", square, "image/png")}).status_code == 200
+        response = client.post("/v1/predict", files=[("files", (f"{i}.png", square, "image/png"))
+                                                     for i in range(2)])
+        assert_error(response, 413, "1,280,000 pixels in one request")
+        assert client.get("/v1/model").json()["limits"]["max_request_pixels"] == 1_000_000
+
+
+def test_a_bug_in_the_server_is_a_500_not_a_4xx(predictor):
+    from fastapi.testclient import TestClient
+
+    from fmnist.serve import create_app
+
+    class BrokenEngine:
+        name = "onnx"
+
+        def __call__(self, pixels):
+            raise RuntimeError("a bug")
+
+    broken = copy.copy(predictor)
+    broken.engine = BrokenEngine()
+    with TestClient(create_app(broken), raise_server_exceptions=False) as client:
+        good = png(np.full((28, 28), 200, np.uint8))
+        assert client.post("/v1/predict", files={"files": ("a.png", good, "image/png")}).status_code == 500
+
+
+def test_a_full_decode_pool_answers_503_and_health_stays_quick(predictor):
+    """One decode thread, busy with a request the test holds; its queue holds two more:
+    the fourth big request gets 503 + Retry-After, /health answers at once meanwhile."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from fmnist.serve import INLINE_PIXELS, QUEUE_PER_THREAD, create_app
+
+    release, entered = threading.Event(), threading.Semaphore(0)
+
+    class HeldEngine:
+        name = "onnx"
+
+        def __call__(self, pixels):
+            entered.release()
+            release.wait(30)
+            return np.full((len(pixels), 10), 0.1, np.float32)
+
+    held = copy.copy(predictor)
+    held.engine = HeldEngine()
+    big = png(np.full((400, 400), 255, np.uint8))
+    assert 400 * 400 > INLINE_PIXELS
+    statuses = []
+    with TestClient(create_app(held, decode_threads=1)) as client:
+        def upload():
+            statuses.append(client.post("/v1/predict", files={"files": ("big.png", big, "image/png")}))
+
+        threads = [threading.Thread(target=upload) for _ in range(1 + QUEUE_PER_THREAD)]
+        for thread in threads:
+            thread.start()
+        assert entered.acquire(timeout=30), "the first request never reached the engine"
+        deadline = time.monotonic() + 10
+        while len(statuses) == 0 and time.monotonic() < deadline:
+            refused = client.post("/v1/predict", files={"files": ("big.png", big, "image/png")})
+            if refused.status_code == 503:
+                break
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        started = time.perf_counter()
+        assert client.get("/health").status_code == 200
+        assert time.perf_counter() - started < 1.0
+        release.set()
+        for thread in threads:
+            thread.join(30)
+    assert [response.status_code for response in statuses] == [200] * (1 + QUEUE_PER_THREAD)

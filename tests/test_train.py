@@ -279,3 +279,64 @@ def test_runs_made_before_precision_existed_resume_in_their_precision():
     assert recorded_precision({"mixed_precision": False}) == "float32"
     assert recorded_precision({"precision": "auto", "precision_used": "float32"}) == "float32"
     assert recorded_precision({"precision": "auto"}) is None
+
+
+def _snapshot(folder) -> dict:
+    return {path.relative_to(folder).as_posix(): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _hold_lock(run_dir):
+    """Another process holding ``run_dir``'s lock, as a training run would."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom fmnist import rundir\n"
+         "with rundir.exclusive(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
+         str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_writer_is_refused_and_changes_nothing(real_data_dir, tmp_path):
+    from conftest import run_cli
+
+    new, existing = tmp_path / "new", tmp_path / "existing"
+    existing.mkdir()
+    (existing / rundir.CONFIG).write_text(json.dumps({"model": "mlp", **QUICK}))
+    holders = [_hold_lock(new), _hold_lock(existing)]
+    try:
+        before = {folder: _snapshot(folder) for folder in (new, existing)}
+        with pytest.raises(RunDirError, match="being written by another fmnist process"):
+            train(TrainConfig(**QUICK), new, data_dir=real_data_dir, verbose=0)
+        with pytest.raises(RunDirError, match="being written by another fmnist process"):
+            resume(existing, data_dir=real_data_dir, verbose=0)
+        cli = run_cli("train", "--resume", str(existing), env_extra={"FMNIST_DATA_DIR": str(real_data_dir)})
+        assert cli.returncode == 1 and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+        assert "another fmnist process" in cli.stderr
+        assert {folder: _snapshot(folder) for folder in (new, existing)} == before
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    # Once the holder is gone (however it ended), the directory is free again.
+    with rundir.exclusive(new):
+        pass
+
+
+def test_the_checkpoint_must_lie_inside_the_run_directory(tmp_path):
+    run = tmp_path / "run"
+    (run / rundir.CHECKPOINTS).mkdir(parents=True)
+    (tmp_path / "elsewhere.keras").write_bytes(b"x")
+    (run / rundir.CHECKPOINTS / "epoch-001.keras").write_bytes(b"x")
+    assert rundir.checkpoint_path(run, {"checkpoint": "checkpoints/epoch-001.keras"}).is_file()
+    for named in ("../elsewhere.keras", str(tmp_path / "elsewhere.keras"), None, 3):
+        with pytest.raises(RunDirError, match="damaged"):
+            rundir.checkpoint_path(run, {"checkpoint": named})
+
+
+def test_files_are_flushed_to_disk_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append("replace") or real_replace(a, b))
+    rundir.write_json(tmp_path / "state.json", {"epochs_done": 1})
+    assert events[:2] == ["fsync", "replace"] and json.loads((tmp_path / "state.json").read_text())

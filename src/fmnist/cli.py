@@ -4,12 +4,14 @@ Heavy imports (NumPy aside: TensorFlow, Keras, matplotlib, pooch) happen inside 
 commands, so `fmnist --help` and every `fmnist CMD --help` answer at once.
 
 Exit codes: 0 success, 1 a failure the message explains (bad data, missing run
-directory), 2 a usage error (unknown model, bad flag value). Errors are one line.
+directory), 2 a usage error (unknown model, bad flag value). Errors are one line; an
+unexpected exception is one line too, with its traceback behind ``FMNIST_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from fmnist import __version__
@@ -17,6 +19,8 @@ from fmnist.errors import FmnistError
 from fmnist.hardware import PRECISIONS
 
 DEFAULT_MODEL = "cnn-fast"
+# Set to 1 to let an unexpected exception show its traceback instead of one line.
+DEBUG_ENV = "FMNIST_DEBUG"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -313,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest request body in MB (default: 5)")
     serve.add_argument("--max-images", type=_int_at_least(1), default=64,
                        help="most images per request (default: 64)")
+    serve.add_argument("--max-request-mp", type=_positive_float, default=40.0,
+                       help="most pixels per request, in millions, all images together, "
+                            "read from their headers before decoding (default: 40)")
+    serve.add_argument("--decode-threads", type=_int_at_least(1), default=None,
+                       help="threads decoding large images; when they and a short queue "
+                            "are busy, requests get 503 + Retry-After (default: cores - 1, "
+                            "1..4)")
+    serve.add_argument("--max-connections", type=_int_at_least(1), default=1000,
+                       help="open connections per server process; over it the longest-idle "
+                            "one is closed (default: 1000). Headers must arrive within 10 s, "
+                            "a body within 60 s, idle keep-alive ends after 5 s")
     serve.set_defaults(subparser=serve)
     return parser
 
@@ -621,7 +636,6 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_tune(args) -> int:
-    import os
     from pathlib import Path
 
     from fmnist.data import load_split
@@ -685,11 +699,15 @@ def _cmd_serve(args) -> int:
         print(f"fmnist serve: warning: binding {args.host} exposes the server beyond this "
               "machine; there is no authentication", file=sys.stderr)
 
+    from fmnist.connections import ConnectionLimits
     from fmnist.serve import serve
 
     serve(args.model, args.engine, threads=args.threads, host=args.host, port=args.port,
           workers=args.workers, access_log=args.access_log,
-          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_images=args.max_images)
+          connections=ConnectionLimits(max_connections=args.max_connections),
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_images=args.max_images,
+          max_request_pixels=int(args.max_request_mp * 1_000_000),
+          decode_threads=args.decode_threads)
     return 0
 
 
@@ -711,6 +729,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fmnist {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fmnist ... | head`: the reader left; nothing more to say
+        _silence_stdout()
+        return 0
+    except Exception as error:  # noqa: BLE001 -- a bug, or a failure no check foresaw
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        print(f"fmnist {args.command}: error: unexpected {type(error).__name__}: "
+              f"{_one_line(error)} (set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return (text[:300] + "...") if len(text) > 300 else (text or "no message")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

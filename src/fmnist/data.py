@@ -24,10 +24,12 @@ official payload SHA-256: the second rule accepts a correct copy that was recomp
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
 import struct
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +195,8 @@ def decompress(path: Path, spec: DataFile) -> bytes:
     except (gzip.BadGzipFile, zlib.error) as error:
         raise _bad(path, f"is not a valid gzip file ({_first_line(error)})") from None
     except OSError as error:
-        raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+        raise DataReadError(f"cannot read {path}: {error.strerror or error}; check the "
+                            "disk and the file's permissions, then rerun") from None
     if len(raw) > expected:
         raise _bad(path, f"decodes to more than the {expected} bytes expected")
     return raw
@@ -246,7 +249,12 @@ def read_verified(path: Path, spec: DataFile) -> tuple[np.ndarray, str]:
     """
     raw = decompress(path, spec)
     array = parse_idx(raw, spec, path)
-    if sha256_file(path) == spec.sha256:
+    try:
+        archive_sha256 = sha256_file(path)
+    except OSError as error:
+        raise DataReadError(f"cannot read {path}: {error.strerror or error}; check the "
+                            "disk and the file's permissions, then rerun") from None
+    if archive_sha256 == spec.sha256:
         how = "official archive"
     elif hashlib.sha256(memoryview(raw)[spec.header_size :]).hexdigest() == spec.sha256_payload:
         how = "payload"
@@ -264,6 +272,10 @@ def _mnist_hint(array: np.ndarray, spec: DataFile) -> str:
     if low <= mean <= high:
         return f": its mean pixel {mean:.4f} is MNIST's, so this is likely MNIST digits"
     return ""
+
+
+class DataReadError(DataError):
+    """The file system failed while reading a file: says nothing about the file itself."""
 
 
 def _bad(path: Path, problem: str) -> DataError:
@@ -287,7 +299,7 @@ def download(spec: DataFile, directory: Path, mirrors: tuple[str, ...] | None = 
     """
     import pooch
 
-    directory.mkdir(parents=True, exist_ok=True)
+    _require_writable(directory)
     errors = []
     for base in mirrors or MIRRORS:
         fetcher = pooch.create(
@@ -299,12 +311,37 @@ def download(spec: DataFile, directory: Path, mirrors: tuple[str, ...] | None = 
         downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=DOWNLOAD_TIMEOUT_S)
         try:
             return Path(fetcher.fetch(spec.name, downloader=downloader))
+        except OSError as error:
+            if error.errno in _DISK_ERRNOS:  # the disk, not the mirror: no other will do better
+                raise _cache_error(directory, error) from None
+            errors.append(f"{base}: {_first_line(error)}")
         except Exception as error:  # network errors and hash mismatches alike
             errors.append(f"{base}: {_first_line(error)}")
     raise DataError(
         f"could not download {spec.name} from any mirror ({'; '.join(errors)}); "
         "check your connection, or set FMNIST_DATA_DIR to a folder holding the files"
     )
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _cache_error(directory: Path, error: OSError) -> DataError:
+    fix = ("free some space" if error.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "make it writable")
+    return DataError(f"cannot write to the data cache {directory} ({error.strerror or error}); "
+                     f"{fix}, set FMNIST_CACHE_DIR to another folder, or FMNIST_DATA_DIR to "
+                     "a folder holding the four files")
+
+
+def _require_writable(directory: Path) -> None:
+    """Create ``directory`` and prove a file can be written there, or raise a DataError."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise _cache_error(directory, error) from None
 
 
 def load_file(spec: DataFile, source: DataSource) -> tuple[np.ndarray, str]:
@@ -319,6 +356,8 @@ def load_file(spec: DataFile, source: DataSource) -> tuple[np.ndarray, str]:
         download(spec, source.directory)
     try:
         return read_verified(path, spec)
+    except DataReadError:
+        raise  # a failing disk or a permission: the file may well be good, keep it
     except DataError as error:
         if source.is_cache:
             # The cache is ours: drop the bad copy so the next run fetches a good one.

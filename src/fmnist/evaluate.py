@@ -29,9 +29,14 @@ def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None, tta: bool =
     ``tta_applies``); ``test_accuracy`` is always the plain score. Returns the updated
     metrics.
     """
+    run_dir = rundir.require_run_dir(run_dir, needs=rundir.MODEL)
+    with rundir.exclusive(run_dir):  # not while the run is still training, nor twice at once
+        return _evaluate(run_dir, data_dir, test_data, tta)
+
+
+def _evaluate(run_dir: Path, data_dir, test_data, tta: bool) -> dict:
     import keras
 
-    run_dir = rundir.require_run_dir(run_dir, needs=rundir.MODEL)
     config = rundir.read_json(run_dir / rundir.CONFIG)
     tta = tta and tta_applies(config)
     x_test, y_test = test_data if test_data is not None else load_split("test", data_dir)

@@ -12,6 +12,7 @@ mode: no pickled Python code is ever run) and ``onnx`` (onnxruntime on the file
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,14 @@ def _run_info(run_dir: Path | None) -> dict:
             "metrics": {key: metrics[key] for key in SUMMARY_METRICS if key in metrics}}
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def as_pixel_batch(array, name: str = "pixels") -> np.ndarray:
     """Validate an array of 28x28 images with values 0..255 -> float32 (N, 28, 28).
 
@@ -161,7 +170,7 @@ def as_pixel_batch(array, name: str = "pixels") -> np.ndarray:
     """
     try:
         values = np.asarray(array, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
         raise ImageInputError(f"{name}: expected numbers in a 28x28 grid or a list of such "
                               "grids; got a ragged or non-numeric array") from None
     if values.ndim == 2:
@@ -196,6 +205,7 @@ class Predictor:
         metadata = getattr(engine, "metadata", {})
         self.name = info.get("model") or metadata.get("fmnist_model") or files.path.stem
         self.metrics = info.get("metrics", {})
+        self.sha256 = _sha256(files.path)
 
     @classmethod
     def load(cls, source: str | os.PathLike, engine: str | None = None,
@@ -211,7 +221,9 @@ class Predictor:
         return cls(loaded, files)
 
     def describe(self) -> dict:
-        return {"name": self.name, "engine": self.engine.name, "path": str(self.files.path),
+        """What the model is, for clients: identified by name and file hash, never by a
+        server path."""
+        return {"name": self.name, "engine": self.engine.name, "sha256": self.sha256,
                 "classes": list(CLASS_NAMES),
                 "input": {"shape": [SIDE, SIDE], "dtype": "uint8", "range": [0, 255],
                           "convention": "light object on a black background, as in Fashion-MNIST"},

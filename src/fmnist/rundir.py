@@ -11,12 +11,19 @@
     metrics.json      test metrics (written by evaluation, the only reader of the test
                       set) next to the training summary
 
-Every JSON file is written to a temporary name and renamed into place, so a run killed
-at any moment leaves either the old file or the new one, never half of one.
+Every file is written to a temporary name, flushed to disk (fsync) and renamed into
+place, so a run killed at any moment, or a machine losing power, leaves either the old
+file or the new one, never half of one.
+
+One writer at a time: training, resuming and evaluating hold an exclusive lock on the run
+directory (:func:`exclusive`, a ``flock`` on its ``.lock`` file, released by the kernel
+when the process ends, however it ends). A second writer is refused with a one-line
+error before it changes anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -30,6 +37,35 @@ METRICS = "metrics.json"
 MODEL = "model.keras"
 CURVES = "curves.png"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+
+
+def sync_file(path: Path) -> None:
+    """Flush ``path``'s data to the disk."""
+    with open(path, "rb") as stream:
+        os.fsync(stream.fileno())
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a directory entry (a rename) to the disk, where the OS allows it."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows cannot open directories
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def replace_durably(partial: Path, final: Path) -> None:
+    """fsync ``partial``, rename it to ``final``, fsync the folder: after a crash the
+    name ``final`` holds the old file or the complete new one."""
+    sync_file(partial)
+    os.replace(partial, final)
+    _sync_directory(Path(final).parent)
 
 
 def write_json(path: Path, payload) -> None:
@@ -37,7 +73,7 @@ def write_json(path: Path, payload) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def read_json(path: Path):
@@ -63,9 +99,59 @@ def require_run_dir(run_dir: str | Path, needs: str = CONFIG) -> Path:
 def require_new_run_dir(run_dir: str | Path) -> Path:
     """Refuse a run directory that exists and holds anything (a run would be overwritten)."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if run_dir.exists() and (not run_dir.is_dir() or
+                             any(entry.name != LOCK for entry in run_dir.iterdir())):
         raise RunDirError(
             f"{run_dir} already exists and is not empty; choose another --out, "
             f"or continue it with --resume {run_dir}"
         )
     return run_dir
+
+
+def checkpoint_path(run_dir: Path, state: dict) -> Path:
+    """The checkpoint ``state.json`` names, which must be a file inside ``run_dir``."""
+    named = state.get("checkpoint")
+    if not isinstance(named, str):
+        raise RunDirError(f"{run_dir / STATE} names no checkpoint; the run directory is damaged")
+    path = (run_dir / named).resolve()
+    if not path.is_relative_to(run_dir.resolve()) or not path.is_file():
+        raise RunDirError(f"{run_dir / STATE} names the checkpoint {named!r}, which is not a "
+                          f"file inside {run_dir}; the run directory is damaged")
+    return path
+
+
+@contextlib.contextmanager
+def exclusive(run_dir: str | Path):
+    """Hold the run directory's lock (creating the directory if needed) for the block.
+
+    Raises :class:`RunDirError` at once if another process holds it. On systems without
+    ``fcntl`` (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stream = open(run_dir / LOCK, "a+")
+    except OSError as error:
+        raise RunDirError(f"cannot create the run directory {run_dir} ({error.strerror}); "
+                          "choose a writable --out") from None
+    try:
+        try:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            stream.seek(0)
+            holder = stream.read().strip() or "unknown"
+            raise RunDirError(f"{run_dir} is being written by another fmnist process (pid "
+                              f"{holder}); wait for it to finish or choose another "
+                              "directory") from None
+        stream.seek(0)
+        stream.truncate()
+        stream.write(str(os.getpid()))
+        stream.flush()
+        yield
+    finally:
+        stream.close()  # closing the descriptor releases the lock

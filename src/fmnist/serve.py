@@ -5,32 +5,89 @@ no model and tests can build apps around any predictor. Endpoints:
 
     GET  /                   the web page (pick, drop or draw an image)
     GET  /health             {"status": "ok"}
-    GET  /v1/model           name, engine, classes, input spec, the run's test metrics
+    GET  /v1/model           name, engine, SHA-256 of the model file, classes, input spec,
+                             the run's test metrics, the limits below (never a server path)
     POST /v1/predict         multipart field ``files`` (one or more images)
     POST /v1/predict/pixels  JSON {"pixels": 28x28 array of 0..255, or a list of them}
-    GET  /docs               OpenAPI documentation
+    GET  /docs               OpenAPI documentation (Swagger UI served by the app: works offline)
 
 Bad input is answered with a 4xx and a JSON body ``{"detail": "what is wrong"}``: 413 for
 a request body over ``max_upload_bytes`` (counted while it streams in, so a huge upload
-is never held in memory) or an image over the pixel cap, 415 for something that is not a
-supported image, 422 for malformed JSON, wrong shapes, out-of-range values or too many
-images.
+is never held in memory), an image over ``max_pixels`` or a request whose images hold
+more than ``max_request_pixels`` in all (both read from the headers, before decoding);
+415 for something that is not a supported image; 422 for a corrupt image (whatever
+Pillow raised), non-finite pixels, malformed JSON, wrong shapes, out-of-range values or
+too many images. Any other failure is a bug of the server: logged, and a 500.
+
+Budgets: images bigger than a thumbnail are decoded in a bounded pool of threads
+(:class:`DecodePool`), reduced while decoding; when the pool and its short queue are full
+the answer is 503 with ``Retry-After``. Slow and idle connections are cut by
+:mod:`fmnist.connections`.
 """
 
 
+import asyncio
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 import numpy as np
 
-from fmnist.images import MAX_PIXELS, ImageInputError, load_for_model
+from fmnist.connections import SERVE_ENV, ConnectionLimits
+from fmnist.images import (MAX_PIXELS, ImageInputError, open_image, pixel_count,
+                           to_fashion_mnist)
 from fmnist.predict import Prediction, Predictor, as_pixel_batch, top_k
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_IMAGES = 64
 MAX_TOP_K = 10
-# Uploads up to this size are decoded on the event loop; bigger ones in a worker thread.
-INLINE_BYTES = 64 * 1024
+# The pixels of all images in one request, counted from their headers before decoding.
+MAX_REQUEST_PIXELS = 40_000_000
+# Requests whose images hold fewer pixels than this in all are decoded on the event loop
+# (a 28x28 PNG takes ~0.1 ms: two thread hand-offs would cost more); bigger ones go to
+# the decode pool, so the loop keeps answering /health and small requests meanwhile.
+INLINE_PIXELS = 256 * 256
+# Requests admitted to the decode pool beyond its busy threads; more get a 503.
+QUEUE_PER_THREAD = 2
+RETRY_AFTER_SECONDS = 1
+
+
+def default_decode_threads() -> int:
+    """One decode thread per core but one (which the event loop and the model need), 1..4."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+class ServerBusy(Exception):
+    """The decode pool is full: answered 503 with Retry-After."""
+
+
+class DecodePool:
+    """A bounded thread pool for decoding images: ``threads`` at work, at most
+    ``threads * QUEUE_PER_THREAD`` more requests waiting; beyond that :class:`ServerBusy`.
+
+    The admission count is only touched on the event loop, so it needs no lock. A
+    queue that never refuses would hold every waiting request's bytes in memory and answer
+    them long after their clients gave up.
+    """
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.limit = threads * (1 + QUEUE_PER_THREAD)
+        self.admitted = 0
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="fmnist-decode")
+
+    async def run(self, function, *args):
+        if self.admitted >= self.limit:
+            raise ServerBusy()
+        self.admitted += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+        finally:
+            self.admitted -= 1
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 class BodySizeLimit:
@@ -94,30 +151,68 @@ def _page() -> str:
     return resources.files("fmnist").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+def _add_offline_docs(app, title: str) -> None:
+    """``/docs``: Swagger UI from the swagger-ui-bundle package, so it works offline."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{title} API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+
 def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS):
-    """The FastAPI app serving ``predictor``; limits as in the module docstring."""
+               max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS,
+               max_request_pixels: int = MAX_REQUEST_PIXELS, decode_threads: int | None = None):
+    """The FastAPI app serving ``predictor``; limits as in the module docstring.
+
+    ``max_pixels``: one image's pixels; ``max_request_pixels``: all images of a request;
+    ``decode_threads``: the decode pool's size (default: :func:`default_decode_threads`).
+    """
+    from contextlib import asynccontextmanager
     from typing import Annotated
 
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.concurrency import run_in_threadpool
     from pydantic import BaseModel, Field
 
     from fmnist import __version__
 
-    app = FastAPI(title="fmnist", version=__version__,
+    pool = DecodePool(decode_threads or default_decode_threads())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        pool.shutdown()
+
+    app = FastAPI(title="fmnist", version=__version__, docs_url=None, redoc_url=None,
+                  lifespan=lifespan,
                   description="Fashion-MNIST classification: upload garment images or send "
                               "28x28 pixel arrays; get the top-k classes.")
     app.add_middleware(BodySizeLimit, limit=max_upload_bytes)
+    _add_offline_docs(app, "fmnist")
     # Keras models are not guaranteed safe under concurrent calls; onnxruntime sessions are.
     engine_lock = threading.Lock() if predictor.engine.name == "keras" else None
     page = _page()
+    limits = {"max_upload_bytes": max_upload_bytes, "max_images": max_images,
+              "max_pixels": max_pixels, "max_request_pixels": max_request_pixels}
 
     @app.exception_handler(ImageInputError)
     async def image_error(request: Request, error: ImageInputError):
         return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    @app.exception_handler(ServerBusy)
+    async def busy(request: Request, error: ServerBusy):
+        return JSONResponse({"detail": "the server is busy decoding other images; retry in "
+                                       f"{RETRY_AFTER_SECONDS} s"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
@@ -140,23 +235,22 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         if count > max_images:
             raise ImageInputError(f"{count} images in one request; the limit is {max_images}")
 
+    # The cheap endpoints are coroutines: they run on the event loop, never queued behind
+    # decodes in a thread pool.
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index():
+    async def index():
         return page
 
     @app.get("/health")
-    def health():
+    async def health():
         return {"status": "ok"}
 
     @app.get("/v1/model")
-    def model_info():
-        return {**predictor.describe(), "limits": {"max_upload_bytes": max_upload_bytes,
-                                                   "max_images": max_images,
-                                                   "max_pixels": max_pixels}}
+    async def model_info():
+        return {**predictor.describe(), "limits": limits}
 
-    def answer_files(names: list[str], payloads: list[bytes], k: int, include_input: bool) -> dict:
-        processed = [load_for_model(payload, name, max_pixels)
-                     for name, payload in zip(names, payloads)]
+    def answer_files(names: list[str], images: list, k: int, include_input: bool) -> dict:
+        processed = [to_fashion_mnist(image, name) for name, image in zip(names, images)]
         rows = probabilities(np.stack([p.pixels for p in processed]))
         return {"model": predictor.name, "engine": predictor.engine.name, "predictions": [
             Prediction(top_k(row, k), p.pixels, name, p.inverted).to_dict(include_input)
@@ -170,13 +264,17 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     ):
         check_count(len(files))
         names = [upload.filename or f"file {index}" for index, upload in enumerate(files)]
-        payloads = [await upload.read() for upload in files]
-        if sum(map(len, payloads)) <= INLINE_BYTES:
-            # A small image costs well under a millisecond: doing it on the event loop saves
-            # two thread hand-offs per request.
-            answer = answer_files(names, payloads, k, include_input)
-        else:  # a big photo may take a second to decode: keep the loop free for others
-            answer = await run_in_threadpool(answer_files, names, payloads, k, include_input)
+        # Headers only: the request's pixels are known before any of them is decoded.
+        images = [open_image(await upload.read(), name, max_pixels)
+                  for name, upload in zip(names, files)]
+        pixels = sum(map(pixel_count, images))
+        if pixels > max_request_pixels:
+            raise ImageInputError(f"{pixels:,} pixels in one request; the limit is "
+                                  f"{max_request_pixels:,}: send fewer or smaller images", status=413)
+        if pixels <= INLINE_PIXELS:
+            answer = answer_files(names, images, k, include_input)
+        else:
+            answer = await pool.run(answer_files, names, images, k, include_input)
         # A JSONResponse of plain dicts skips FastAPI's per-field re-encoding.
         return JSONResponse(answer)
 
@@ -196,14 +294,10 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     return app
 
 
-SERVE_ENV = "FMNIST_SERVE"  # JSON settings handed to worker processes (see serve())
-
-
 def app_from_environment():
     """App factory for uvicorn's worker processes: each loads the model named in
     ``$FMNIST_SERVE`` (JSON: model, engine, threads, limits) once, at start-up."""
     import json
-    import os
 
     settings = json.loads(os.environ[SERVE_ENV])
     predictor = Predictor.load(settings["model"], settings["engine"], threads=settings["threads"])
@@ -212,7 +306,8 @@ def app_from_environment():
 
 def serve(model: str, engine: str | None = None, threads: int | None = 1,
           host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          access_log: bool = False, **limits) -> None:
+          access_log: bool = False, connections: ConnectionLimits = ConnectionLimits(),
+          **limits) -> None:
     """Run the app with uvicorn until interrupted.
 
     ``workers`` > 1: that many processes, each with its own copy of the model, sharing
@@ -220,17 +315,21 @@ def serve(model: str, engine: str | None = None, threads: int | None = 1,
     at a time, so a server with several cores needs several to use them.
     ``access_log``: a line per request; off by default because it costs about a fifth of
     a small request's CPU time (measured with `fmnist bench --serve`).
+    ``connections``: deadlines for slow clients and the connection cap
+    (:mod:`fmnist.connections`); ``limits``: :func:`create_app`'s request limits.
     """
     import json
-    import os
 
     import uvicorn
 
+    from fmnist.connections import GuardedHttpToolsProtocol
+
     os.environ[SERVE_ENV] = json.dumps({"model": str(model), "engine": engine, "threads": threads,
-                                        "limits": limits})
+                                        "limits": limits, "connections": connections.to_json()})
+    options = {"host": host, "port": port, "log_level": "info", "access_log": access_log,
+               "http": GuardedHttpToolsProtocol,
+               "timeout_keep_alive": connections.keep_alive_seconds}
     if workers == 1:  # load in this process: a bad model fails before the port opens
-        uvicorn.run(app_from_environment(), host=host, port=port, log_level="info",
-                    access_log=access_log)
+        uvicorn.run(app_from_environment(), **options)
     else:
-        uvicorn.run("fmnist.serve:app_from_environment", factory=True, workers=workers,
-                    host=host, port=port, log_level="info", access_log=access_log)
+        uvicorn.run("fmnist.serve:app_from_environment", factory=True, workers=workers, **options)

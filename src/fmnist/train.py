@@ -121,18 +121,19 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, data_dir=None,
     """
     choice = choose_precision(config.precision)  # a bad value fails before anything is written
     run_dir = rundir.require_new_run_dir(out_dir if out_dir is not None else default_run_dir(config))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(run_dir / rundir.CONFIG, {
-        **dataclasses.asdict(config),
-        "precision_used": choice.precision,
-        "precision_reason": choice.reason,
-        "versions": versions(),
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
-    announce_precision(choice, log)
-    if train_data is None:
-        train_data = load_split("train", data_dir)
-    _fit(run_dir, config, train_data, verbose, choice.precision, stop_after)
+    with rundir.exclusive(run_dir):
+        rundir.require_new_run_dir(run_dir)  # again, now that no one else can be writing it
+        rundir.write_json(run_dir / rundir.CONFIG, {
+            **dataclasses.asdict(config),
+            "precision_used": choice.precision,
+            "precision_reason": choice.reason,
+            "versions": versions(),
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+        announce_precision(choice, log)
+        if train_data is None:
+            train_data = load_split("train", data_dir)
+        _fit(run_dir, config, train_data, verbose, choice.precision, stop_after)
     return run_dir
 
 
@@ -144,19 +145,20 @@ def resume(run_dir: str | Path, data_dir=None, verbose: int | str = "auto",
     choose today: a checkpoint continues in the arithmetic it was trained in.
     """
     run_dir = rundir.require_run_dir(run_dir)
-    saved = rundir.read_json(run_dir / rundir.CONFIG)
-    config = TrainConfig.from_json(saved)
-    precision = recorded_precision(saved)
-    if precision is None:  # recorded by no version of fmnist: decide now, and record it
-        choice = choose_precision(config.precision)
-        _record(run_dir, precision_used=choice.precision, precision_reason=choice.reason)
-        announce_precision(choice, log)
-        precision = choice.precision
-    elif log is not None:
-        log(f"precision: {precision} (kept from {run_dir / rundir.CONFIG})")
-    if train_data is None:
-        train_data = load_split("train", data_dir)
-    _fit(run_dir, config, train_data, verbose, precision)
+    with rundir.exclusive(run_dir):
+        saved = rundir.read_json(run_dir / rundir.CONFIG)
+        config = TrainConfig.from_json(saved)
+        precision = recorded_precision(saved)
+        if precision is None:  # recorded by no version of fmnist: decide now, and record it
+            choice = choose_precision(config.precision)
+            _record(run_dir, precision_used=choice.precision, precision_reason=choice.reason)
+            announce_precision(choice, log)
+            precision = choice.precision
+        elif log is not None:
+            log(f"precision: {precision} (kept from {run_dir / rundir.CONFIG})")
+        if train_data is None:
+            train_data = load_split("train", data_dir)
+        _fit(run_dir, config, train_data, verbose, precision)
     return run_dir
 
 
@@ -417,7 +419,8 @@ def _fit(run_dir: Path, config: TrainConfig, train_data, verbose, precision: str
                 state = rundir.read_json(state_path)
                 done = int(state["epochs_done"])
                 _configure_determinism(config.seed)
-                model = keras.saving.load_model(run_dir / state["checkpoint"], safe_mode=True)
+                model = keras.saving.load_model(rundir.checkpoint_path(run_dir, state),
+                                                safe_mode=True)
                 # history.json may hold one epoch more than the checkpoint if the kill came
                 # between the two writes; the checkpoint is the truth.
                 history = rundir.read_json(run_dir / rundir.HISTORY)[:done]
@@ -557,7 +560,7 @@ def _checkpoint(run_dir: Path, model, history: list[dict]) -> None:
     name = f"epoch-{len(history):03d}.keras"
     partial = folder / f"partial-{name}"
     model.save(partial)
-    os.replace(partial, folder / name)
+    rundir.replace_durably(partial, folder / name)
     rundir.write_json(run_dir / rundir.HISTORY, history)
     rundir.write_json(run_dir / rundir.STATE, {
         "epochs_done": len(history),
@@ -576,7 +579,7 @@ def _finish(run_dir: Path, config: TrainConfig, model, history: list[dict],
             n_train: int, validation: tuple[np.ndarray, np.ndarray]) -> None:
     partial = run_dir / f"partial-{rundir.MODEL}"
     model.save(partial)
-    os.replace(partial, run_dir / rundir.MODEL)
+    rundir.replace_durably(partial, run_dir / rundir.MODEL)
     plot_history(history, run_dir / rundir.CURVES)
     last = history[-1] if history else {}
     epoch_seconds = [row["seconds"] for row in history]
