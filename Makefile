@@ -9,13 +9,29 @@ BIN := $(VENV)/bin
 MODEL ?= cnn-fast
 RUN_ARGS ?=
 
-.PHONY: run test install install-test clean
+FUZZ_SECONDS ?= 600
+FUZZ_DIR ?= runs/fuzz
+
+.PHONY: run test fuzz install install-test clean
 
 run: $(VENV)/.installed
 	$(BIN)/fmnist train --model $(MODEL) --tta $(RUN_ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Coverage-guided fuzzing for as long as asked (FUZZ_SECONDS, default 600): atheris over the
+# image path with a growing corpus in $(FUZZ_DIR), then schemathesis over the API in rounds
+# of fresh random seeds for the same time. Crashes land in $(FUZZ_DIR)/crash-*: copy them
+# into tests/fuzz/regressions/ and fix the cause.
+fuzz: $(VENV)/.installed-test
+	mkdir -p $(FUZZ_DIR)/corpus
+	$(BIN)/python tests/fuzz/corpus.py $(FUZZ_DIR)/corpus
+	cd $(FUZZ_DIR) && $(CURDIR)/$(BIN)/python $(CURDIR)/tests/fuzz/fuzz_images.py corpus \
+		$(CURDIR)/tests/fuzz/regressions -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=3072
+	end=$$(( $$(date +%s) + $(FUZZ_SECONDS) )); while [ $$(date +%s) -lt $$end ]; do \
+		FMNIST_FUZZ_EXAMPLES=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
+			-k schemathesis --hypothesis-seed=$$RANDOM || exit 1; done
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

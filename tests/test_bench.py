@@ -214,7 +214,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, tmp_path):
     assert (engines["int8_class_agreement"] is None) == (engines["int8_images_per_second"] is None)
     assert (tmp_path / "runs" / "mlp-seed0" / "model.onnx").is_file()
     served = run_cli("bench", "--serve", str(tmp_path / "runs" / "mlp-seed0"), "--engine", "onnx",
-                     "--requests", "150", "--clients", "2", "4", *common)
+                     "--requests", "150", "--clients", "2", "4", "--burst-seconds", "4", *common)
     assert served.returncode == 0, served.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     (load,) = report["machines"][kind]["serve"]
@@ -222,9 +222,13 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, tmp_path):
     assert all(lv["errors"] == 0 and lv["requests"] == 150 and lv["p50_ms"] <= lv["p99_ms"]
                for lv in load["levels"])
     assert load["memory"]["after_all_mb"] > 50 and len(report["machines"][kind]["rows"]) == 1
+    burst = load["burst"]  # 8 clients sending 40 MP requests: served or refused, never failed
+    assert set(burst["statuses"]) <= {"200", "503"} and sum(burst["statuses"].values()) > 0
+    assert burst["health_probes"] > 10 and burst["peak_rss_mb"] >= burst["rss_after_start_mb"]
     assert report["machines"][other_kind] == other["machines"][other_kind]
     markdown = (tmp_path / "BENCH.md").read_text()
     assert "### Inference engines" in markdown and "| 4 | 150 |" in markdown
+    assert "**Burst**: 8 clients" in markdown
 
 
 def test_render_upgrades_a_format_1_file_and_rewrites_the_reports(tmp_path):

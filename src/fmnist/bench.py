@@ -47,6 +47,9 @@ DEFAULT_TARGET = {"accuracy": 0.930, "time_ratio": 0.5, "floor_ratio": 1.5}
 VAL_THRESHOLDS = (0.91, 0.92, 0.93)  # validation accuracies whose first crossing is timed
 ONNX_TARGET = ("cnn-fast", 30_000)  # onnxruntime images/s at batch 1024
 SERVE_TARGETS = {"p50_ms": 10.0, "p99_ms": 50.0, "clients": 8, "growth_percent": 10.0}
+# Issue 11: while 8 clients send the largest requests allowed, /health answers within 50 ms
+# (p99), the server stays under 1 GB, and a saturated server says 503, not "wait".
+BURST_TARGETS = {"clients": 8, "health_p99_ms": 50.0, "peak_rss_mb": 1024.0}
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 MODEL_ORDER = ("mlp", "mlp-plus", "cnn-tfdocs", "cnn-fast", "cnn-best")
 
@@ -375,15 +378,18 @@ def run_inference_bench(json_path: Path, markdown_path: Path, readme_path: Path 
 
 def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_path: Path,
                     readme_path: Path | None, images: np.ndarray, requests: int, clients: list[int],
-                    command: str, log=print, workers: int = 1) -> dict:
-    """Load-test `fmnist serve MODEL` and store the result under this machine's kind."""
-    from fmnist.loadtest import run_load_test
+                    command: str, log=print, workers: int = 1, burst_seconds: float = 30.0) -> dict:
+    """Load-test `fmnist serve MODEL`, then run the burst scenario against it; store both
+    under this machine's kind."""
+    from fmnist.loadtest import run_burst, run_load_test
 
     report = load_report(json_path)
     record = machine(measure=False)  # serving runs on the CPU; no TensorFlow needed here
     kind = machine_kind(record)
     result = run_load_test(model, images, engine=engine, requests=requests, concurrency=clients,
                            log=log, workers=workers)
+    result["burst"] = run_burst(model, engine, clients=BURST_TARGETS["clients"],
+                                seconds=burst_seconds, log=log)
     result.update({"command": command, "utc": _now()})
     section = report["machines"].setdefault(kind, {"machine": record, "rows": []})
     section["serve"] = [old for old in section.get("serve", [])
@@ -739,11 +745,36 @@ def serve_section(section: dict) -> str:
                        f"growth {memory['growth_percent']:+.1f}% < {SERVE_TARGETS['growth_percent']:.0f}%")]
             lines += ["", f"Targets at {SERVE_TARGETS['clients']} clients: " + "; ".join(
                 f"{name} {text}: {'met' if ok else '**not met**'}" for name, ok, text in checks) + "."]
+        if "burst" in result:
+            lines += ["", burst_lines(result["burst"])]
         parts.append("\n".join(lines))
     parts.append("The load generator (asyncio streams speaking HTTP/1.1 keep-alive, in the bench "
                  "process) runs on the same "
                   "machine as the server and competes with it for the cores.")
     return "\n\n".join(parts)
+
+
+def burst_lines(burst: dict) -> str:
+    """The burst scenario of a serve result, as Markdown."""
+    statuses = ", ".join(f"{count:,} x {status}" for status, count in burst["statuses"].items())
+    checks = [("/health p99", burst["health_p99_ms"] <= BURST_TARGETS["health_p99_ms"],
+               f"{burst['health_p99_ms']:.1f} ms <= {BURST_TARGETS['health_p99_ms']:.0f}"),
+              ("peak RSS", burst["peak_rss_mb"] <= BURST_TARGETS["peak_rss_mb"],
+               f"{burst['peak_rss_mb']:.0f} MB <= {BURST_TARGETS['peak_rss_mb']:.0f}"),
+              ("saturation answered", "503" in burst["statuses"], "503 + Retry-After seen")]
+    return "\n".join([
+        f"**Burst**: {burst['clients']} clients, each sending back to back, for "
+        f"{burst['seconds']:.0f} s, the largest request the defaults accept "
+        f"({burst['images_per_request']} PNGs, {burst['request_pixels']:,} pixels in all, "
+        f"{burst['request_bytes']:,} bytes), ignoring Retry-After; one more client asks "
+        "`/health` every 20 ms.", "",
+        "| /health probes | p50 ms | p99 ms | max ms | server RSS at start, MB | peak RSS, MB | "
+        "statuses |", "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"| {burst['health_probes']:,} | {burst['health_p50_ms']:.1f} | {burst['health_p99_ms']:.1f} | "
+        f"{burst['health_max_ms']:.1f} | {burst['rss_after_start_mb']:.0f} | "
+        f"{burst['peak_rss_mb']:.0f} | {statuses} |", "",
+        "Targets: " + "; ".join(f"{name} {text}: {'met' if ok else '**not met**'}"
+                                for name, ok, text in checks) + "."])
 
 
 def ordered_sections(report: dict, current: str | None) -> list[tuple[str, dict]]:

@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="server processes for --serve (default: 1)")
     bench.add_argument("--requests", type=_int_at_least(1), default=10_000,
                        help="requests per concurrency level for --serve (default: 10000)")
+    bench.add_argument("--burst-seconds", type=_positive_float, default=30.0,
+                       help="--serve also runs the burst scenario for this long: 8 clients "
+                            "sending the largest requests allowed while /health is probed "
+                            "(default: 30)")
     bench.add_argument("--clients", type=_int_at_least(1), nargs="+", default=[8, 16],
                        help="concurrency levels for --serve (default: 8 16)")
     bench.set_defaults(subparser=bench)
@@ -550,7 +554,8 @@ def _cmd_bench(args) -> int:
         from fmnist.bench import run_serve_bench
 
         run_serve_bench(args.serve, args.engine, Path(args.json), Path(args.markdown), readme,
-                        images[:1000], args.requests, args.clients, command, workers=args.workers)
+                        images[:1000], args.requests, args.clients, command, workers=args.workers,
+                        burst_seconds=args.burst_seconds)
         print(f"wrote {args.markdown} and {args.json}")
         return 0
     if args.inference:

@@ -229,3 +229,137 @@ def run_load_test(model: str, images: np.ndarray, engine: str | None = None,
             "image": "one 28x28 PNG per request", "warmup_requests": warmup,
             "levels": levels, "memory": memory, "cpu_count": os.cpu_count(),
             "median_p50_ms": statistics.median(level["p50_ms"] for level in levels)}
+
+
+# ------------------------------------------------------------------ the burst scenario
+
+
+def largest_request_images(total_pixels: int = 40_000_000, count: int = 4) -> list[bytes]:
+    """``count`` RGB PNGs of a dark garment on white whose pixels add up to ``total_pixels``:
+    the largest request the server's defaults accept (they compress to a few hundred KB,
+    far under the 5 MB body limit)."""
+    from PIL import Image, ImageDraw
+
+    side = int((total_pixels / count) ** 0.5)
+    images = []
+    for index in range(count):
+        image = Image.new("RGB", (side, side), "white")
+        draw = ImageDraw.Draw(image)
+        inset = side // 5 + index * side // 50
+        draw.rectangle((inset, inset, side - inset, side - inset // 2), fill=(40, 40, 60))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", compress_level=9)
+        images.append(buffer.getvalue())
+    return images
+
+
+def multipart_files_request(port: int, files: list[tuple[str, bytes]]) -> bytes:
+    """The bytes of one ``POST /v1/predict`` with several files, keep-alive."""
+    boundary = "fmnistburstboundary"
+    body = b"".join((f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+                     f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + payload +
+                    b"\r\n" for name, payload in files) + f"--{boundary}--\r\n".encode()
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def _status_of(reader, writer, request: bytes) -> int:
+    """Send one request on a keep-alive connection; its HTTP status (body read and dropped)."""
+    writer.write(request)
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def _burst(port: int, pid: int, request: bytes, clients: int, seconds: float) -> dict:
+    """``clients`` connections sending ``request`` back to back for ``seconds`` (ignoring
+    Retry-After, as an abusive client would), while one more asks ``/health`` every 20 ms
+    and the server's RSS is sampled every 50 ms."""
+    deadline = time.monotonic() + seconds
+    statuses: dict[str, int] = {}
+    health_ms: list[float] = []
+    peak = [rss_mb(pid)]
+
+    async def client():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    status = str(await _status_of(reader, writer, request))
+                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                    status = "connection error"
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    async def prober():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        probe = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        try:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                if await _status_of(reader, writer, probe) != 200:
+                    raise RuntimeError("/health did not answer 200 during the burst")
+                health_ms.append(1000 * (time.perf_counter() - started))
+                await asyncio.sleep(0.02)
+        finally:
+            writer.close()
+
+    async def sampler():
+        while time.monotonic() < deadline:
+            peak.append(rss_mb(pid))
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(prober(), sampler(), *(client() for _ in range(clients)))
+    latencies = np.array(health_ms)
+    return {"statuses": dict(sorted(statuses.items())), "health_probes": len(health_ms),
+            "health_p50_ms": float(np.percentile(latencies, 50)),
+            "health_p99_ms": float(np.percentile(latencies, 99)),
+            "health_max_ms": float(latencies.max()), "peak_rss_mb": max(peak)}
+
+
+def run_burst(model: str, engine: str | None = None, clients: int = 8, seconds: float = 30.0,
+              log_dir: Path = Path("runs/loadtest"), log=print) -> dict:
+    """Serve ``model`` in a child process and hit it with the largest requests allowed.
+
+    Returns /health latency during the burst, the server's peak RSS and the count of
+    each status the burst clients got (200 served, 503 refused with Retry-After).
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    files = largest_request_images()
+    request = multipart_files_request(port, [(f"big-{i}.png", png) for i, png in enumerate(files)])
+    server = start_server(model, engine, port, log_dir / "server-burst.log")
+    try:
+        wait_until_healthy(url, server)
+        served = get_json(url + "/v1/model")
+        start_mb = rss_mb(server.pid)
+        log(f"burst: {clients} clients sending {len(files)} images of "
+            f"{served['limits']['max_request_pixels']:,} pixels in all, for {seconds:.0f} s ...",
+            flush=True)
+        result = asyncio.run(_burst(port, server.pid, request, clients, seconds))
+        log(f"burst:   /health p99 {result['health_p99_ms']:.1f} ms, peak RSS "
+            f"{result['peak_rss_mb']:.0f} MB, statuses {result['statuses']}", flush=True)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return {"model": served["name"], "engine": served["engine"], "clients": clients,
+            "seconds": seconds, "images_per_request": len(files),
+            "request_pixels": served["limits"]["max_request_pixels"],
+            "request_bytes": len(request), "rss_after_start_mb": start_mb, **result}

@@ -171,7 +171,8 @@ def crafted_files() -> dict[str, tuple[bytes, int]]:
 
 def regression_files() -> dict[str, bytes]:
     """Inputs the fuzzers once crashed on (tests/fuzz/regressions/)."""
-    return {path.name: path.read_bytes() for path in sorted(REGRESSIONS.glob("*")) if path.is_file()}
+    return {path.name: path.read_bytes() for path in sorted(REGRESSIONS.glob("*"))
+            if path.is_file() and path.name != "README.md"}
 
 
 def write_seed_corpus(directory: Path) -> int:
