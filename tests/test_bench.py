@@ -214,7 +214,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, tmp_path):
     assert (engines["int8_class_agreement"] is None) == (engines["int8_images_per_second"] is None)
     assert (tmp_path / "runs" / "mlp-seed0" / "model.onnx").is_file()
     served = run_cli("bench", "--serve", str(tmp_path / "runs" / "mlp-seed0"), "--engine", "onnx",
-                     "--requests", "150", "--clients", "2", "4", "--burst-seconds", "4", *common)
+                     "--requests", "150", "--clients", "2", "4", "--burst-seconds", "2", *common)
     assert served.returncode == 0, served.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     (load,) = report["machines"][kind]["serve"]

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import gz, idx_bytes, run_cli
 
@@ -218,20 +217,3 @@ def test_an_unexpected_exception_is_one_line_unless_debugging(monkeypatch, capsy
     with pytest.raises(KeyError):
         cli.main(["models"])
 
-
-def test_predict_answers_crafted_files_with_one_line_each(trained_run, tmp_path):
-    from corpus import crafted_files
-
-    paths = []
-    for name, (payload, status) in crafted_files().items():
-        if status != 200:
-            paths.append(tmp_path / name)
-            paths[-1].write_bytes(payload)
-    good = tmp_path / "good.png"
-    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(good)
-    result = run_cli("predict", str(trained_run), *map(str, paths), str(good))
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    errors = result.stderr.strip().splitlines()
-    assert len(errors) == len(paths) and all(line.startswith("fmnist predict: error: ")
-                                             for line in errors)
-    assert str(good) in result.stdout

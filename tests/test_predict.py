@@ -177,8 +177,20 @@ def test_predict_command_prints_a_table_or_json_lines(exported, test_images, tmp
     x, y = test_images
     good = tmp_path / "boot.png"
     good.write_bytes(png(x[0], invert=True))
-    table = run_cli("predict", str(run), str(good), "--top-k", "2")
-    assert table.returncode == 0, table.stderr
+    # Files crafted to break each format's parser: one error line each, no traceback, and
+    # the good image is still answered.
+    from corpus import crafted_files
+
+    crafted = []
+    for name, (payload, status) in crafted_files().items():
+        if status != 200:
+            crafted.append(tmp_path / name)
+            crafted[-1].write_bytes(payload)
+    table = run_cli("predict", str(run), str(good), *map(str, crafted), "--top-k", "2")
+    assert table.returncode == 1 and "Traceback" not in table.stderr
+    errors = table.stderr.strip().splitlines()
+    assert len(errors) == len(crafted) and all(line.startswith("fmnist predict: error: ")
+                                               for line in errors), errors
     assert str(good) in table.stdout and table.stdout.count("%") == 2
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")

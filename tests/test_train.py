@@ -309,9 +309,10 @@ def test_a_second_writer_is_refused_and_changes_nothing(real_data_dir, tmp_path)
             train(TrainConfig(**QUICK), new, data_dir=real_data_dir, verbose=0)
         with pytest.raises(RunDirError, match="being written by another fmnist process"):
             resume(existing, data_dir=real_data_dir, verbose=0)
-        cli = run_cli("train", "--resume", str(existing), env_extra={"FMNIST_DATA_DIR": str(real_data_dir)})
-        assert cli.returncode == 1 and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
-        assert "another fmnist process" in cli.stderr
+        for args in (["--resume", str(existing)], ["--out", str(new)]):
+            cli = run_cli("train", *args, env_extra={"FMNIST_DATA_DIR": str(real_data_dir)})
+            assert cli.returncode == 1 and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+            assert "another fmnist process" in cli.stderr
         assert {folder: _snapshot(folder) for folder in (new, existing)} == before
     finally:
         for holder in holders:

@@ -408,9 +408,11 @@ def _cmd_train(args) -> int:
         if given:
             train_parser.error(f"--resume takes the run's settings from its config.json; "
                                f"drop {', '.join(given)}")
+        rundir.require_unlocked(args.resume)  # a run still training: say so before the imports
     else:
         if args.out:
             rundir.require_new_run_dir(args.out)  # before minutes of training, and of imports
+            rundir.require_unlocked(args.out)
         base = _read_config_file(args.config) if args.config else {}
         args.model = args.model or base.get("model")
         try:

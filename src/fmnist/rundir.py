@@ -120,6 +120,14 @@ def checkpoint_path(run_dir: Path, state: dict) -> Path:
     return path
 
 
+def require_unlocked(run_dir: str | Path) -> None:
+    """Raise :class:`RunDirError` now if another process holds ``run_dir``'s lock (a cheap
+    early check; :func:`exclusive` is what protects the writes)."""
+    if (Path(run_dir) / LOCK).is_file():
+        with exclusive(run_dir):
+            pass
+
+
 @contextlib.contextmanager
 def exclusive(run_dir: str | Path):
     """Hold the run directory's lock (creating the directory if needed) for the block.
