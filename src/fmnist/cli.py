@@ -613,9 +613,10 @@ def _cmd_predict(args) -> int:
     import json
     from pathlib import Path
 
-    from fmnist.images import ImageInputError, load_for_model
+    from fmnist.images import ImageInputError, load_for_model, quiet_pillow_warnings
     from fmnist.predict import Predictor, locate
 
+    quiet_pillow_warnings()
     locate(args.model, args.engine)  # a bad path fails here, before TensorFlow loads
     missing = [name for name in args.images if not Path(name).is_file()]
     if missing:

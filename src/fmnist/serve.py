@@ -36,7 +36,7 @@ import numpy as np
 
 from fmnist.connections import SERVE_ENV, ConnectionLimits
 from fmnist.images import (MAX_PIXELS, ImageInputError, open_image, pixel_count,
-                           to_fashion_mnist)
+                           quiet_pillow_warnings, to_fashion_mnist)
 from fmnist.predict import Prediction, Predictor, as_pixel_batch, top_k
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
@@ -299,6 +299,7 @@ def app_from_environment():
     ``$FMNIST_SERVE`` (JSON: model, engine, threads, limits) once, at start-up."""
     import json
 
+    quiet_pillow_warnings()  # a crafted upload's odd metadata is the client's problem, not the log's
     settings = json.loads(os.environ[SERVE_ENV])
     predictor = Predictor.load(settings["model"], settings["engine"], threads=settings["threads"])
     return create_app(predictor, **settings["limits"])
