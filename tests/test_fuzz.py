@@ -1,7 +1,7 @@
 """The fuzzers, bounded for CI: atheris over the image path, schemathesis over the API.
 
 ``make fuzz FUZZ_SECONDS=N`` runs both for as long as asked. Here atheris gets
-``FMNIST_FUZZ_SECONDS`` (default 20) and schemathesis ``FMNIST_FUZZ_EXAMPLES`` examples
+``FMNIST_FUZZ_SECONDS`` (default 15) and schemathesis ``FMNIST_FUZZ_EXAMPLES`` examples
 per operation (default 60): together well under the two minutes the suite can spare.
 Inputs that once crashed (tests/fuzz/regressions/) are replayed first, every run.
 """
@@ -21,7 +21,7 @@ from corpus import REGRESSIONS, regression_files, valid_files, write_seed_corpus
 from fmnist.images import ImageInputError, load_for_model
 
 HARNESS = Path(__file__).parent / "fuzz" / "fuzz_images.py"
-FUZZ_SECONDS = int(os.environ.get("FMNIST_FUZZ_SECONDS", "20"))
+FUZZ_SECONDS = int(os.environ.get("FMNIST_FUZZ_SECONDS", "15"))
 FUZZ_EXAMPLES = int(os.environ.get("FMNIST_FUZZ_EXAMPLES", "60"))
 
 

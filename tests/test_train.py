@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fmnist import rundir
-from fmnist.errors import RunDirError
+from fmnist.errors import FmnistError, RunDirError
 from fmnist.evaluate import evaluate_run
 from fmnist.models import build_model
 from fmnist.train import TrainConfig, compile_for_training, epoch_order, resume, train
@@ -92,7 +92,7 @@ def test_refuses_to_overwrite_a_run(real_data_dir, tmp_path):
 
 
 def test_resume_after_kill_9_matches_an_uninterrupted_run(real_data_dir, tmp_path):
-    sizes = dict(train_size=20000, val_size=1000, test_size=1000, epochs=4, batch_size=64, seed=2)
+    sizes = dict(train_size=12000, val_size=1000, test_size=1000, epochs=4, batch_size=64, seed=2)
     killed = tmp_path / "killed"
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in sizes.items()]
     env = {**os.environ, "FMNIST_DATA_DIR": str(real_data_dir)}
@@ -341,3 +341,14 @@ def test_files_are_flushed_to_disk_before_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda a, b: events.append("replace") or real_replace(a, b))
     rundir.write_json(tmp_path / "state.json", {"epochs_done": 1})
     assert events[:2] == ["fsync", "replace"] and json.loads((tmp_path / "state.json").read_text())
+
+
+def test_a_failed_start_leaves_no_run_directory(real_data_dir, tmp_path):
+    broken = TrainConfig(model_options={"no_such_option": 1}, **QUICK)  # the factory refuses it
+    with pytest.raises(FmnistError, match="cannot build mlp"):
+        train(broken, tmp_path / "run", data_dir=real_data_dir, verbose=0)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FmnistError, match="cannot build mlp"):
+        train(broken, tmp_path / "empty", data_dir=real_data_dir, verbose=0)
+    assert list((tmp_path / "empty").iterdir()) == []

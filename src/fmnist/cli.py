@@ -361,6 +361,37 @@ def _read_config_file(path: str) -> dict:
     return payload
 
 
+def _config_from(args):
+    """The run's TrainConfig: defaults < preset < --config file < flags, checked strictly.
+
+    Any unknown key or bad value is a usage error (exit 2) naming it, before anything is
+    written or TensorFlow is imported.
+    """
+    import inspect
+
+    from fmnist.config import TrainConfig
+    from fmnist.models import get_factory
+
+    train_parser = args.subparser
+    file = _read_config_file(args.config) if args.config else {}
+    model = args.model or file.get("model") or DEFAULT_MODEL
+    flags = {name: getattr(args, name) for name in _RUN_FLAGS[1:-1]}
+    if flags["model_options"] is not None:
+        flags["model_options"] = dict(flags["model_options"])
+    try:
+        factory = get_factory(model)
+        config = TrainConfig.resolve(model, {k: v for k, v in file.items() if k != "model"},
+                                     flags, file_name=f"config file {args.config}")
+    except FmnistError as error:  # ConfigError, UnknownModelError
+        train_parser.error(str(error))
+    accepted = inspect.signature(factory).parameters
+    for key in config.model_options:
+        if key not in accepted:
+            train_parser.error(f"model {model!r} has no option {key!r}; "
+                               f"it takes: {', '.join(accepted) or 'none'}")
+    return config
+
+
 def _cmd_data(args) -> int:
     from fmnist.data import CLASS_NAMES, inspect
 
@@ -400,9 +431,9 @@ def _cmd_train(args) -> int:
     from pathlib import Path
 
     from fmnist import rundir
-    from fmnist.models import get_factory
 
     train_parser = args.subparser
+    config = None
     if args.resume:
         given = [f"--{name.replace('_', '-')}" for name in _RUN_FLAGS if getattr(args, name) is not None]
         if given:
@@ -413,26 +444,13 @@ def _cmd_train(args) -> int:
         if args.out:
             rundir.require_new_run_dir(args.out)  # before minutes of training, and of imports
             rundir.require_unlocked(args.out)
-        base = _read_config_file(args.config) if args.config else {}
-        args.model = args.model or base.get("model")
-        try:
-            factory = get_factory(args.model or DEFAULT_MODEL)
-        except FmnistError as error:
-            train_parser.error(str(error))
-        import inspect
-
-        accepted = inspect.signature(factory).parameters
-        for key, _ in args.model_options or ():
-            if key not in accepted:
-                train_parser.error(f"model {args.model or DEFAULT_MODEL!r} has no option {key!r}; "
-                                   f"it takes: {', '.join(accepted) or 'none'}")
-
+        config = _config_from(args)
     # Check every input before TensorFlow is imported: errors come in a second, on one
     # line, and a bad test file is caught before training rather than after it.
     from fmnist.data import load_data
     from fmnist.distribute import tf_config
 
-    if args.distribute == "multiworker" and tf_config() is None:
+    if (config.distribute if config else args.distribute) == "multiworker" and tf_config() is None:
         raise FmnistError("--distribute multiworker needs TF_CONFIG describing the cluster "
                           "(see README, 'Scale out')")
 
@@ -447,12 +465,6 @@ def _cmd_train(args) -> int:
     if args.resume:
         run_dir = training.resume(args.resume, verbose=verbose, train_data=train_data)
     else:
-        overrides = {name: getattr(args, name) for name in _RUN_FLAGS[1:-1]}
-        if overrides["model_options"] is not None:
-            overrides["model_options"] = dict(overrides["model_options"])
-        from_file = {key: value for key, value in base.items() if key != "model"}
-        overrides = {**from_file, **{k: v for k, v in overrides.items() if v is not None}}
-        config = training.TrainConfig.for_model(args.model or DEFAULT_MODEL, **overrides)
         run_dir = training.train(config, out_dir=args.out, verbose=verbose, train_data=train_data)
     from fmnist.distribute import is_chief
 

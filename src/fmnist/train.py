@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import platform
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,65 +30,14 @@ from fmnist.errors import FmnistError
 from fmnist.augment import Augmentation, augment_batch
 from fmnist.hardware import PRECISIONS, PrecisionChoice, choose_precision, dtype_policy
 from fmnist.metrics import classification_metrics, predict_proba
-from fmnist.models import get_factory, model_preset
+from fmnist.config import TrainConfig
+from fmnist.models import get_factory
 from fmnist.plots import plot_history
-from fmnist.split import DEFAULT_VAL_SIZE, train_val_split
+from fmnist.split import train_val_split
 
 
-@dataclass
-class TrainConfig:
-    """Everything that decides a run's result; saved as the run's config.json.
-
-    The defaults are the seed notebook's recipe; each registered model may bring a
-    preset of its own (see ``models.register``), and command-line flags override both.
-    """
-
-    model: str = "mlp"
-    model_options: dict = field(default_factory=dict)  # keyword arguments of the factory
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"  # "adam", "adamw", or "sgd" (Nesterov momentum)
-    learning_rate: float = 1e-3  # the peak rate when a schedule is used
-    schedule: str = "constant"  # "constant" or "onecycle" (linear warmup, cosine decay)
-    warmup_fraction: float = 0.2  # onecycle: share of all steps spent warming up
-    weight_decay: float = 0.0  # decoupled weight decay (AdamW-style), per unit of LR
-    momentum: float = 0.9  # sgd only
-    label_smoothing: float = 0.0
-    ema: float | None = None  # momentum of an exponential moving average of the weights
-    # "auto": bfloat16 where the hardware computes it natively, else float32 (see
-    # hardware.py); "bfloat16": mixed precision (bfloat16 compute, float32 weights and
-    # outputs); "float32". What a run used is recorded as config.json's precision_used.
-    precision: str = "auto"
-    flip: bool = False  # augmentation: random left-right flips
-    translate: int = 0  # augmentation: random shifts of up to N pixels
-    erase: float = 0.0  # augmentation: probability of random erasing
-    time_budget: float | None = None  # seconds; caps the number of epochs (see train())
-    seed: int = 0
-    val_size: int = DEFAULT_VAL_SIZE  # validation images carved from the 60,000
-    train_size: int | None = None  # None: all the rest (54,000 by default)
-    test_size: int | None = None  # None: all 10,000 test images
-    distribute: str = "none"  # "none", "mirrored" or "multiworker" (see distribute.py)
-    cpu_replicas: int = 1  # without GPUs: logical CPU devices for the mirrored replicas
-    tensorboard: bool = False  # write TensorBoard logs into RUN_DIR/logs
-    tensorboard_histograms: bool = False  # ...with weight histograms every epoch
-
-    @classmethod
-    def from_json(cls, payload: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        payload = dict(payload)
-        if "precision" not in payload and _legacy_precision(payload):
-            payload["precision"] = _legacy_precision(payload)
-        return cls(**{key: value for key, value in payload.items() if key in names})
-
-    @classmethod
-    def for_model(cls, model: str, **overrides) -> "TrainConfig":
-        """Defaults, then the model's registered preset, then ``overrides`` (None = unset)."""
-        settings = {**model_preset(model), **{k: v for k, v in overrides.items() if v is not None}}
-        return cls.from_json({"model": model, **settings})
-
-    @property
-    def augmentation(self) -> Augmentation:
-        return Augmentation(flip=self.flip, translate=self.translate, erase=self.erase)
+def augmentation_of(config: TrainConfig) -> Augmentation:
+    return Augmentation(flip=config.flip, translate=config.translate, erase=config.erase)
 
 
 def versions() -> dict:
@@ -121,19 +69,32 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, data_dir=None,
     """
     choice = choose_precision(config.precision)  # a bad value fails before anything is written
     run_dir = rundir.require_new_run_dir(out_dir if out_dir is not None else default_run_dir(config))
-    with rundir.exclusive(run_dir):
-        rundir.require_new_run_dir(run_dir)  # again, now that no one else can be writing it
-        rundir.write_json(run_dir / rundir.CONFIG, {
-            **dataclasses.asdict(config),
-            "precision_used": choice.precision,
-            "precision_reason": choice.reason,
-            "versions": versions(),
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
-        announce_precision(choice, log)
-        if train_data is None:
-            train_data = load_split("train", data_dir)
-        _fit(run_dir, config, train_data, verbose, choice.precision, stop_after)
+    existed, locked = run_dir.exists(), False
+    try:
+        with rundir.exclusive(run_dir):
+            locked = True
+            rundir.require_new_run_dir(run_dir)  # again, now that no one else can be writing it
+            rundir.write_json(run_dir / rundir.CONFIG, {
+                **dataclasses.asdict(config),
+                "precision_used": choice.precision,
+                "precision_reason": choice.reason,
+                "versions": versions(),
+                "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            })
+            announce_precision(choice, log)
+            if train_data is None:
+                train_data = load_split("train", data_dir)
+            _fit(run_dir, config, train_data, verbose, choice.precision, stop_after)
+    except BaseException:
+        # A run that failed before its first checkpoint leaves nothing behind, so the
+        # same command can simply be run again.
+        if locked and not (run_dir / rundir.STATE).exists():
+            if existed:  # it was empty: empty it again
+                for child in run_dir.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return run_dir
 
 
@@ -147,7 +108,7 @@ def resume(run_dir: str | Path, data_dir=None, verbose: int | str = "auto",
     run_dir = rundir.require_run_dir(run_dir)
     with rundir.exclusive(run_dir):
         saved = rundir.read_json(run_dir / rundir.CONFIG)
-        config = TrainConfig.from_json(saved)
+        config = TrainConfig.from_json(saved, f"{run_dir / rundir.CONFIG}", strict=False)
         precision = recorded_precision(saved)
         if precision is None:  # recorded by no version of fmnist: decide now, and record it
             choice = choose_precision(config.precision)
@@ -255,7 +216,7 @@ def _batch_gatherer(x, y, config: TrainConfig):
     import tensorflow as tf
 
     images, labels = tf.constant(x), tf.constant(y)
-    augmentation, one_hot = config.augmentation, config.label_smoothing > 0
+    augmentation, one_hot = augmentation_of(config), config.label_smoothing > 0
 
     def gather(key, idx):
         batch_images, batch_labels = tf.gather(images, idx), tf.gather(labels, idx)

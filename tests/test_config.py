@@ -1,0 +1,81 @@
+"""The training configuration (fmnist.config): precedence and strictness, without Keras."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+from fmnist.config import RECORDED_KEYS, TrainConfig
+from fmnist.errors import ConfigError
+from fmnist.models import model_names, model_preset
+
+
+def test_precedence_is_defaults_preset_file_flags():
+    preset = model_preset("cnn-fast")
+    plain = TrainConfig.resolve("cnn-fast")
+    assert plain.batch_size == preset.get("batch_size", TrainConfig().batch_size)
+    assert plain.momentum == TrainConfig().momentum  # a default no preset touches
+    from_file = TrainConfig.resolve("cnn-fast", {"batch_size": 77, "seed": 4})
+    assert (from_file.batch_size, from_file.seed) == (77, 4)
+    flagged = TrainConfig.resolve("cnn-fast", {"batch_size": 77, "seed": 4}, {"batch_size": 9, "seed": None})
+    assert (flagged.batch_size, flagged.seed) == (9, 4)  # None: the flag was not given
+
+
+@pytest.mark.parametrize("model", model_names())
+def test_every_preset_is_a_valid_config(model):
+    config = TrainConfig.resolve(model)
+    assert config.model == model and set(model_preset(model)) <= set(vars(config))
+
+
+@pytest.mark.parametrize("payload, words", [
+    ({"optimiser": "adam"}, "unknown setting 'optimiser'"),
+    ({"optimizer": "lamb"}, "optimizer: 'lamb' is not one of adam, adamw, sgd"),
+    ({"schedule": "cosine"}, "schedule: 'cosine' is not one of constant, onecycle"),
+    ({"precision": "fp16"}, "precision: 'fp16' is not one of"),
+    ({"distribute": "ring"}, "distribute: 'ring' is not one of none, mirrored, multiworker"),
+    ({"epochs": 0}, "epochs: 0 is not valid; it must be at least 1"),
+    ({"epochs": 2.5}, "epochs: 2.5 is not valid"),
+    ({"batch_size": True}, "batch_size: True is not valid"),
+    ({"learning_rate": -1e-3}, "learning_rate: -0.001 is not valid; it must be above 0"),
+    ({"learning_rate": float("nan")}, "learning_rate: nan is not valid"),
+    ({"label_smoothing": 1.0}, "label_smoothing: 1.0 is not valid"),
+    ({"ema": 1.5}, "ema: 1.5 is not valid"),
+    ({"erase": 2}, "erase: 2 is not valid; it must be a probability"),
+    ({"flip": "yes"}, "flip: 'yes' is not valid; it must be true or false"),
+    ({"test_size": 20_000}, "test_size: 20000 is not valid; it must be 1 to 10000"),
+    ({"train_size": 59_000}, "train_size + val_size"),
+    ({"model_options": [64]}, "model_options: [64] is not an object"),
+])
+def test_unknown_keys_and_bad_values_are_named(payload, words):
+    with pytest.raises(ConfigError) as raised:
+        TrainConfig.resolve("mlp", payload, file_name="config file x.json")
+    assert words in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_runs_own_config_json_is_accepted_back():
+    saved = {**vars(TrainConfig()), **{key: 1 for key in RECORDED_KEYS}}
+    saved.update(mixed_precision=False, versions={"fmnist": "0.1.0"})
+    assert TrainConfig.resolve("mlp", saved).model == "mlp"
+
+
+def test_the_config_module_imports_no_keras():
+    script = "import sys, fmnist.config; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_bad_config_file_is_a_usage_error_that_writes_nothing(tmp_path):
+    config = tmp_path / "lamb.json"
+    config.write_text(json.dumps({"optimizer": "lamb", "epochs": 1}))
+    out = tmp_path / "run"
+    result = run_cli("train", "--config", str(config), "--out", str(out))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "optimizer: 'lamb' is not one of adam, adamw, sgd" in result.stderr
+    assert not out.exists()
+    config.write_text(json.dumps({"epoch": 3}))  # a typo does not pass silently
+    typo = run_cli("train", "--config", str(config), "--out", str(out))
+    assert typo.returncode == 2 and "unknown setting 'epoch'" in typo.stderr and not out.exists()
