@@ -120,3 +120,11 @@ def test_distributed_search_one_chief_two_workers(train_only_data, tmp_path):
     ran = sum(sum(1 for line in outputs[w][0].splitlines() if line.startswith("trial ")) for w in ("tuner0", "tuner1"))
     assert ran == 2
     shutil.rmtree(out)
+
+
+def test_an_unknown_tuner_is_refused_not_run_as_bayesian(tmp_path):
+    from fmnist.errors import ConfigError
+    from fmnist.tune import make_tuner
+
+    with pytest.raises(ConfigError, match="tuner: 'grid' is not one of hyperband, random, bayesian"):
+        make_tuner("grid", None, tmp_path, max_trials=1, budget_seconds=None, max_epochs=1, seed=0)

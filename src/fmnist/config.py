@@ -20,11 +20,11 @@ from fmnist.distribute import STRATEGIES
 from fmnist.errors import ConfigError
 from fmnist.hardware import PRECISIONS
 from fmnist.models import model_names, model_preset
-from fmnist.split import DEFAULT_VAL_SIZE
+from fmnist.split import DEFAULT_VAL_SIZE, TRAIN_POOL
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle")
-TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
+TRAIN_IMAGES, TEST_IMAGES = TRAIN_POOL, 10_000
 # Keys a run's config.json records besides the settings (versions, derived values, the
 # legacy mixed_precision flag), so a run's config.json can be passed back as --config.
 RECORDED_KEYS = frozenset({"versions", "created_utc", "precision_used", "precision_reason",

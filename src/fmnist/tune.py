@@ -30,6 +30,7 @@ import numpy as np
 
 from fmnist import rundir
 from fmnist.data import NUM_CLASSES
+from fmnist.errors import ConfigError
 from fmnist.models import get_search_space
 from fmnist.split import DEFAULT_VAL_SIZE, train_val_split
 from fmnist.hardware import choose_precision, dtype_policy
@@ -118,9 +119,11 @@ def make_tuner(kind: str, hypermodel: SearchSpace, directory: Path, max_trials: 
     elif kind == "random":
         base, oracle = kt.RandomSearch, _limited(kt.oracles.RandomSearchOracle)(
             max_trials=max_trials, **common)
-    else:
+    elif kind == "bayesian":
         base, oracle = kt.BayesianOptimization, _limited(kt.oracles.BayesianOptimizationOracle)(
             max_trials=max_trials, **common)
+    else:  # an unknown kind used to fall through to Bayesian search
+        raise ConfigError(f"tuner: {kind!r} is not one of {', '.join(TUNERS)}")
 
     class TimedTuner(base):
         def __init__(self):
