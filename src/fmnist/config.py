@@ -81,8 +81,8 @@ class TrainConfig:
                               f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; "
                               f"the settings are: {', '.join(sorted(names))}")
         payload = dict(payload)
-        if "precision" not in payload and "mixed_precision" in payload:  # before --precision
-            payload["precision"] = "bfloat16" if payload["mixed_precision"] else "float32"
+        if "precision" not in payload and legacy_precision(payload):
+            payload["precision"] = legacy_precision(payload)
         return cls(**{key: value for key, value in payload.items() if key in names})
 
     @classmethod
@@ -104,6 +104,14 @@ class TrainConfig:
     def for_model(cls, model: str, **overrides) -> "TrainConfig":
         """Defaults, then the model's registered preset, then ``overrides`` (None = unset)."""
         return cls.resolve(model, flags=overrides)
+
+
+def legacy_precision(saved: dict) -> str | None:
+    """The precision of a config.json written before --precision replaced the boolean
+    --mixed-precision (None: not such a config)."""
+    if "mixed_precision" not in saved:
+        return None
+    return "bfloat16" if saved["mixed_precision"] else "float32"
 
 
 def _kind(value, kind: str) -> bool:

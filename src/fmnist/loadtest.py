@@ -120,21 +120,26 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120)
 
 def multipart_request(port: int, name: str, png: bytes) -> bytes:
     """The bytes of one ``POST /v1/predict`` with a single file, keep-alive."""
+    return multipart_files_request(port, [(name, png)])
+
+
+def multipart_files_request(port: int, files: list[tuple[str, bytes]]) -> bytes:
+    """The bytes of one ``POST /v1/predict`` with one or more files, keep-alive."""
     boundary = "fmnistloadtestboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
-            f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + png + \
-        f"\r\n--{boundary}--\r\n".encode()
+    body = b"".join((f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+                     f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + payload +
+                    b"\r\n" for name, payload in files) + f"--{boundary}--\r\n".encode()
     head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     return head + body
 
 
-async def _exchange(reader, writer, request: bytes) -> bool:
-    """Send one prepared request on a keep-alive connection; True for a 200 with predictions."""
+async def _send(reader, writer, request: bytes) -> tuple[int, bytes]:
+    """Send one prepared request on a keep-alive connection; its HTTP status and body."""
     writer.write(request)
     await writer.drain()
-    status = await reader.readline()
+    status = int((await reader.readline()).split()[1])
     length = 0
     while True:
         line = await reader.readline()
@@ -142,8 +147,13 @@ async def _exchange(reader, writer, request: bytes) -> bool:
             break
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
-    body = await reader.readexactly(length)
-    return status.split()[1:2] == [b"200"] and b'"predictions"' in body
+    return status, await reader.readexactly(length)
+
+
+async def _exchange(reader, writer, request: bytes) -> bool:
+    """Send one prepared request; True for a 200 with predictions."""
+    status, body = await _send(reader, writer, request)
+    return status == 200 and b'"predictions"' in body
 
 
 async def _drive(url: str, images: list[bytes], requests: int, clients: int) -> dict:
@@ -253,34 +263,6 @@ def largest_request_images(total_pixels: int = 40_000_000, count: int = 4) -> li
     return images
 
 
-def multipart_files_request(port: int, files: list[tuple[str, bytes]]) -> bytes:
-    """The bytes of one ``POST /v1/predict`` with several files, keep-alive."""
-    boundary = "fmnistburstboundary"
-    body = b"".join((f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
-                     f"filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").encode() + payload +
-                    b"\r\n" for name, payload in files) + f"--{boundary}--\r\n".encode()
-    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    return head + body
-
-
-async def _status_of(reader, writer, request: bytes) -> int:
-    """Send one request on a keep-alive connection; its HTTP status (body read and dropped)."""
-    writer.write(request)
-    await writer.drain()
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    await reader.readexactly(length)
-    return status
-
-
 async def _burst(port: int, pid: int, request: bytes, clients: int, seconds: float) -> dict:
     """``clients`` connections sending ``request`` back to back for ``seconds`` (ignoring
     Retry-After, as an abusive client would), while one more asks ``/health`` every 20 ms
@@ -295,7 +277,7 @@ async def _burst(port: int, pid: int, request: bytes, clients: int, seconds: flo
         try:
             while time.monotonic() < deadline:
                 try:
-                    status = str(await _status_of(reader, writer, request))
+                    status = str((await _send(reader, writer, request))[0])
                 except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
                     status = "connection error"
                     writer.close()
@@ -310,7 +292,7 @@ async def _burst(port: int, pid: int, request: bytes, clients: int, seconds: flo
         try:
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                if await _status_of(reader, writer, probe) != 200:
+                if (await _send(reader, writer, probe))[0] != 200:
                     raise RuntimeError("/health did not answer 200 during the burst")
                 health_ms.append(1000 * (time.perf_counter() - started))
                 await asyncio.sleep(0.02)

@@ -12,7 +12,6 @@ mode: no pickled Python code is ever run) and ``onnx`` (onnxruntime on the file
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist import rundir
-from fmnist.data import CLASS_NAMES
+from fmnist.data import CLASS_NAMES, sha256_file
 from fmnist.errors import FmnistError
 from fmnist.images import SIDE, ImageInputError, Processed, load_for_model
 
@@ -154,14 +153,6 @@ def _run_info(run_dir: Path | None) -> dict:
             "metrics": {key: metrics[key] for key in SUMMARY_METRICS if key in metrics}}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def as_pixel_batch(array, name: str = "pixels") -> np.ndarray:
     """Validate an array of 28x28 images with values 0..255 -> float32 (N, 28, 28).
 
@@ -205,7 +196,7 @@ class Predictor:
         metadata = getattr(engine, "metadata", {})
         self.name = info.get("model") or metadata.get("fmnist_model") or files.path.stem
         self.metrics = info.get("metrics", {})
-        self.sha256 = _sha256(files.path)
+        self.sha256 = sha256_file(files.path)
 
     @classmethod
     def load(cls, source: str | os.PathLike, engine: str | None = None,

@@ -30,7 +30,7 @@ from fmnist.errors import FmnistError
 from fmnist.augment import Augmentation, augment_batch
 from fmnist.hardware import PRECISIONS, PrecisionChoice, choose_precision, dtype_policy
 from fmnist.metrics import classification_metrics, predict_proba
-from fmnist.config import TrainConfig
+from fmnist.config import TrainConfig, legacy_precision
 from fmnist.models import get_factory
 from fmnist.plots import plot_history
 from fmnist.split import train_val_split
@@ -127,15 +127,7 @@ def recorded_precision(saved: dict) -> str | None:
     """The precision a run's config.json says it trained in (None: not recorded)."""
     if saved.get("precision_used") in PRECISIONS[1:]:
         return saved["precision_used"]
-    return _legacy_precision(saved)
-
-
-def _legacy_precision(saved: dict) -> str | None:
-    """The precision of a config.json written before --precision replaced the boolean
-    --mixed-precision (None: not such a config)."""
-    if "mixed_precision" not in saved:
-        return None
-    return "bfloat16" if saved["mixed_precision"] else "float32"
+    return legacy_precision(saved)
 
 
 def announce_precision(choice: PrecisionChoice, log=print) -> None:
