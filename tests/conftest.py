@@ -87,6 +87,16 @@ def real_data_dir() -> Path:
     return found
 
 
+@pytest.fixture(scope="session")
+def train_only_data_dir(real_data_dir, tmp_path_factory) -> Path:
+    """A data folder holding the two training files and no test file: what export and the
+    inference bench must get by with, since only ``evaluate`` reads the test set."""
+    folder = tmp_path_factory.mktemp("train-only")
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (folder / name).symlink_to(real_data_dir / name)
+    return folder
+
+
 def run_cli(*args: str, env_extra: dict | None = None, cwd: Path | None = None,
             timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `fmnist ARGS...` in a fresh interpreter, as a user would."""

@@ -160,7 +160,7 @@ def test_forward_flops_count_convolutions():
 
 
 @pytest.mark.slow
-def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, tmp_path):
+def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_data_dir, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{bench.README_START}\n{bench.README_END}\n")
     # Figures of another kind of machine are already in the file: they must survive.
@@ -201,13 +201,15 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, tmp_path):
     assert markdown.index(f"(`{kind}`)") < markdown.index(f"(`{other_kind}`)")
     assert "Not re-measured in the latest bench run" in markdown and "### Time to accuracy" in markdown
     assert "| `mlp` | CPU |" in readme.read_text()
-    # The same bench file gains the inference and the serving sections of this machine.
+    # The same bench file gains the inference and the serving sections of this machine,
+    # from a data folder without test files: only training (its evaluation) reads them.
     common = ["--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
-              "--readme", "", "--data-dir", str(real_data_dir)]
+              "--readme", "", "--data-dir", str(train_only_data_dir)]
     inference = run_cli("bench", "--inference", "--runs-dir", str(tmp_path / "runs"), *common)
     assert inference.returncode == 0, inference.stderr[-2000:]
     (engines,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["inference"]
-    assert engines["model"] == "mlp" and engines["images"] == 10_000
+    assert engines["model"] == "mlp" and engines["images"] == 500  # the runs' --val-size
+    assert engines["checked_on"] == "validation"
     assert engines["max_abs_difference"] <= 1e-4 and engines["class_mismatches"] == 0
     assert engines["onnx_images_per_second"] > 1000 and engines["keras_one_image_ms"] > 0
     # A one-epoch model may miss the 99% agreement the int8 copy needs: then it has none.

@@ -212,13 +212,26 @@ def test_predict_and_serve_reject_bad_paths_before_loading_tensorflow(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_command_writes_and_reports(trained_run, real_data_dir, tmp_path):
+def test_export_command_needs_no_test_file(trained_run, train_only_data_dir, tmp_path):
     out = tmp_path / "exported.onnx"
-    result = run_cli("export", str(trained_run), "--out", str(out), "--data-dir", str(real_data_dir))
+    # Checked on the run's own 1,000 validation images: the folder has no test file at all.
+    result = run_cli("export", str(trained_run), "--out", str(out), "--data-dir",
+                     str(train_only_data_dir))
     assert result.returncode == 0, result.stderr
-    assert "10,000 test images" in result.stdout and "0 class differences" in result.stdout
+    assert "1,000 validation images" in result.stdout and "0 class differences" in result.stdout
     report = json.loads((tmp_path / "exported.onnx.json").read_text())
-    assert report["images"] == 10_000 and report["max_abs_difference"] <= 1e-4
+    assert report["images"] == 1_000 and report["max_abs_difference"] <= 1e-4
+
+
+def test_export_checks_the_runs_own_validation_split(trained_run, real_data_dir):
+    from fmnist.data import load_split
+    from fmnist.export import export_images
+    from fmnist.split import train_val_split
+
+    x, y = load_split("train", real_data_dir)
+    validation, calibration = export_images(trained_run, (x, y))
+    train_idx, val_idx = train_val_split(y, 1000, 0, 6000)  # the fixture's settings
+    assert np.array_equal(validation, x[val_idx]) and np.array_equal(calibration, x[train_idx[:1024]])
 
 
 def test_int8_quantization_is_checked_and_loadable(exported, test_images, real_data_dir, tmp_path):

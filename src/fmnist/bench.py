@@ -310,15 +310,15 @@ def engine_speed(engine, batch: int = 1024, batches: int = 10, singles: int = 20
             "one_image_ms": 1000 * median_seconds(lambda: engine(images[:1]), singles, warmup=3)}
 
 
-def measure_inference(rows: list[dict], runs_dir: Path, test_images: np.ndarray,
-                      calibration_images: np.ndarray, log=print) -> list[dict]:
+def measure_inference(rows: list[dict], runs_dir: Path, train_data, log=print) -> list[dict]:
     """Keras vs onnxruntime (float32 and int8) on each benchmarked model's first-seed run.
 
-    Exports ``model.onnx`` into the run (checked on ``test_images``, normally all 10,000),
-    quantizes it (calibrated on ``calibration_images``, training images) and times the
+    Exports ``model.onnx`` into the run, checked on the run's validation images rebuilt
+    from ``train_data`` (the 60,000 training images and labels; the test set is never
+    read here), quantizes it (calibrated on the run's training images) and times the
     engines on the same random batch.
     """
-    from fmnist.export import ExportError, export_onnx, quantize_int8
+    from fmnist.export import ExportError, export_images, export_onnx, quantize_int8
     from fmnist.predict import KerasEngine, OnnxEngine
 
     results = []
@@ -328,17 +328,19 @@ def measure_inference(rows: list[dict], runs_dir: Path, test_images: np.ndarray,
             log(f"bench: no {run / rundir.MODEL}; skipping {row['model']}", flush=True)
             continue
         log(f"bench: exporting and timing {row['model']} ...", flush=True)
-        parity = export_onnx(run, test_images)
+        validation, calibration = export_images(run, train_data)
+        parity = export_onnx(run, validation)
         keras_speed = engine_speed(KerasEngine(run / rundir.MODEL))
         onnx_speed = engine_speed(OnnxEngine(run / "model.onnx"))
         try:
-            int8 = quantize_int8(run / "model.onnx", calibration_images, test_images)
+            int8 = quantize_int8(run / "model.onnx", calibration, validation)
             int8_speed = engine_speed(OnnxEngine(run / "model.int8.onnx"))
         except ExportError as error:
             log(f"bench: no int8 model for {row['model']}: {error}", flush=True)
             int8, int8_speed = {"class_agreement": None}, {"images_per_second": None, "one_image_ms": None}
         results.append({
             "model": row["model"], "device": row["device"], "run": str(run),
+            "checked_on": "validation",  # rows of older benches were checked on test images
             "keras_images_per_second": keras_speed["images_per_second"],
             "keras_one_image_ms": keras_speed["one_image_ms"],
             "onnx_images_per_second": onnx_speed["images_per_second"],
@@ -354,8 +356,7 @@ def measure_inference(rows: list[dict], runs_dir: Path, test_images: np.ndarray,
 
 
 def run_inference_bench(json_path: Path, markdown_path: Path, readme_path: Path | None,
-                        runs_dir: Path, test_images: np.ndarray, command: str, log=print,
-                        calibration_images: np.ndarray | None = None) -> dict:
+                        runs_dir: Path, train_data, command: str, log=print) -> dict:
     """Add Keras/onnxruntime throughput and ONNX parity for this machine's stored rows."""
     if not json_path.is_file():
         raise FmnistError(f"{json_path} does not exist; run `fmnist bench` first")
@@ -368,7 +369,7 @@ def run_inference_bench(json_path: Path, markdown_path: Path, readme_path: Path 
                           "run `fmnist bench` here first")
     device = device_name()
     rows = [row for row in section["rows"] if row["device"] == device]
-    section["inference"] = measure_inference(rows, runs_dir, test_images, calibration_images, log)
+    section["inference"] = measure_inference(rows, runs_dir, train_data, log)
     section["inference_command"] = command
     section["inference_utc"] = _now()
     rundir.write_json(json_path, report)
@@ -670,7 +671,7 @@ def inference_section(section: dict) -> str:
         return "Not measured yet: `fmnist bench --inference`."
     lines = [f"Written by `{section['inference_command']}` on {section['inference_utc']}.", "",
              "| model | device | Keras img/s | onnxruntime img/s | onnxruntime int8 img/s | "
-             "1 image: Keras / onnxruntime / int8 ms | ONNX vs Keras max abs diff (test images) "
+             "1 image: Keras / onnxruntime / int8 ms | ONNX vs Keras max abs diff "
              "| class differences | agrees with the bf16-trained model | int8 agrees with float |",
              "| --- | --- | ---: | ---: | ---: | --- | --- | ---: | --- | --- |"]
     for row in rows:
@@ -685,7 +686,8 @@ def inference_section(section: dict) -> str:
             f"{'-' if int8_speed is None else f'{int8_speed:,.0f}'} | "
             f"{row['keras_one_image_ms']:.2f} / {row['onnx_one_image_ms']:.2f} / "
             f"{'-' if int8_ms is None else f'{int8_ms:.2f}'} | "
-            f"{row['max_abs_difference']:.1e} on {row['images']:,} | {row['class_mismatches']} | "
+            f"{row['max_abs_difference']:.1e} on {row['images']:,} {row.get('checked_on', 'test')} "
+            f"images | {row['class_mismatches']} | "
             f"{agreement} | {'-' if int8_agreement is None else f'{100 * int8_agreement:.2f}%'} |")
     model, target = ONNX_TARGET
     row = next((r for r in rows if r["model"] == model), None)
@@ -697,17 +699,19 @@ def inference_section(section: dict) -> str:
         if int8_speed:
             text += (f"; int8 {int8_speed:,.0f}, {'met' if int8_speed >= target else '**not met**'} "
                      f"(same class as float32 for {100 * row['int8_class_agreement']:.2f}% of the "
-                     "test images)")
+                     f"{row.get('checked_on', 'test')} images)")
         lines += ["", text + "."]
     lines += ["", "- *img/s*: images per second at batch 1024, median of 10 batches after "
                   "warm-up, same random batch for both engines; *1 image*: median latency of "
                   "200 single-image calls.",
               "- *int8*: `fmnist export --quantize int8`, onnxruntime static quantization "
               "(QDQ, per-channel int8 weights, uint8 activations) calibrated on 1,024 training "
-              "images; kept only when it picks the float model's class for >= 99% of the test images.",
+              "images; kept only when it picks the float model's class for >= 99% of the checked images.",
               "- The ONNX file is float32 (`fmnist export`); models trained in mixed bfloat16 "
               "run in bfloat16 under Keras, so *agrees with the bf16-trained model* compares the two "
-              "precisions' classes on the test images."]
+              "precisions' classes on the checked images.",
+              "- *checked images*: the run's validation split, rebuilt from its seed (rows "
+              "measured before the test set was left to `evaluate` alone say *test*)."]
     return "\n".join(lines)
 
 

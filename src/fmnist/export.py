@@ -85,7 +85,8 @@ def export_onnx(source: str | os.PathLike, images: np.ndarray, out: str | os.Pat
                 tolerance: float = TOLERANCE) -> dict:
     """Export a run directory's (or a .keras file's) model to ONNX and verify it on ``images``.
 
-    ``images``: uint8 (N, 28, 28), normally the 10,000 test images. Returns the parity
+    ``images``: uint8 (N, 28, 28), normally the run's validation images
+    (:func:`export_images`): never the test set, which only ``evaluate`` reads. Returns the parity
     report, also written next to the ONNX file (:func:`report_path`). Raises :class:`ExportError`
     (and leaves nothing behind) when the check fails.
     """
@@ -142,6 +143,22 @@ def export_onnx(source: str | os.PathLike, images: np.ndarray, out: str | os.Pat
 
 
 MIN_INT8_AGREEMENT = 0.99
+CALIBRATION_IMAGES = 1024
+
+
+def export_images(run_dir: str | os.PathLike, train_data) -> tuple[np.ndarray, np.ndarray]:
+    """Images to check and to calibrate an export of a run's model, never test images.
+
+    ``train_data``: the 60,000 training images and labels (uint8 (60000, 28, 28), (60000,)).
+    Returns the run's validation images (uint8 (V, 28, 28), rebuilt from the seed and sizes
+    in its config.json) for parity and int8 acceptance, and the first
+    ``CALIBRATION_IMAGES`` of its own training images for int8 calibration.
+    """
+    from fmnist.split import split_of_run
+
+    images, labels = train_data
+    train_idx, val_idx = split_of_run(rundir.read_json(Path(run_dir) / rundir.CONFIG), labels)
+    return images[val_idx], images[train_idx[:CALIBRATION_IMAGES]]
 
 
 def quantize_int8(onnx_path: str | os.PathLike, calibration_images: np.ndarray,
@@ -151,8 +168,9 @@ def quantize_int8(onnx_path: str | os.PathLike, calibration_images: np.ndarray,
 
     Weights per channel and activations are quantized to 8 bits (QDQ format), with
     activation ranges calibrated on ``calibration_images`` (uint8 (N, 28, 28), training
-    images: never the test set). The copy is kept only if it predicts the same class as
-    the float model on at least ``min_agreement`` of ``check_images``. int8 trades exact
+    images). The copy is kept only if it predicts the same class as the float model on at
+    least ``min_agreement`` of ``check_images`` (the run's validation images: never the test
+    set). int8 trades exact
     probabilities for speed on CPUs with VNNI; the report says how much.
     """
     import onnxruntime

@@ -39,3 +39,13 @@ def train_val_split(labels: np.ndarray, val_size: int = DEFAULT_VAL_SIZE, seed: 
             train_idx, train_size=train_size, stratify=labels[train_idx], random_state=seed
         )
     return np.sort(train_idx).astype(np.int64), np.sort(val_idx).astype(np.int64)
+
+
+def split_of_run(config: dict, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, validation) indices a run trained with, rebuilt from its ``config.json``.
+
+    ``labels``: the 60,000 training labels (uint8 (60000,)). Export checks an ONNX copy on
+    these validation images, so nothing after training reads the test set but ``evaluate``.
+    """
+    return train_val_split(labels, int(config.get("val_size") or DEFAULT_VAL_SIZE),
+                           int(config.get("seed") or 0), config.get("train_size"))
