@@ -123,6 +123,16 @@ def trained_run(real_data_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def exported_run(trained_run, real_data_dir) -> tuple[Path, dict]:
+    """``trained_run`` with its model.onnx, exported as `fmnist export` does (checked on the
+    run's 1,000 validation images), and the parity report."""
+    from fmnist.export import export_images, export_onnx
+
+    validation, _ = export_images(trained_run, data.load_split("train", real_data_dir))
+    return trained_run, export_onnx(trained_run, validation)
+
+
+@pytest.fixture(scope="session")
 def test_images(real_data_dir):
     """The first 1,000 test images and labels (uint8 (1000, 28, 28), uint8 (1000,))."""
     x, y = data.load_split("test", real_data_dir)

@@ -19,12 +19,9 @@ pytestmark = pytest.mark.realdata
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, test_images):
-    """The trained run with model.onnx exported and checked on 1,000 test images."""
-    from fmnist.export import export_onnx
-
-    report = export_onnx(trained_run, test_images[0])
-    return trained_run, report
+def exported(exported_run):
+    """The trained run with model.onnx, and its parity report."""
+    return exported_run
 
 
 def png(pixels: np.ndarray, invert: bool = False) -> bytes:
@@ -91,7 +88,7 @@ def test_locate_explains_bad_model_paths(trained_run, tmp_path):
         locate(empty)
 
 
-def test_onnx_export_matches_keras_on_the_test_slice(exported, test_images):
+def test_onnx_export_matches_keras(exported, test_images):
     run, report = exported
     assert (run / "model.onnx").is_file() and (run / "model.onnx.json").is_file()
     assert report["images"] == 1000 and report["class_mismatches"] == 0
@@ -253,3 +250,45 @@ def test_int8_quantization_is_checked_and_loadable(exported, test_images, real_d
         quantize_int8(run / "model.onnx", calibration, x, out=tmp_path / "strict.onnx", min_agreement=1.01)
     assert not (tmp_path / "strict.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.int8.onnx.json"]
+
+
+@pytest.mark.parametrize("thread_safe", [False, True])
+def test_predictor_serializes_only_engines_that_need_it(thread_safe, tmp_path):
+    """Keras is called by one thread at a time; onnxruntime sessions run concurrently."""
+    import threading
+    import time
+
+    from fmnist.predict import ModelFiles
+
+    class CountingEngine:
+        name = "counting"
+
+        def __init__(self):
+            self.thread_safe = thread_safe
+            self.inside = self.most = 0
+            self.guard = threading.Lock()
+
+        def __call__(self, pixels):
+            with self.guard:
+                self.inside += 1
+                self.most = max(self.most, self.inside)
+            time.sleep(0.05)
+            with self.guard:
+                self.inside -= 1
+            return np.full((len(pixels), 10), 0.1, np.float32)
+
+    engine = CountingEngine()
+    (tmp_path / "weights").write_bytes(b"any model file")
+    predictor = Predictor(engine, ModelFiles(tmp_path / "weights", "counting"))
+    barrier = threading.Barrier(6)
+
+    def call():
+        barrier.wait()
+        predictor.predict(np.zeros((2, 28, 28), np.uint8))
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert (engine.most == 1) if not thread_safe else (engine.most > 1)

@@ -17,11 +17,12 @@ from PIL import Image
 pytestmark = pytest.mark.realdata
 
 
-@pytest.fixture(scope="module")
-def predictor(trained_run):
+@pytest.fixture(scope="module", params=["keras", "onnx"])
+def predictor(request, exported_run):
+    """Every serve test runs on both engines: the same run, as Keras and as ONNX."""
     from fmnist.predict import Predictor
 
-    return Predictor.load(trained_run)
+    return Predictor.load(exported_run[0], request.param)
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +58,13 @@ def test_docs_work_offline(client):
     assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN
 
 
-def test_model_is_identified_by_hash_not_by_a_server_path(client, trained_run):
+def test_model_is_identified_by_hash_not_by_a_server_path(client, predictor, trained_run):
     import hashlib
 
     info = client.get("/v1/model").json()
-    assert info["sha256"] == hashlib.sha256((trained_run / "model.keras").read_bytes()).hexdigest()
+    served = trained_run / ("model.keras" if predictor.engine.name == "keras" else "model.onnx")
+    assert info["sha256"] == hashlib.sha256(served.read_bytes()).hexdigest()
+    assert info["engine"] == predictor.engine.name
     assert str(trained_run) not in json.dumps(info) and "path" not in info
 
 
@@ -303,7 +306,8 @@ def test_a_full_decode_pool_answers_503_and_health_stays_quick(predictor):
     big = png(np.full((400, 400), 255, np.uint8))
     assert 400 * 400 > INLINE_PIXELS
     statuses = []
-    with TestClient(create_app(held, decode_threads=1)) as client:
+    app = create_app(held, decode_threads=1)
+    with TestClient(app) as client:
         def upload():
             statuses.append(client.post("/v1/predict", files={"files": ("big.png", big, "image/png")}))
 
@@ -311,11 +315,10 @@ def test_a_full_decode_pool_answers_503_and_health_stays_quick(predictor):
         for thread in threads:
             thread.start()
         assert entered.acquire(timeout=30), "the first request never reached the engine"
-        deadline = time.monotonic() + 10
-        while len(statuses) == 0 and time.monotonic() < deadline:
-            refused = client.post("/v1/predict", files={"files": ("big.png", big, "image/png")})
-            if refused.status_code == 503:
-                break
+        deadline = time.monotonic() + 10  # the other two are admitted: one thread, two queued
+        while app.state.decode_pool.admitted < 1 + QUEUE_PER_THREAD and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = client.post("/v1/predict", files={"files": ("big.png", big, "image/png")})
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         started = time.perf_counter()
         assert client.get("/health").status_code == 200

@@ -13,6 +13,7 @@ mode: no pickled Python code is ever run) and ``onnx`` (onnxruntime on the file
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,8 @@ class KerasEngine:
     """A `.keras` model, loaded without compiling, in safe mode."""
 
     name = "keras"
+    # Keras does not promise that one model may be called from several threads at once.
+    thread_safe = False
 
     def __init__(self, path: Path):
         import keras
@@ -82,6 +85,7 @@ class OnnxEngine:
     """An ONNX file run by onnxruntime on the CPU (float32 pixels in, probabilities out)."""
 
     name = "onnx"
+    thread_safe = True  # onnxruntime's InferenceSession.run is documented as thread-safe
 
     def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime
@@ -187,10 +191,13 @@ def top_k(probabilities: np.ndarray, k: int) -> list[ClassScore]:
 
 
 class Predictor:
-    """A loaded model and its description. Thread-safe for concurrent ``predict`` calls."""
+    """A loaded model and its description. Thread-safe: ``predict`` and ``probabilities``
+    may be called from any number of threads at once (an engine that is not thread-safe,
+    Keras, is called by one thread at a time; onnxruntime runs concurrently)."""
 
     def __init__(self, engine, files: ModelFiles):
         self.engine = engine
+        self._engine_lock = None if getattr(engine, "thread_safe", False) else threading.Lock()
         self.files = files
         info = _run_info(files.run_dir)
         metadata = getattr(engine, "metadata", {})
@@ -223,33 +230,45 @@ class Predictor:
     def probabilities(self, pixels) -> np.ndarray:
         """(28, 28) or (N, 28, 28) pixel values 0..255 -> float32 (N, 10) probabilities."""
         batch = as_pixel_batch(pixels)
-        return in_batches(self.engine, batch)
+        if self._engine_lock is None:
+            return in_batches(self.engine, batch)
+        with self._engine_lock:
+            return in_batches(self.engine, batch)
 
-    def prepare(self, inputs) -> list[tuple[str, Processed | np.ndarray]]:
+    def prepare(self, inputs, names: list[str] | None = None) -> list[tuple[str, Processed | np.ndarray]]:
         """Split ``inputs`` into named single images; files/bytes/PIL images are preprocessed.
 
         An input is a path, bytes, a PIL image, a :class:`~fmnist.images.Processed`, a pixel
-        array (28, 28) or (N, 28, 28), or a list of any of these.
+        array (28, 28) or (N, 28, 28), or a list of any of these. ``names``: one per input
+        (an upload's file name), used in results and in error messages; by default a path
+        names itself and anything else is unnamed.
         """
-        if isinstance(inputs, np.ndarray):
+        if isinstance(inputs, np.ndarray) and names is None:
             return [("", image) for image in as_pixel_batch(inputs).astype(np.uint8)]
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
+        if names is not None and len(names) != len(inputs):
+            raise ValueError(f"{len(names)} names for {len(inputs)} inputs")
         prepared = []
         for index, item in enumerate(inputs):
+            name = names[index] if names is not None else (
+                str(item) if isinstance(item, (str, os.PathLike)) else "")
             if isinstance(item, np.ndarray):
-                batch = as_pixel_batch(item, f"input {index}").astype(np.uint8)
-                prepared.extend(("", image) for image in batch)
+                batch = as_pixel_batch(item, name or f"input {index}").astype(np.uint8)
+                prepared.extend((name, image) for image in batch)
             elif isinstance(item, Processed):  # already converted by the caller
-                prepared.append(("", item))
+                prepared.append((name, item))
             else:
-                name = str(item) if isinstance(item, (str, os.PathLike)) else ""
                 prepared.append((name, load_for_model(item, name or f"input {index}")))
         return prepared
 
-    def predict(self, inputs, k: int = 3) -> list[Prediction]:
-        """Top-``k`` classes for each input (see :meth:`prepare` for what an input can be)."""
-        prepared = self.prepare(inputs)
+    def predict(self, inputs, k: int = 3, names: list[str] | None = None) -> list[Prediction]:
+        """Top-``k`` classes for each image of ``inputs`` (see :meth:`prepare`), in order.
+
+        This is the one image path: the CLI, the Python API and both serve endpoints call
+        it. Thread-safe.
+        """
+        prepared = self.prepare(inputs, names)
         pixels = np.stack([p.pixels if isinstance(p, Processed) else p for _, p in prepared])
         probabilities = self.probabilities(pixels)
         return [Prediction(top_k(row, k), item.pixels if isinstance(item, Processed) else item,

@@ -28,16 +28,12 @@ the answer is 503 with ``Retry-After``. Slow and idle connections are cut by
 
 import asyncio
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
-import numpy as np
-
 from fmnist.connections import SERVE_ENV, ConnectionLimits
-from fmnist.images import (MAX_PIXELS, ImageInputError, open_image, pixel_count,
-                           quiet_pillow_warnings, to_fashion_mnist)
-from fmnist.predict import Prediction, Predictor, as_pixel_batch, top_k
+from fmnist.images import MAX_PIXELS, ImageInputError, open_image, pixel_count, quiet_pillow_warnings
+from fmnist.predict import Prediction, Predictor, as_pixel_batch
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_IMAGES = 64
@@ -197,9 +193,8 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                   description="Fashion-MNIST classification: upload garment images or send "
                               "28x28 pixel arrays; get the top-k classes.")
     app.add_middleware(BodySizeLimit, limit=max_upload_bytes)
+    app.state.decode_pool = pool  # for tests and operators: pool.admitted is its load
     _add_offline_docs(app, "fmnist")
-    # Keras models are not guaranteed safe under concurrent calls; onnxruntime sessions are.
-    engine_lock = threading.Lock() if predictor.engine.name == "keras" else None
     page = _page()
     limits = {"max_upload_bytes": max_upload_bytes, "max_images": max_images,
               "max_pixels": max_pixels, "max_request_pixels": max_request_pixels}
@@ -223,12 +218,6 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         return JSONResponse({"detail": "; ".join(problems)[:500] or "invalid request"},
                             status_code=422)
 
-    def probabilities(pixels: np.ndarray) -> np.ndarray:
-        if engine_lock is None:
-            return predictor.probabilities(pixels)
-        with engine_lock:
-            return predictor.probabilities(pixels)
-
     def check_count(count: int) -> None:
         if count == 0:
             raise ImageInputError("no images in the request; send at least one")
@@ -249,12 +238,12 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     async def model_info():
         return {**predictor.describe(), "limits": limits}
 
+    def answer(predictions: list[Prediction], include_input: bool = False) -> dict:
+        return {"model": predictor.name, "engine": predictor.engine.name,
+                "predictions": [p.to_dict(include_input) for p in predictions]}
+
     def answer_files(names: list[str], images: list, k: int, include_input: bool) -> dict:
-        processed = [to_fashion_mnist(image, name) for name, image in zip(names, images)]
-        rows = probabilities(np.stack([p.pixels for p in processed]))
-        return {"model": predictor.name, "engine": predictor.engine.name, "predictions": [
-            Prediction(top_k(row, k), p.pixels, name, p.inverted).to_dict(include_input)
-            for name, p, row in zip(names, processed, rows)]}
+        return answer(predictor.predict(images, k, names=names), include_input)
 
     @app.post("/v1/predict")
     async def predict_files(
@@ -287,9 +276,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     async def predict_pixels(request: PixelsRequest):
         batch = as_pixel_batch(request.pixels)
         check_count(len(batch))
-        rows = probabilities(batch)
-        return JSONResponse({"model": predictor.name, "engine": predictor.engine.name, "predictions": [
-            {"top_k": [vars(score) for score in top_k(row, request.top_k)]} for row in rows]})
+        return JSONResponse(answer(predictor.predict(batch, request.top_k)))
 
     return app
 
