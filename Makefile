@@ -1,6 +1,8 @@
 # Two entry points, both self-installing on a fresh clone:
 #   make run    create .venv, install fmnist, train cnn-fast (the default), print its test accuracy
 #   make test   create .venv, install fmnist with its test tools, run the test suite
+#   make test-fast  the suite without the slow tests (training, subprocesses), ~1.5 min
+# Both install every extra (fmnist[all]); `pip install fmnist` alone is the ONNX-serving core.
 # Point at a local copy of the data with FMNIST_DATA_DIR=/path/to/fashion-mnist.
 
 PYTHON ?= python3
@@ -12,13 +14,16 @@ RUN_ARGS ?=
 FUZZ_SECONDS ?= 600
 FUZZ_DIR ?= runs/fuzz
 
-.PHONY: run test fuzz install install-test clean
+.PHONY: run test test-fast fuzz install install-test clean
 
 run: $(VENV)/.installed
 	$(BIN)/fmnist train --model $(MODEL) --tta $(RUN_ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Coverage-guided fuzzing for as long as asked (FUZZ_SECONDS, default 600): atheris over the
 # image path with a growing corpus in $(FUZZ_DIR), then schemathesis over the API in rounds
@@ -42,11 +47,11 @@ $(VENV)/.created:
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.created
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.created
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[all,test]'
 	touch $@ $(VENV)/.installed
 
 clean:

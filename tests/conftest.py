@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 
 from fmnist import data
+from fmnist.runtime import prepare_tensorflow
+
+# Tests import Keras directly too: give this process the defaults the CLI gives users.
+prepare_tensorflow()
 
 
 def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import tensorflow as tf
+from fmnist.runtime import prepare_tensorflow
+
+prepare_tensorflow()  # before TensorFlow's first import: oneDNN defaults
+
+import tensorflow as tf  # noqa: E402
 
 
 @dataclass(frozen=True)

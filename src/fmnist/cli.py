@@ -15,7 +15,7 @@ import os
 import sys
 
 from fmnist import __version__
-from fmnist.errors import FmnistError
+from fmnist.errors import FmnistError, missing_extra_message
 from fmnist.hardware import PRECISIONS
 
 DEFAULT_MODEL = "cnn-fast"
@@ -734,8 +734,9 @@ def _cmd_serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fmnist.runtime import quiet_tensorflow_import
+    from fmnist.runtime import prepare_tensorflow, quiet_tensorflow_import
 
+    prepare_tensorflow()  # environment defaults, before any command imports TensorFlow
     quiet_tensorflow_import()  # TensorFlow's import notices are not for users' terminals
     commands = {"data": _cmd_data, "train": _cmd_train, "evaluate": _cmd_evaluate,
                 "models": _cmd_models, "bench": _cmd_bench, "compare": _cmd_compare,
@@ -749,15 +750,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fmnist {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as error:  # a core-only install running a `train` command
+        message = missing_extra_message(error)
+        if message is None:
+            return _unexpected(args.command, error)
+        print(f"fmnist {args.command}: error: {message}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `fmnist ... | head`: the reader left; nothing more to say
         _silence_stdout()
         return 0
     except Exception as error:  # noqa: BLE001 -- a bug, or a failure no check foresaw
-        if os.environ.get(DEBUG_ENV) == "1":
-            raise
-        print(f"fmnist {args.command}: error: unexpected {type(error).__name__}: "
-              f"{_one_line(error)} (set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
-        return 1
+        return _unexpected(args.command, error)
+
+
+def _unexpected(command: str, error: Exception) -> int:
+    if os.environ.get(DEBUG_ENV) == "1":
+        raise error
+    print(f"fmnist {command}: error: unexpected {type(error).__name__}: "
+          f"{_one_line(error)} (set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+    return 1
 
 
 def _one_line(error: BaseException) -> str:

@@ -35,6 +35,9 @@ def evaluate_run(run_dir: str | Path, data_dir=None, test_data=None, tta: bool =
 
 
 def _evaluate(run_dir: Path, data_dir, test_data, tta: bool) -> dict:
+    from fmnist.runtime import prepare_tensorflow
+
+    prepare_tensorflow()
     import keras
 
     config = rundir.read_json(run_dir / rundir.CONFIG)

@@ -90,6 +90,9 @@ def export_onnx(source: str | os.PathLike, images: np.ndarray, out: str | os.Pat
     report, also written next to the ONNX file (:func:`report_path`). Raises :class:`ExportError`
     (and leaves nothing behind) when the check fails.
     """
+    from fmnist.runtime import prepare_tensorflow
+
+    prepare_tensorflow()
     import keras
     import onnxruntime
 

@@ -122,6 +122,9 @@ def compile_model(model, learning_rate: float = 1e-3):
 
 def _pixels_input():
     """The shared input: raw pixels (N, 28, 28) 0..255 -> rescaled float (N, 28, 28) 0..1."""
+    from fmnist.runtime import prepare_tensorflow
+
+    prepare_tensorflow()  # every factory starts here: defaults before Keras' first import
     import keras
 
     pixels = keras.Input(shape=(28, 28), dtype="float32", name="pixels")

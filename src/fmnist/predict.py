@@ -66,6 +66,9 @@ class KerasEngine:
     thread_safe = False
 
     def __init__(self, path: Path):
+        from fmnist.runtime import prepare_tensorflow
+
+        prepare_tensorflow()
         import keras
 
         self.model = keras.saving.load_model(path, compile=False, safe_mode=True)

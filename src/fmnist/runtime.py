@@ -42,6 +42,19 @@ def configure_tensorflow_environment(environ=None, x86: bool | None = None) -> N
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def prepare_tensorflow(environ=None) -> None:
+    """Defaults for a process about to import Keras or TensorFlow; a user's own settings win.
+
+    ``KERAS_BACKEND=tensorflow`` (fmnist is built and measured on it; jax or torch may be
+    chosen explicitly) and :func:`configure_tensorflow_environment`. The CLI calls this at
+    start-up; library modules call it just before their first TensorFlow import, so that
+    ``import fmnist`` itself changes nothing.
+    """
+    environ = os.environ if environ is None else environ
+    environ.setdefault("KERAS_BACKEND", "tensorflow")
+    configure_tensorflow_environment(environ)
+
+
 def is_import_notice(line: str) -> bool:
     return any(notice in line for notice in IMPORT_NOTICES)
 

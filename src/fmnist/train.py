@@ -21,7 +21,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import keras
+from fmnist.runtime import prepare_tensorflow
+
+prepare_tensorflow()  # before Keras' first import: backend and oneDNN defaults
+
+import keras  # noqa: E402
 import numpy as np
 
 from fmnist import __version__, rundir

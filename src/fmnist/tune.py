@@ -24,8 +24,12 @@ import os
 import time
 from pathlib import Path
 
-import keras
-import keras_tuner as kt
+from fmnist.runtime import prepare_tensorflow
+
+prepare_tensorflow()  # before Keras' first import: backend and oneDNN defaults
+
+import keras  # noqa: E402
+import keras_tuner as kt  # noqa: E402
 import numpy as np
 
 from fmnist import rundir
