@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from fmnist.augment import (Augmentation, augment_batch, random_erase, random_flip,
                             random_translate)
-from fmnist.train import TrainConfig, steps_per_epoch, training_batches
+from fmnist.config import TrainConfig
+from fmnist.pipeline import steps_per_epoch, training_batches
 
 RNG = np.random.default_rng(0)
 # Distinct images: each one's pixels encode its index, so any mix-up would show.

@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from conftest import run_cli
-from fmnist import bench
+from fmnist.bench import measure, render, store, summary
 from fmnist.models import build_model
 
 
@@ -17,9 +17,9 @@ def test_seconds_to_reach_accuracy_counts_epoch_time_until_first_hit():
     history = [{"epoch": 1, "seconds": 2.0, "val_accuracy": 0.8},
                {"epoch": 2, "seconds": 3.0, "val_accuracy": 0.92},
                {"epoch": 3, "seconds": 3.0, "val_accuracy": 0.90}]
-    assert bench.seconds_to(history, 0.91) == 5.0
-    assert bench.seconds_to(history, 0.95) is None
-    assert bench.crossings(history) == {"0.91": {"epoch": 2, "seconds": 5.0},
+    assert summary.seconds_to(history, 0.91) == 5.0
+    assert summary.seconds_to(history, 0.95) is None
+    assert summary.crossings(history) == {"0.91": {"epoch": 2, "seconds": 5.0},
                                         "0.92": {"epoch": 2, "seconds": 5.0}, "0.93": None}
 
 
@@ -28,19 +28,19 @@ def test_crossing_medians_say_not_reached_when_any_seed_missed():
            "0.93": None}
     other = {"0.91": {"epoch": 3, "seconds": 14.0}, "0.92": {"epoch": 5, "seconds": 24.0},
              "0.93": {"epoch": 9, "seconds": 40.0}}
-    summary = bench.median_crossings([{"val_crossings": hit}, {"val_crossings": other}])
-    assert summary == {"0.91": {"epoch": 2.5, "seconds": 12.0},
+    medians = summary.median_crossings([{"val_crossings": hit}, {"val_crossings": other}])
+    assert medians == {"0.91": {"epoch": 2.5, "seconds": 12.0},
                        "0.92": {"epoch": 4.5, "seconds": 22.0}, "0.93": None}
-    row = {"model": "cnn-fast", "device": "CPU", "val_crossings_median": summary}
-    assert "| epoch 2.5, 12.0 s | epoch 4.5, 22.0 s | not reached |" in bench.crossing_table([row])
+    row = {"model": "cnn-fast", "device": "CPU", "val_crossings_median": medians}
+    assert "| epoch 2.5, 12.0 s | epoch 4.5, 22.0 s | not reached |" in render.crossing_table([row])
 
 
 def test_recorded_commands_hold_no_absolute_path(tmp_path):
-    command = bench.repo_relative_command(
-        ["bench", "--seeds", "3", "--runs-dir", str(tmp_path / "runs"), f"--json={tmp_path}/b.json",
-         "--models", "mlp"], cwd=str(tmp_path))
-    assert command == "fmnist bench --seeds 3 --runs-dir runs --json=b.json --models mlp"
-    outside = bench.repo_relative_command(["bench", "--data-dir", "/elsewhere/data"], cwd="/repo")
+    command = store.repo_relative_command(
+        ["bench", "train", "--seeds", "3", "--runs-dir", str(tmp_path / "runs"),
+         f"--json={tmp_path}/b.json", "--models", "mlp"], cwd=str(tmp_path))
+    assert command == "fmnist bench train --seeds 3 --runs-dir runs --json=b.json --models mlp"
+    outside = store.repo_relative_command(["bench", "--data-dir", "/elsewhere/data"], cwd="/repo")
     assert outside == "fmnist bench --data-dir ../elsewhere/data"
 
 
@@ -55,23 +55,23 @@ def _row(model, seconds, accuracy, steady=10.0, flops=7.0, bench_id="b1", flip=F
            "test_accuracy_tta_mean_std": (tta, 0.0) if tta else None,
            "predict_images_per_second": 1000.0, "peak_rss_mb": 900.0, "bench_id": bench_id,
            "val_crossings_median": {}}
-    bench._refloor(row, {"float32": 100.0, "bfloat16": 200.0})
+    summary._refloor(row, {"float32": 100.0, "bfloat16": 200.0})
     return row
 
 
 def test_default_target_compares_with_the_reference_of_the_same_run():
     rows = [_row("cnn-tfdocs", 300.0, 0.915), _row("cnn-fast", 140.0, 0.931, steady=15.0)]
-    result = bench.default_target(rows)
+    result = summary.default_target(rows)
     assert result["same_run"] and result["accuracy_met"] and result["time_met"]
     assert result["time_ratio"] == pytest.approx(140 / 300)
     floor = 3 * 7e6 * 54000 / 100e9  # float32 peak of 100 GFLOP/s
     assert result["floor_ratio"] == pytest.approx(15.0 / floor) and result["floor_met"]  # 1.32x
     rows[1]["steady_epoch_seconds"] = 20.0  # 1.76x the floor
-    assert not bench.default_target(rows)["floor_met"]
+    assert not summary.default_target(rows)["floor_met"]
     rows[0]["bench_id"] = "another day"
-    assert not bench.default_target(rows)["same_run"]
-    assert "not measured in the same bench run" in bench.default_target_text(rows)
-    assert bench.default_target([_row("mlp", 9.0, 0.88)]) is None
+    assert not summary.default_target(rows)["same_run"]
+    assert "not measured in the same bench run" in render.default_target_text(rows)
+    assert summary.default_target([_row("mlp", 9.0, 0.88)]) is None
 
 
 def test_the_floor_uses_the_peak_of_the_precision_trained_in():
@@ -80,7 +80,7 @@ def test_the_floor_uses_the_peak_of_the_precision_trained_in():
 
 
 def test_tta_is_shown_only_for_models_trained_with_flips():
-    table = bench.results_table([_row("mlp", 9.0, 0.878, tta=0.83),
+    table = render.results_table([_row("mlp", 9.0, 0.878, tta=0.83),
                                  _row("cnn-fast", 99.0, 0.930, flip=True, tta=0.9325)])
     mlp_line, fast_line = table.splitlines()[2:]
     assert "0.83" not in mlp_line and "| — |" in mlp_line
@@ -109,15 +109,15 @@ FORMAT_1 = {  # the shape of bench.json before figures were kept per machine
 def test_a_format_1_bench_file_is_filed_under_the_kind_its_peaks_show(tmp_path):
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(FORMAT_1))
-    report = bench.load_report(path)
-    assert report["format"] == bench.FORMAT and list(report["machines"]) == ["cpu-avx512-bf16-2cores"]
+    report = store.load_report(path)
+    assert report["format"] == store.FORMAT and list(report["machines"]) == ["cpu-avx512-bf16-2cores"]
     (row,) = report["machines"]["cpu-avx512-bf16-2cores"]["rows"]
     assert not row["flip"] and row["test_accuracy_tta_mean_std"] is None  # mlp had no flips
     assert "/somewhere" not in json.dumps(report)
-    assert row["commands"] == ["fmnist bench --seeds 3 --runs-dir runs/bench"]
+    assert row["commands"] == ["fmnist bench train --seeds 3 --runs-dir runs/bench"]
     emulated = dict(FORMAT_1, peak_gflops={"float32": 92.0, "bfloat16": 9.0})
     path.write_text(json.dumps(emulated))
-    assert list(bench.load_report(path)["machines"]) == ["cpu-avx2-2cores"]
+    assert list(store.load_report(path)["machines"]) == ["cpu-avx2-2cores"]
 
 
 def test_each_machine_kind_gets_its_own_section_and_readme_table(tmp_path):
@@ -127,17 +127,17 @@ def test_each_machine_kind_gets_its_own_section_and_readme_table(tmp_path):
             "rows": [_row("cnn-tfdocs", 290.0, 0.915), _row("cnn-fast", 150.0, 0.931, flip=True)],
             "command": "fmnist bench", "updated_utc": "2026-11-27T10:00:00+00:00"}
     report = {"format": 2, "machines": {"cpu-avx2-2cores": avx2}}
-    report["machines"].update(bench.migrate_v1(FORMAT_1)["machines"])
-    markdown = bench.render_markdown(report, current="cpu-avx2-2cores")
+    report["machines"].update(store.migrate_v1(FORMAT_1)["machines"])
+    markdown = render.render_markdown(report, current="cpu-avx2-2cores")
     first, second = markdown.index("(`cpu-avx2-2cores`)"), markdown.index("(`cpu-avx512-bf16-2cores`)")
     assert first < second  # the kind measured now comes first
     assert markdown.count("Not re-measured in the latest bench run") == 1
     assert markdown.index("Not re-measured in the latest bench run") > second
     # Rendered later without a bench run: the latest run's kind is still the one measured.
-    assert bench.render_markdown(report) == markdown
+    assert render.render_markdown(report) == markdown
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{bench.README_START}\nold\n{bench.README_END}\noutro\n")
-    assert bench.update_readme(readme, report, current="cpu-avx2-2cores")
+    readme.write_text(f"intro\n{render.README_START}\nold\n{render.README_END}\noutro\n")
+    assert render.update_readme(readme, report, current="cpu-avx2-2cores")
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "x86-64 AVX2, no AVX-512, no native bfloat16, 2 cores" in text
@@ -146,7 +146,7 @@ def test_each_machine_kind_gets_its_own_section_and_readme_table(tmp_path):
 
 def test_forward_flops_of_the_seed_mlp():
     model = build_model("mlp", compile=False)
-    assert bench.forward_flops(model) == 2 * (784 * 128 + 128 * 10)
+    assert measure.forward_flops(model) == 2 * (784 * 128 + 128 * 10)
 
 
 def test_forward_flops_count_convolutions():
@@ -154,7 +154,7 @@ def test_forward_flops_count_convolutions():
     conv1 = 2 * 28 * 28 * 32 * 9 * 1
     conv2 = 2 * 14 * 14 * 64 * 9 * 32
     dense = 2 * (3136 * 128 + 128 * 10)
-    assert bench.forward_flops(model) == conv1 + conv2 + dense
+    assert measure.forward_flops(model) == conv1 + conv2 + dense
 
 
 
@@ -162,16 +162,16 @@ def test_forward_flops_count_convolutions():
 @pytest.mark.slow
 def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_data_dir, tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{bench.README_START}\n{bench.README_END}\n")
+    readme.write_text(f"# x\n{render.README_START}\n{render.README_END}\n")
     # Figures of another kind of machine are already in the file: they must survive.
-    other = bench.migrate_v1(FORMAT_1)
+    other = store.upgrade(FORMAT_1)
     (other_kind,) = other["machines"]
-    if other_kind == bench.machine_kind(bench.machine(measure=False)):
-        other = bench.migrate_v1(dict(FORMAT_1, peak_gflops={"float32": 92.0, "bfloat16": 9.0}))
+    if other_kind == store.machine_kind(measure.machine(measure=False)):
+        other = store.upgrade(dict(FORMAT_1, peak_gflops={"float32": 92.0, "bfloat16": 9.0}))
         (other_kind,) = other["machines"]
     (tmp_path / "bench.json").write_text(json.dumps(other))
     result = run_cli(
-        "bench", "--models", "mlp", "--seeds", "2", "--runs-dir", str(tmp_path / "runs"),
+        "bench", "train", "--models", "mlp", "--seeds", "2", "--runs-dir", str(tmp_path / "runs"),
         "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
         "--readme", str(readme), "--data-dir", str(real_data_dir),
         "--train-arg=--epochs=1", "--train-arg=--train-size=2000", "--train-arg=--val-size=500",
@@ -183,7 +183,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     section = report["machines"][kind]
     (row,) = section["rows"]
     assert row["model"] == "mlp" and row["seeds"] == [0, 1] and row["n_train"] == 2000
-    assert section["command"].startswith("fmnist bench --models mlp")
+    assert section["command"].startswith("fmnist bench train --models mlp")
     assert row["commands"] == [section["command"]]
     words = shlex.split(section["command"])
     assert not [word for word in words if os.path.isabs(word.rpartition("=")[2])], words
@@ -205,7 +205,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     # from a data folder without test files: only training (its evaluation) reads them.
     common = ["--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
               "--readme", "", "--data-dir", str(train_only_data_dir)]
-    inference = run_cli("bench", "--inference", "--runs-dir", str(tmp_path / "runs"), *common)
+    inference = run_cli("bench", "inference", "--runs-dir", str(tmp_path / "runs"), *common)
     assert inference.returncode == 0, inference.stderr[-2000:]
     (engines,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["inference"]
     assert engines["model"] == "mlp" and engines["images"] == 500  # the runs' --val-size
@@ -215,7 +215,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     # A one-epoch model may miss the 99% agreement the int8 copy needs: then it has none.
     assert (engines["int8_class_agreement"] is None) == (engines["int8_images_per_second"] is None)
     assert (tmp_path / "runs" / "mlp-seed0" / "model.onnx").is_file()
-    served = run_cli("bench", "--serve", str(tmp_path / "runs" / "mlp-seed0"), "--engine", "onnx",
+    served = run_cli("bench", "serve", str(tmp_path / "runs" / "mlp-seed0"), "--engine", "onnx",
                      "--requests", "150", "--clients", "2", "4", "--burst-seconds", "2", *common)
     assert served.returncode == 0, served.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -236,16 +236,64 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
 def test_render_upgrades_a_format_1_file_and_rewrites_the_reports(tmp_path):
     path, markdown, readme = tmp_path / "bench.json", tmp_path / "BENCH.md", tmp_path / "README.md"
     path.write_text(json.dumps(FORMAT_1))
-    readme.write_text(f"# x\n{bench.README_START}\n{bench.README_END}\n")
-    result = run_cli("bench", "--render", "--json", str(path), "--markdown", str(markdown),
+    readme.write_text(f"# x\n{render.README_START}\n{render.README_END}\n")
+    result = run_cli("bench", "render", "--json", str(path), "--markdown", str(markdown),
                      "--readme", str(readme))
     assert result.returncode == 0, result.stderr
     assert "upgraded" in result.stdout
     upgraded = json.loads(path.read_text())
-    assert upgraded["format"] == bench.FORMAT and "cpu-avx512-bf16-2cores" in upgraded["machines"]
+    assert upgraded["format"] == store.FORMAT and "cpu-avx512-bf16-2cores" in upgraded["machines"]
     assert "(`cpu-avx512-bf16-2cores`)" in markdown.read_text()
     assert "| `mlp` | CPU | float32 |" in readme.read_text()
-    again = run_cli("bench", "--render", "--json", str(path), "--markdown", str(markdown),
+    again = run_cli("bench", "render", "--json", str(path), "--markdown", str(markdown),
                     "--readme", "")
     assert again.returncode == 0 and "upgraded" not in again.stdout
     assert json.loads(path.read_text()) == upgraded
+
+
+def test_format_2_commands_are_rewritten_as_subcommands():
+    spelled = store.subcommand_spelling
+    assert spelled("fmnist bench --seeds 3 --models mlp") == "fmnist bench train --seeds 3 --models mlp"
+    assert spelled("fmnist bench --serve runs/x --engine onnx") == "fmnist bench serve runs/x --engine onnx"
+    assert spelled("fmnist bench --engine onnx --serve=runs/x") == "fmnist bench serve runs/x --engine onnx"
+    assert spelled("fmnist bench --inference --runs-dir r") == "fmnist bench inference --runs-dir r"
+    assert spelled("fmnist bench") == "fmnist bench train"
+    assert spelled("fmnist bench serve runs/x") == "fmnist bench serve runs/x"  # already new
+    assert spelled("fmnist train --model mlp") == "fmnist train --model mlp"
+    old = {"format": 2, "machines": {"k": {"command": "fmnist bench --seeds 1", "rows": [
+        {"commands": ["fmnist bench --seeds 1"]}], "inference_command": "fmnist bench --inference",
+        "serve": [{"command": "fmnist bench --serve m"}]}}}
+    new = store.upgrade(old)
+    assert new["format"] == store.FORMAT and old["format"] == 2  # a new dict; the old one kept
+    section = new["machines"]["k"]
+    assert (section["command"], section["rows"][0]["commands"], section["inference_command"],
+            section["serve"][0]["command"]) == ("fmnist bench train --seeds 1",
+                                                ["fmnist bench train --seeds 1"],
+                                                "fmnist bench inference", "fmnist bench serve m")
+
+
+def test_a_serve_only_bench_file_renders(tmp_path):
+    """A first `fmnist bench serve` into a new bench.json has no training section."""
+    serve_only = {"format": store.FORMAT, "machines": {"cpu-avx2-2cores": {
+        "machine": {"cpu": "AMD EPYC", "cpu_kind": "avx2", "cores": 2, "device": "CPU"},
+        "serve": [{"command": "fmnist bench serve m", "utc": "2026-11-27", "model": "mlp",
+                   "engine": "onnx", "endpoint": "POST /v1/predict", "image": "one PNG",
+                   "warmup_requests": 10, "memory": {"after_start_mb": 90.0, "after_warmup_mb": 95.0,
+                                                     "after_all_mb": 96.0, "growth_percent": 1.0},
+                   "levels": []}]}}}
+    markdown, readme = tmp_path / "B.md", tmp_path / "README.md"
+    readme.write_text(f"{render.README_START}\n{render.README_END}\n")
+    render.render(serve_only, markdown, readme)
+    text = markdown.read_text()
+    assert "fmnist bench serve m" in text and "Not measured yet: `fmnist bench inference`" in text
+    assert "no benchmark yet" in readme.read_text()
+
+
+def test_rendering_imports_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, fmnist.bench.render, fmnist.bench.store, fmnist.bench.summary; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr

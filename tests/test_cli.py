@@ -128,6 +128,7 @@ def test_unknown_model_option_is_a_usage_error():
                     "has no option 'depth'", "stem_width")
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_model_option_of_the_wrong_kind_is_one_clear_line(tmp_path, real_data_dir):
     result = run_cli("train", "--model", "cnn-fast", "--model-option", "stem=sideways",
                      "--out", str(tmp_path / "run"), "--data-dir", str(real_data_dir))
@@ -138,8 +139,15 @@ def test_model_option_of_the_wrong_kind_is_one_clear_line(tmp_path, real_data_di
 
 
 def test_bench_render_needs_a_bench_file(tmp_path):
-    _one_line_error(run_cli("bench", "--render", "--json", str(tmp_path / "none.json")), 1,
-                    "does not exist; run `fmnist bench` first")
+    _one_line_error(run_cli("bench", "render", "--json", str(tmp_path / "none.json")), 1,
+                    "does not exist; run `fmnist bench train` first")
+
+
+def test_bench_subcommands_take_only_their_own_flags(tmp_path):
+    # A serve-only flag on the training bench, and the old ranked flags, are usage errors.
+    _one_line_error(run_cli("bench", "train", "--clients", "8"), 2, "unrecognized arguments")
+    _one_line_error(run_cli("bench", "--render"), 2, "")
+    _one_line_error(run_cli("bench"), 2, "")
 
 
 def test_models_lists_every_registered_model_with_its_recipe():
@@ -208,7 +216,7 @@ def test_an_unexpected_exception_is_one_line_unless_debugging(monkeypatch, capsy
     def broken(args):
         raise KeyError("a bug\nover two lines")
 
-    monkeypatch.setattr(cli, "_cmd_models", broken)
+    monkeypatch.setattr(cli.models, "run", broken)
     monkeypatch.delenv("FMNIST_DEBUG", raising=False)
     assert cli.main(["models"]) == 1
     err = capsys.readouterr().err

@@ -128,9 +128,11 @@ def test_filtered_stderr_drops_the_import_notices_and_keeps_everything_else(capf
     assert "InitializeLog" not in err and "oneDNN" not in err
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_importing_tensorflow_through_the_cli_prints_no_notices():
     # A fresh interpreter, as `fmnist train` starts: the first TensorFlow import is quiet.
-    code = ("import fmnist.cli, fmnist.runtime; fmnist.runtime.quiet_tensorflow_import(); "
+    code = ("import fmnist.cli, fmnist.runtime; fmnist.runtime.prepare_tensorflow(); "
+            "fmnist.runtime.quiet_tensorflow_import(); "
             "import tensorflow as tf; print(tf.constant(2) * 3)")
     env = {key: value for key, value in os.environ.items()
            if key not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}

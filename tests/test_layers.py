@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
-
 REPO = Path(__file__).resolve().parents[1]
 # Modules a core install (`pip install fmnist`, no extra) runs: predict and serve an ONNX model.
 CORE_MODULES = ("fmnist", "fmnist.cli", "fmnist.data", "fmnist.split", "fmnist.config",

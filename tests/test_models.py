@@ -24,15 +24,36 @@ def test_model_maps_raw_pixels_to_probabilities(name):
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_model_trains_one_step_without_nan(name):
-    model = models.build_model(name)
+def test_model_trains_one_step_with_its_preset_recipe(name):
+    """The path `fmnist train --model NAME` runs, not a generic compile: the preset's
+    optimizer, schedule, EMA, loss (one-hot under label smoothing), the precision `auto`
+    picks on this machine, and a batch from the real input pipeline (augmented as the
+    preset says)."""
+    import keras
+
+    from fmnist.config import TrainConfig
+    from fmnist.hardware import choose_precision, dtype_policy
+    from fmnist.pipeline import training_batches
+    from fmnist.recipe import new_model
+
+    config = TrainConfig.resolve(name)  # defaults < preset, as the CLI resolves it
     images = np.random.default_rng(1).integers(0, 256, size=(32, 28, 28), dtype=np.uint8)
-    labels = np.arange(32) % 10
-    before = [w.copy() for w in model.get_weights()]
-    loss = model.train_on_batch(images, labels)
+    labels = (np.arange(32) % 10).astype(np.uint8)
+    keras.config.set_dtype_policy(dtype_policy(choose_precision(config.precision).precision))
+    try:
+        model = new_model(config, total_steps=10)
+        x, y = next(iter(training_batches(images, labels, config, 0, 1)))
+        before = [w.copy() for w in model.get_weights()]
+        loss = model.train_on_batch(x, y)
+    finally:
+        keras.config.set_dtype_policy("float32")
     loss = loss[0] if isinstance(loss, (list, tuple)) else loss
     assert np.isfinite(loss)
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert type(model.optimizer).__name__.lower() == config.optimizer
+    assert model.optimizer.use_ema == (config.ema is not None)
+    smoothing = type(model.loss).__name__ == "CategoricalCrossentropy"
+    assert smoothing == (config.label_smoothing > 0) and y.shape[1:] == ((10,) if smoothing else ())
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -60,3 +81,23 @@ def test_unknown_model_names_the_choices():
 def test_a_name_cannot_be_registered_twice():
     with pytest.raises(ValueError, match="registered twice"):
         models.register("mlp")(lambda: None)
+
+
+@pytest.mark.parametrize("family", models.search_families())
+def test_every_point_of_a_search_space_is_a_valid_config(family):
+    """Its defaults and random draws: each is a strict TrainConfig whose model builds."""
+    import dataclasses
+
+    kt = pytest.importorskip("keras_tuner")
+    from fmnist.config import TrainConfig
+    from fmnist.tune import trial_config
+
+    hp = kt.HyperParameters()
+    configs = [trial_config(family, hp, seed=0, epochs=3)]  # registers the space, at its defaults
+    for draw in range(4):
+        for parameter in hp.space:
+            hp.values[parameter.name] = parameter.random_sample(seed=draw)
+        configs.append(trial_config(family, hp, seed=0, epochs=3))
+    for config in configs:
+        assert TrainConfig.from_json(dataclasses.asdict(config), "trial", strict=True) == config
+        models.get_factory(config.model)(**config.model_options)  # builds

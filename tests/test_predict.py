@@ -12,6 +12,7 @@ from PIL import Image
 from fmnist import rundir
 from fmnist.errors import FmnistError
 from fmnist.images import ImageInputError
+from fmnist.models import model_names
 from fmnist.predict import Predictor, as_pixel_batch, locate, top_k
 from conftest import run_cli
 
@@ -292,3 +293,27 @@ def test_predictor_serializes_only_engines_that_need_it(thread_safe, tmp_path):
     for thread in threads:
         thread.join(10)
     assert (engine.most == 1) if not thread_safe else (engine.most > 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", model_names())
+def test_every_registered_model_exports_to_onnx_untrained(name, tmp_path):
+    """Built by its preset's recipe (precision included) and exported before any training:
+    a new model that cannot be exported fails here, the day it is registered."""
+    import keras
+
+    from fmnist.config import TrainConfig
+    from fmnist.export import export_onnx
+    from fmnist.hardware import choose_precision, dtype_policy
+    from fmnist.recipe import new_model
+
+    config = TrainConfig.resolve(name)
+    keras.config.set_dtype_policy(dtype_policy(choose_precision(config.precision).precision))
+    try:
+        new_model(config, total_steps=10).save(tmp_path / f"{name}.keras")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    report = export_onnx(tmp_path / f"{name}.keras", images, out=tmp_path / f"{name}.onnx")
+    assert report["class_mismatches"] == 0 and report["max_abs_difference"] <= 1e-4
+    assert Predictor.load(tmp_path / f"{name}.onnx").probabilities(images[:3]).shape == (3, 10)

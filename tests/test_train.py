@@ -17,7 +17,10 @@ from fmnist import rundir
 from fmnist.errors import FmnistError, RunDirError
 from fmnist.evaluate import evaluate_run
 from fmnist.models import build_model
-from fmnist.train import TrainConfig, compile_for_training, epoch_order, resume, train
+from fmnist.config import TrainConfig
+from fmnist.pipeline import epoch_order
+from fmnist.recipe import compile_for_training
+from fmnist.train import resume, train
 
 pytestmark = pytest.mark.slow
 
@@ -271,7 +274,7 @@ def test_explicit_bfloat16_on_an_emulating_cpu_warns_once(real_data_dir, tmp_pat
 
 
 def test_runs_made_before_precision_existed_resume_in_their_precision():
-    from fmnist.train import recorded_precision
+    from fmnist.recipe import recorded_precision
 
     old = {"model": "cnn-fast", "mixed_precision": True}
     assert TrainConfig.from_json(old).precision == "bfloat16"

@@ -24,6 +24,8 @@ from fmnist.split import DEFAULT_VAL_SIZE, TRAIN_POOL
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle")
+# `fmnist tune --tuner`: KerasTuner's searches (fmnist.tune builds them; Keras-free here).
+TUNERS = ("hyperband", "random", "bayesian")
 TRAIN_IMAGES, TEST_IMAGES = TRAIN_POOL, 10_000
 # Keys a run's config.json records besides the settings (versions, derived values, the
 # legacy mixed_precision flag), so a run's config.json can be passed back as --config.

@@ -12,7 +12,7 @@ described by the standard ``TF_CONFIG`` environment variable, e.g. for worker 0 
 The batch size of a run is per replica; the global batch is ``batch_size x replicas``
 and the learning rate is scaled by the number of replicas (the linear scaling rule), both
 recorded in config.json. Each worker's input pipeline reads only its own share of every
-global batch (see ``train.distributed_batches``).
+global batch (see ``pipeline.distributed_batches``).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def patch_keras_for_multiworker(model, strategy) -> None:
     the first batch (building needs only shapes and dtypes), and scalar logs are
     averaged over replicas with ``axis=None``. The training step itself, the gradient
     all-reduce and the variables are tf.distribute's own. Remove once Keras fixes it
-    (`tests/test_distribute.py` tells: it checks both failures are still there).
+    (`tests/test_distribute_shims.py` fails when either bug is gone or either place moved).
     """
     import tensorflow as tf
     from keras.src.backend.tensorflow import trainer as tf_trainer

@@ -24,6 +24,7 @@ from typing import Callable
 
 from fmnist.errors import UnknownModelError
 
+DEFAULT_MODEL = "cnn-fast"  # what `fmnist train` trains without --model, and `make run`
 _REGISTRY: dict[str, Callable] = {}
 _PRESETS: dict[str, dict] = {}
 # `fmnist tune --model FAMILY`: family -> (registered model it tunes, space function).

@@ -24,8 +24,7 @@ from fmnist.data import CLASS_NAMES, sha256_file
 from fmnist.errors import FmnistError
 from fmnist.images import SIDE, ImageInputError, Processed, load_for_model
 
-ENGINES = ("keras", "onnx")
-ONNX_MODEL = "model.onnx"
+ENGINES, ONNX_MODEL = rundir.ENGINES, rundir.ONNX_MODEL
 # The run's numbers shown by `GET /v1/model`, when its metrics.json has them.
 SUMMARY_METRICS = ("test_accuracy", "test_accuracy_tta", "test_loss", "n_test", "val_accuracy",
                    "epochs", "train_seconds")
@@ -132,7 +131,7 @@ def locate(source: str | os.PathLike, engine: str | None = None) -> ModelFiles:
     if source.is_dir():
         rundir.require_run_dir(source, needs=rundir.MODEL)
         engine = engine or "keras"
-        path = source / (rundir.MODEL if engine == "keras" else ONNX_MODEL)
+        path = source / rundir.ENGINE_FILES[engine]
         if not path.is_file():
             raise FmnistError(f"{source} has no {ONNX_MODEL}; create it with "
                               f"`fmnist export {source} --format onnx`")

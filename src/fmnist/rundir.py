@@ -35,6 +35,10 @@ STATE = "state.json"
 HISTORY = "history.json"
 METRICS = "metrics.json"
 MODEL = "model.keras"
+ONNX_MODEL = "model.onnx"  # written by `fmnist export`
+# The file each prediction engine reads from a run directory.
+ENGINE_FILES = {"keras": MODEL, "onnx": ONNX_MODEL}
+ENGINES = tuple(ENGINE_FILES)
 CURVES = "curves.png"
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
@@ -163,3 +167,84 @@ def exclusive(run_dir: str | Path):
         yield
     finally:
         stream.close()  # closing the descriptor releases the lock
+
+
+class RunDir:
+    """A run directory being trained: its config, state and history held in memory.
+
+    Written at defined points only, never re-read mid-run:
+
+    - ``config.json``: on :meth:`create`, and by :meth:`record` for settings derived
+      before the first epoch (replicas, the epoch count a time budget allows);
+    - a checkpoint, then ``history.json``, then ``state.json``: by :meth:`checkpoint`,
+      after each epoch, in the order that makes a kill at any point resumable;
+    - ``model.keras`` and the training part of ``metrics.json``: by :meth:`finish`.
+
+    Keras-free: models are saved through the ``save(path)`` callable they are passed.
+    """
+
+    def __init__(self, path: Path, config: dict, history: list[dict] | None = None,
+                 state: dict | None = None):
+        self.path = Path(path)
+        self.config = config
+        self.history = history if history is not None else []
+        self.state = state
+
+    @classmethod
+    def create(cls, path: str | Path, config: dict) -> "RunDir":
+        """Start a new run in ``path`` (which the caller has checked is new, and locked)."""
+        run = cls(Path(path), dict(config))
+        write_json(run.path / CONFIG, run.config)
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        """A run as it was left: config, and the state and history of its last checkpoint
+        (history.json may hold one epoch more, when a kill came between the two writes:
+        the checkpoint is the truth)."""
+        path = require_run_dir(path)
+        state = read_json(path / STATE) if (path / STATE).is_file() else None
+        history = read_json(path / HISTORY)[:int(state["epochs_done"])] if state else []
+        return cls(path, read_json(path / CONFIG), history, state)
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.state["epochs_done"]) if self.state else 0
+
+    def checkpoint_file(self) -> Path:
+        """The checkpoint to resume from (:func:`checkpoint_path` checks it is inside)."""
+        return checkpoint_path(self.path, self.state or {})
+
+    def record(self, **values) -> None:
+        """Add derived settings to config.json, for audit and for an exact resume."""
+        self.config.update(values)
+        write_json(self.path / CONFIG, self.config)
+
+    def checkpoint(self, save, epoch_row: dict) -> None:
+        """Append ``epoch_row`` to the history and checkpoint the model after it.
+
+        1. the checkpoint lands under a new name (``save`` writes a partial name, then it
+           is renamed); 2. history.json, then state.json, which names the checkpoint, are
+        replaced; 3. older checkpoints are deleted. A kill between any two steps leaves a
+        state.json that points to a complete checkpoint of the epoch it says.
+        """
+        self.history.append(epoch_row)
+        folder = self.path / CHECKPOINTS
+        folder.mkdir(exist_ok=True)
+        name = f"epoch-{len(self.history):03d}.keras"
+        partial = folder / f"partial-{name}"
+        save(partial)
+        replace_durably(partial, folder / name)
+        write_json(self.path / HISTORY, self.history)
+        self.state = {"epochs_done": len(self.history), "checkpoint": f"{CHECKPOINTS}/{name}"}
+        write_json(self.path / STATE, self.state)
+        for old in folder.glob("*.keras"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def finish(self, save, metrics: dict) -> None:
+        """Write the final model (through ``save``) and the training summary."""
+        partial = self.path / f"partial-{MODEL}"
+        save(partial)
+        replace_durably(partial, self.path / MODEL)
+        write_json(self.path / METRICS, metrics)

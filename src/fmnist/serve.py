@@ -302,7 +302,7 @@ def serve(model: str, engine: str | None = None, threads: int | None = 1,
     the port (uvicorn's process manager); a Python process serves one request's parsing
     at a time, so a server with several cores needs several to use them.
     ``access_log``: a line per request; off by default because it costs about a fifth of
-    a small request's CPU time (measured with `fmnist bench --serve`).
+    a small request's CPU time (measured with `fmnist bench serve`).
     ``connections``: deadlines for slow clients and the connection cap
     (:mod:`fmnist.connections`); ``limits``: :func:`create_app`'s request limits.
     """

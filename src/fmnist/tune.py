@@ -34,14 +34,15 @@ import numpy as np
 
 from fmnist import rundir
 from fmnist.data import NUM_CLASSES
+from fmnist.config import TUNERS
 from fmnist.errors import ConfigError
 from fmnist.models import get_search_space
 from fmnist.split import DEFAULT_VAL_SIZE, train_val_split
 from fmnist.hardware import choose_precision, dtype_policy
-from fmnist.train import (TrainConfig, new_model, steps_per_epoch, training_batches,
-                          validation_batches)
+from fmnist.config import TrainConfig
+from fmnist.pipeline import steps_per_epoch, training_batches, validation_batches
+from fmnist.recipe import new_model
 
-TUNERS = ("hyperband", "random", "bayesian")
 PROJECT = "search"
 # Settings that describe the data a search used rather than the model it found.
 NOT_IN_BEST_CONFIG = ("seed", "train_size", "val_size", "test_size", "time_budget",

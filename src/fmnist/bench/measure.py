@@ -1,0 +1,177 @@
+"""Measuring on this machine: its record and matmul peaks, model FLOPs, engine
+throughput, and the ONNX export/int8 figures of benchmarked runs (imports TensorFlow
+inside the functions that need it)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fmnist import hardware, rundir
+
+
+def machine(measure: bool = True) -> dict:
+    """What this machine is, as far as the figures depend on it.
+
+    CPU model, its speed-relevant flags and kind, cores, and the software versions;
+    with ``measure``, also the device TensorFlow trains on and its float32 and bfloat16
+    matmul peaks (imports TensorFlow). Without, the device is "CPU" (what the serving
+    and inference figures run on) and no peak is measured.
+    """
+    flags = hardware.read_cpu_flags()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    record = {
+        "cpu": hardware.cpu_model(),
+        "cpu_flags": [flag for flag in hardware.RELEVANT_CPU_FLAGS if flag in flags],
+        "cpu_kind": hardware.cpu_kind(flags),
+        "cores": cores,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(TensorFlow's default)"),
+        "device": "CPU",
+    }
+    if measure:
+        from fmnist.train import versions
+
+        record["device"] = device_name()
+        from fmnist.runtime import filtered_stderr
+
+        # Where bfloat16 is emulated, oneDNN says so on stderr; the peak shows it anyway.
+        with filtered_stderr(lambda line: "oneDNN supports DT_BFLOAT16 only" in line):
+            record["peak_gflops"] = {"float32": matmul_peak_gflops("float32"),
+                                     "bfloat16": matmul_peak_gflops("bfloat16")}
+        record.update(versions())
+    else:
+        import platform
+
+        from fmnist import __version__
+
+        record.update({"python": platform.python_version(), "fmnist": __version__})
+    return record
+
+
+def device_name() -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU: {details.get('device_name', gpus[0].name)}"
+    return "CPU"
+
+
+def forward_flops(model) -> int:
+    """Multiply-adds x 2 of one image's forward pass through Conv2D and Dense layers.
+
+    Batch norm, activations and pooling are left out: they are a few percent of the
+    FLOPs and are memory-bound rather than compute-bound.
+    """
+    total = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in ("Conv2D", "SeparableConv2D", "DepthwiseConv2D"):
+            out_h, out_w, out_c = layer.output.shape[1:4]
+            kh, kw = layer.kernel_size
+            in_c = layer.input.shape[-1]
+            if kind == "Conv2D":
+                total += 2 * out_h * out_w * out_c * kh * kw * in_c
+            else:  # depthwise kh x kw per input channel, then (separable) a 1x1 pointwise
+                total += 2 * out_h * out_w * kh * kw * in_c
+                if kind == "SeparableConv2D":
+                    total += 2 * out_h * out_w * in_c * out_c
+        elif kind == "Dense":
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
+
+
+def median_seconds(call, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``call()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def matmul_peak_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a large square matmul at its best of ``repeats``: the most this
+    machine's TensorFlow gets out of its cores in ``dtype`` (a peak, so the fastest run
+    counts, not a median that a busy moment would drag down)."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_uniform([size, size], seed=[1, 2], dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    matmul = tf.function(lambda m: tf.linalg.matmul(m, m))
+    matmul(a).numpy()  # trace and warm up
+    fastest = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        matmul(a).numpy()
+        fastest = min(fastest, time.perf_counter() - started)
+    return 2 * size**3 / fastest / 1e9
+
+
+def predict_throughput(model_path: Path, batch: int = 1024, batches: int = 10) -> float:
+    """Images per second of the saved Keras model at ``batch`` images: the one definition,
+    :func:`engine_speed` of the engine `fmnist predict` and `serve` use."""
+    from fmnist.predict import KerasEngine
+
+    return engine_speed(KerasEngine(model_path), batch, batches, singles=0)["images_per_second"]
+
+
+def engine_speed(engine, batch: int = 1024, batches: int = 10, singles: int = 200) -> dict:
+    """Images/s of ``engine`` ((N, 28, 28) float32 -> (N, 10)) at ``batch``, and the
+    median latency of one image, after warm-up."""
+    images = np.random.default_rng(0).integers(0, 256, (batch, 28, 28)).astype(np.float32)
+    return {"images_per_second": batch / median_seconds(lambda: engine(images), batches, warmup=3),
+            "one_image_ms": (1000 * median_seconds(lambda: engine(images[:1]), singles, warmup=3)
+                             if singles else None)}
+
+
+def measure_inference(rows: list[dict], runs_dir: Path, train_data, log=print) -> list[dict]:
+    """Keras vs onnxruntime (float32 and int8) on each benchmarked model's first-seed run.
+
+    Exports ``model.onnx`` into the run, checked on the run's validation images rebuilt
+    from ``train_data`` (the 60,000 training images and labels; the test set is never
+    read here), quantizes it (calibrated on the run's training images) and times the
+    engines on the same random batch.
+    """
+    from fmnist.export import ExportError, export_images, export_onnx, quantize_int8
+    from fmnist.predict import KerasEngine, OnnxEngine
+
+    results = []
+    for row in rows:
+        run = runs_dir / f"{row['model']}-seed{row['seeds'][0]}"
+        if not (run / rundir.MODEL).is_file():
+            log(f"bench: no {run / rundir.MODEL}; skipping {row['model']}", flush=True)
+            continue
+        log(f"bench: exporting and timing {row['model']} ...", flush=True)
+        validation, calibration = export_images(run, train_data)
+        parity = export_onnx(run, validation)
+        keras_speed = engine_speed(KerasEngine(run / rundir.MODEL))
+        onnx_speed = engine_speed(OnnxEngine(run / "model.onnx"))
+        try:
+            int8 = quantize_int8(run / "model.onnx", calibration, validation)
+            int8_speed = engine_speed(OnnxEngine(run / "model.int8.onnx"))
+        except ExportError as error:
+            log(f"bench: no int8 model for {row['model']}: {error}", flush=True)
+            int8, int8_speed = {"class_agreement": None}, {"images_per_second": None, "one_image_ms": None}
+        results.append({
+            "model": row["model"], "device": row["device"], "run": str(run),
+            "checked_on": "validation",  # rows of older benches were checked on test images
+            "keras_images_per_second": keras_speed["images_per_second"],
+            "keras_one_image_ms": keras_speed["one_image_ms"],
+            "onnx_images_per_second": onnx_speed["images_per_second"],
+            "onnx_one_image_ms": onnx_speed["one_image_ms"],
+            "int8_images_per_second": int8_speed["images_per_second"],
+            "int8_one_image_ms": int8_speed["one_image_ms"],
+            "int8_class_agreement": int8["class_agreement"],
+            **{key: parity[key] for key in ("images", "max_abs_difference", "class_mismatches",
+                                            "mixed_precision_trained",
+                                            "agreement_with_trained_model", "opset",
+                                            "onnxruntime")}})
+    return results

@@ -1,0 +1,418 @@
+"""BENCHMARKS.md and the README's results tables, from a bench report.
+
+Pure: strings from dicts, importing no TensorFlow, so reports are regenerated anywhere."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from fmnist import hardware
+from fmnist.bench.store import machine_label
+from fmnist.bench.summary import default_target
+from fmnist.bench.targets import (BURST_TARGETS, DEFAULT_MODEL, DEFAULT_TARGET, ONNX_TARGET,
+                                  REFERENCE_MODEL, SERVE_TARGETS, TARGETS, VAL_THRESHOLDS)
+
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _fmt_acc(pair) -> str:
+    if not pair:
+        return "—"
+    mean, std = pair
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def _tta_cell(row: dict) -> str:
+    """Flip TTA only means something for models trained with flips (evaluate.tta_applies)."""
+    return _fmt_acc(row.get("test_accuracy_tta_mean_std")) if row.get("flip") else "—"
+
+
+def results_table(rows: list[dict]) -> str:
+    """The Markdown table of one machine kind, shared by BENCHMARKS.md and the README."""
+    lines = [
+        "| model | device | precision | params | epochs | train s (median) | "
+        "test acc (mean ± std) | with flip TTA | seeds | predict img/s (batch 1024) |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| `{row['model']}` | {row['device']} | {row.get('precision', 'float32')} | "
+            f"{row['params']:,} | {row['epochs']} | "
+            f"{row['train_seconds_median']:.1f} | {_fmt_acc(row['test_accuracy_mean_std'])} | "
+            f"{_tta_cell(row)} | {len(row['seeds'])} | "
+            f"{row['predict_images_per_second']:,.0f} |")
+    return "\n".join(lines)
+
+
+def speed_table(rows: list[dict]) -> str:
+    lines = [
+        "| model | device | precision | forward MFLOP/image | steady epoch s | epoch floor s | "
+        "epoch / floor | achieved GFLOP/s | peak RSS MB |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        floor = row.get("epoch_floor_seconds")
+        ratio = f"{row['steady_epoch_seconds'] / floor:.2f}x" if floor else "—"
+        achieved = row.get("achieved_gflops")
+        lines.append(
+            f"| `{row['model']}` | {row['device']} | {row.get('precision', 'float32')} | "
+            f"{row['forward_mflops']:.2f} | {row['steady_epoch_seconds']:.1f} | "
+            f"{'—' if floor is None else f'{floor:.2f}'} | {ratio} | "
+            f"{'—' if achieved is None else f'{achieved:.0f}'} | {row['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def crossing_table(rows: list[dict]) -> str:
+    """Epoch and training seconds at which validation accuracy first crossed each
+    threshold (medians over seeds)."""
+    head = " | ".join(f"val >= {t:.2f}" for t in VAL_THRESHOLDS)
+    lines = [f"| model | device | {head} |", "| --- | --- |" + " --- |" * len(VAL_THRESHOLDS)]
+    for row in rows:
+        cells = []
+        for threshold in (f"{t:.2f}" for t in VAL_THRESHOLDS):
+            recorded = row.get("val_crossings_median") or {}
+            hit = recorded.get(threshold)
+            if threshold not in recorded:
+                cells.append("(not recorded)")
+            elif hit is None:
+                cells.append("not reached")
+            elif hit["epoch"] is None:
+                cells.append(f"{hit['seconds']:.1f} s (epoch not recorded)")
+            else:
+                cells.append(f"epoch {hit['epoch']:g}, {hit['seconds']:.1f} s")
+        lines.append(f"| `{row['model']}` | {row['device']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets_table(rows: list[dict]) -> str:
+    """Each absolute target against the measured mean (plain; TTA said separately)."""
+    lines = ["| model | target | measured (plain) | with flip TTA | met |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        if row["model"] not in TARGETS:
+            continue
+        accuracy, seconds = TARGETS[row["model"]]
+        plain = row["test_accuracy_mean_std"][0]
+        tta = row["test_accuracy_tta_mean_std"][0] if (row.get("flip") and
+                                                       row["test_accuracy_tta_mean_std"]) else None
+        spent = row["train_seconds_median"]
+        in_time = seconds is None or spent <= seconds
+        if plain >= accuracy and in_time:
+            met = "yes"
+        elif tta is not None and tta >= accuracy and in_time:
+            met = "with TTA only"
+        else:
+            met = "**no**"
+        target = f">= {accuracy:.3f}" + (f" within {seconds:.0f} s" if seconds else "")
+        tta_text = "—" if tta is None else f"{tta:.4f}"
+        lines.append(f"| `{row['model']}` ({row['device']}, {len(row['seeds'])} seeds) | {target} | "
+                     f"{plain:.4f} in {spent:.1f} s | {tta_text} | {met} |")
+    return "\n".join(lines)
+
+
+def default_target_text(rows: list[dict]) -> str:
+    result = default_target(rows)
+    if result is None:
+        return f"- (needs both `{DEFAULT_MODEL}` and `{REFERENCE_MODEL}` measured on this machine)"
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    floor = ("—" if result["floor_ratio"] is None else f"{result['floor_ratio']:.2f}x")
+    lines = [
+        f"- test accuracy (mean of {result['seeds']} seeds, no TTA): **{result['accuracy']:.4f}** "
+        f"(target >= {DEFAULT_TARGET['accuracy']:.3f}): {verdict(result['accuracy_met'])}",
+        f"- training time: {result['seconds']:.1f} s vs `{REFERENCE_MODEL}`'s "
+        f"{result['reference_seconds']:.1f} s (medians), a ratio of **{result['time_ratio']:.2f}** "
+        f"(target <= {DEFAULT_TARGET['time_ratio']}): {verdict(result['time_met'])}",
+        f"- steady epoch / compute floor: **{floor}** (target <= "
+        f"{DEFAULT_TARGET['floor_ratio']}x): {verdict(result['floor_met'])}",
+    ]
+    if not result["same_run"]:
+        lines.append(f"- note: `{DEFAULT_MODEL}` and `{REFERENCE_MODEL}` were not measured in "
+                     "the same bench run, so the time ratio compares runs of different days")
+    return "\n".join(lines)
+
+
+def inference_section(section: dict) -> str:
+    rows = section.get("inference")
+    if not rows:
+        return "Not measured yet: `fmnist bench inference`."
+    lines = [f"Written by `{section['inference_command']}` on {section['inference_utc']}.", "",
+             "| model | device | Keras img/s | onnxruntime img/s | onnxruntime int8 img/s | "
+             "1 image: Keras / onnxruntime / int8 ms | ONNX vs Keras max abs diff "
+             "| class differences | agrees with the bf16-trained model | int8 agrees with float |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- | ---: | --- | --- |"]
+    for row in rows:
+        agreement = (f"{100 * row['agreement_with_trained_model']:.2f}%"
+                     if row["mixed_precision_trained"] else "(trained in float32)")
+        int8_speed = row.get("int8_images_per_second")
+        int8_ms = row.get("int8_one_image_ms")
+        int8_agreement = row.get("int8_class_agreement")
+        lines.append(
+            f"| `{row['model']}` | {row['device']} | {row['keras_images_per_second']:,.0f} | "
+            f"{row['onnx_images_per_second']:,.0f} | "
+            f"{'-' if int8_speed is None else f'{int8_speed:,.0f}'} | "
+            f"{row['keras_one_image_ms']:.2f} / {row['onnx_one_image_ms']:.2f} / "
+            f"{'-' if int8_ms is None else f'{int8_ms:.2f}'} | "
+            f"{row['max_abs_difference']:.1e} on {row['images']:,} {row.get('checked_on', 'test')} "
+            f"images | {row['class_mismatches']} | "
+            f"{agreement} | {'-' if int8_agreement is None else f'{100 * int8_agreement:.2f}%'} |")
+    model, target = ONNX_TARGET
+    row = next((r for r in rows if r["model"] == model), None)
+    if row is not None:
+        float_speed, int8_speed = row["onnx_images_per_second"], row.get("int8_images_per_second")
+        verdict = "met" if float_speed >= target else "**not met**"
+        text = (f"Target: `{model}` on onnxruntime >= {target:,} images/s at batch 1024: float32 "
+                f"{float_speed:,.0f}, {verdict}")
+        if int8_speed:
+            text += (f"; int8 {int8_speed:,.0f}, {'met' if int8_speed >= target else '**not met**'} "
+                     f"(same class as float32 for {100 * row['int8_class_agreement']:.2f}% of the "
+                     f"{row.get('checked_on', 'test')} images)")
+        lines += ["", text + "."]
+    lines += ["", "- *img/s*: images per second at batch 1024, median of 10 batches after "
+                  "warm-up, same random batch for both engines; *1 image*: median latency of "
+                  "200 single-image calls.",
+              "- *int8*: `fmnist export --quantize int8`, onnxruntime static quantization "
+              "(QDQ, per-channel int8 weights, uint8 activations) calibrated on 1,024 training "
+              "images; kept only when it picks the float model's class for >= 99% of the checked images.",
+              "- The ONNX file is float32 (`fmnist export`); models trained in mixed bfloat16 "
+              "run in bfloat16 under Keras, so *agrees with the bf16-trained model* compares the two "
+              "precisions' classes on the checked images.",
+              "- *checked images*: the run's validation split, rebuilt from its seed (rows "
+              "measured before the test set was left to `evaluate` alone say *test*)."]
+    return "\n".join(lines)
+
+
+def serve_section(section: dict) -> str:
+    results = section.get("serve")
+    if not results:
+        return "Not measured yet: `fmnist bench serve RUN_DIR`."
+    parts = []
+    for result in results:
+        memory = result["memory"]
+        lines = [f"`{result['command']}` ({result['utc']}): model `{result['model']}`, engine "
+                 f"{result['engine']}, {result.get('workers', 1)} server process(es), "
+                 f"{result['endpoint']} with {result['image']}, "
+                 f"{result['warmup_requests']} warm-up requests first.", "",
+                 "| concurrent clients | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | "
+                 "errors | server CPU ms/request | client CPU ms/request | server RSS after, MB |",
+                 "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for level in result["levels"]:
+            lines.append(
+                f"| {level['clients']} | {level['requests']:,} | {level['requests_per_second']:.0f} | "
+                f"{level['p50_ms']:.1f} | {level['p90_ms']:.1f} | {level['p99_ms']:.1f} | "
+                f"{level['max_ms']:.1f} | {level['errors']} | "
+                f"{level['server_cpu_ms_per_request']:.2f} | {level['client_cpu_ms_per_request']:.2f} | "
+                f"{level['server_rss_after_mb']:.0f} |")
+        lines += ["", f"Server memory: {memory['after_start_mb']:.0f} MB after start-up, "
+                      f"{memory['after_warmup_mb']:.0f} MB after warm-up, "
+                      f"{memory['after_all_mb']:.0f} MB after all requests "
+                      f"({memory['growth_percent']:+.1f}% since warm-up)."]
+        at = next((lv for lv in result["levels"] if lv["clients"] == SERVE_TARGETS["clients"]), None)
+        if at is not None:
+            checks = [("p50", at["p50_ms"] <= SERVE_TARGETS["p50_ms"], f"{at['p50_ms']:.1f} ms <= {SERVE_TARGETS['p50_ms']:.0f}"),
+                      ("p99", at["p99_ms"] <= SERVE_TARGETS["p99_ms"], f"{at['p99_ms']:.1f} ms <= {SERVE_TARGETS['p99_ms']:.0f}"),
+                      ("errors", sum(lv["errors"] for lv in result["levels"]) == 0, "0 errors"),
+                      ("memory", memory["growth_percent"] < SERVE_TARGETS["growth_percent"],
+                       f"growth {memory['growth_percent']:+.1f}% < {SERVE_TARGETS['growth_percent']:.0f}%")]
+            lines += ["", f"Targets at {SERVE_TARGETS['clients']} clients: " + "; ".join(
+                f"{name} {text}: {'met' if ok else '**not met**'}" for name, ok, text in checks) + "."]
+        if "burst" in result:
+            lines += ["", burst_lines(result["burst"])]
+        parts.append("\n".join(lines))
+    parts.append("The load generator (asyncio streams speaking HTTP/1.1 keep-alive, in the bench "
+                 "process) runs on the same "
+                  "machine as the server and competes with it for the cores.")
+    return "\n\n".join(parts)
+
+
+def burst_lines(burst: dict) -> str:
+    """The burst scenario of a serve result, as Markdown."""
+    statuses = ", ".join(f"{count:,} x {status}" for status, count in burst["statuses"].items())
+    checks = [("/health p99", burst["health_p99_ms"] <= BURST_TARGETS["health_p99_ms"],
+               f"{burst['health_p99_ms']:.1f} ms <= {BURST_TARGETS['health_p99_ms']:.0f}"),
+              ("peak RSS", burst["peak_rss_mb"] <= BURST_TARGETS["peak_rss_mb"],
+               f"{burst['peak_rss_mb']:.0f} MB <= {BURST_TARGETS['peak_rss_mb']:.0f}"),
+              ("saturation answered", "503" in burst["statuses"], "503 + Retry-After seen")]
+    return "\n".join([
+        f"**Burst**: {burst['clients']} clients, each sending back to back, for "
+        f"{burst['seconds']:.0f} s, the largest request the defaults accept "
+        f"({burst['images_per_request']} PNGs, {burst['request_pixels']:,} pixels in all, "
+        f"{burst['request_bytes']:,} bytes), ignoring Retry-After; one more client asks "
+        "`/health` every 20 ms.", "",
+        "| /health probes | p50 ms | p99 ms | max ms | server RSS at start, MB | peak RSS, MB | "
+        "statuses |", "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"| {burst['health_probes']:,} | {burst['health_p50_ms']:.1f} | {burst['health_p99_ms']:.1f} | "
+        f"{burst['health_max_ms']:.1f} | {burst['rss_after_start_mb']:.0f} | "
+        f"{burst['peak_rss_mb']:.0f} | {statuses} |", "",
+        "Targets: " + "; ".join(f"{name} {text}: {'met' if ok else '**not met**'}"
+                                for name, ok, text in checks) + "."])
+
+
+def ordered_sections(report: dict, current: str | None) -> list[tuple[str, dict]]:
+    """(kind, section) pairs: the kind measured now first, then the most recent first."""
+    sections = list(report["machines"].items())
+    sections.sort(key=lambda item: (item[0] != current, _neg_time(item[1].get("updated_utc"))))
+    return sections
+
+
+def _neg_time(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    return -datetime.fromisoformat(stamp).timestamp()
+
+
+def latest_kind(report: dict) -> str | None:
+    """The machine kind whose training rows the most recent bench run wrote."""
+    trained = [(section.get("updated_utc"), kind) for kind, section in report["machines"].items()
+               if section.get("rows") and section.get("updated_utc")]
+    return max(trained)[1] if trained else None
+
+
+def render(report: dict, markdown_path: Path, readme_path: Path | None,
+           current: str | None = None) -> None:
+    """Write BENCHMARKS.md (and the README's tables) from a bench report; ``current``:
+    the machine kind measured by this invocation (default: the latest bench run's)."""
+    current = current or latest_kind(report)
+    markdown_path.write_text(render_markdown(report, current))
+    if readme_path is not None:
+        update_readme(readme_path, report, current)
+
+
+def machine_text(record: dict) -> str:
+    peaks = record.get("peak_gflops") or {}
+    flags = ", ".join(record.get("cpu_flags") or []) or "none of " + ", ".join(
+        hardware.RELEVANT_CPU_FLAGS)
+    inferred = (" (inferred from its matmul peaks: that bench predates flag recording)"
+                if record.get("cpu_flags_inferred") else "")
+    text = (f"{record.get('cpu', '?')}, {record.get('cores', '?')} cores, {record.get('device', 'CPU')}; "
+            f"flags: {flags}{inferred}; oneDNN: {record.get('onednn', '?')}")
+    if peaks:
+        text += (f"; TensorFlow 2048x2048 matmul peak: {peaks.get('float32', 0):.0f} GFLOP/s "
+                 f"float32, {peaks.get('bfloat16', 0):.0f} bfloat16")
+    versions = [f"{name} {record[key]}" for name, key in
+                (("Python", "python"), ("Keras", "keras"), ("TensorFlow", "tensorflow"),
+                 ("NumPy", "numpy")) if record.get(key)]
+    return text + (f". {', '.join(versions)}." if versions else ".")
+
+
+def section_markdown(kind: str, section: dict, current: str | None) -> str:
+    record = section.get("machine", {})
+    rows = section.get("rows", [])
+    status = ("Measured in the latest bench run." if kind == current else
+              f"**Not re-measured in the latest bench run** (that one ran on `{current}`): "
+              "these are the figures stored in bench.json for this kind of machine."
+              if current else "")
+    parts = [f"## {machine_label(record)} (`{kind}`)", "",
+             f"Machine: {machine_text(record)}", ""]
+    if section.get("command"):
+        parts += [f"Training rows last written by `{section['command']}` on "
+                  f"{section.get('updated_utc')}. {status}".rstrip(), ""]
+    elif status:
+        parts += [status, ""]
+    if rows:
+        peaks = record.get("peak_gflops") or {}
+        parts += [
+            "### Accuracy and time", "", results_table(rows), "",
+            "- *train s*: wall time of the training epochs (training plus the per-epoch "
+            "validation pass), median over seeds; start-up, data loading and the test "
+            "evaluation excluded.",
+            "- *test acc*: mean ± sample standard deviation over the seeds (one training run "
+            "each). *with flip TTA*: the mean of the probabilities of each test image and its "
+            "mirror; only for models trained with flips (— for the others: their mirror "
+            "images are out of distribution).",
+            "- *precision*: what `--precision auto` chose on this machine (bfloat16 only where "
+            "the hardware computes it natively).",
+            "- *predict img/s*: the Keras engine of `fmnist predict` on 1,024 images at a "
+            "time, median of 10 batches after warm-up: the same definition as *Keras img/s* "
+            "under Inference engines (rows measured before both were one say "
+            "`predict_on_batch` on uint8 images).", "",
+            f"### The default model against the reference (`{DEFAULT_MODEL}` vs `{REFERENCE_MODEL}`)",
+            "", default_target_text(rows), "",
+            "### Targets", "", targets_table(rows), "",
+            "### Time to accuracy (validation)", "", crossing_table(rows), "",
+            "- The first epoch at which validation accuracy reached each threshold, and the "
+            "training seconds until the end of that epoch; medians over seeds (\"not reached\": "
+            "at least one seed never got there).", "",
+            "### How close each epoch gets to its compute floor", "", speed_table(rows), "",
+            "- *forward MFLOP/image*: 2 x multiply-adds of the Conv2D and Dense layers.",
+            "- *epoch floor*: 3 x forward FLOPs x training images (forward + backward), divided "
+            "by the peak of a 2048x2048 matmul on this machine in the precision the model "
+            f"trained in ({peaks.get('float32', 0):.0f} GFLOP/s float32, "
+            f"{peaks.get('bfloat16', 0):.0f} bfloat16). *epoch / floor*: how many times slower "
+            "than that floor the steady epoch (median of epochs 2 onwards) runs; it includes "
+            "the input pipeline, batch norm and the validation pass.",
+            "- *peak RSS*: the largest resident memory of the training process.", "",
+            "### Per-seed numbers", "", per_seed_table(rows), "",
+            "### How each row was produced", "", commands_list(rows), ""]
+    parts += ["### Inference engines: Keras vs onnxruntime", "", inference_section(section), "",
+              "### Serving: load test of `fmnist serve`", "", serve_section(section), ""]
+    return "\n".join(parts)
+
+
+def render_markdown(report: dict, current: str | None = None) -> str:
+    current = current or latest_kind(report)
+    sections = ordered_sections(report, current)
+    kinds = ", ".join(f"`{kind}`" for kind, _ in sections) or "none yet"
+    body = "\n".join(section_markdown(kind, section, current) for kind, section in sections)
+    return f"""# Benchmarks
+
+Written by `fmnist bench` from bench.json; do not edit by hand: rerun the commands listed
+under each machine. Figures are kept **per kind of machine** (CPU instruction set and
+cores, or GPU), because the same model trains at very different speeds on them: a bench
+replaces the rows of the kind it runs on and keeps the others. Machine kinds here:
+{kinds}. Accuracies are on the 10,000 test images, read only by the final evaluation of
+each run (training validates on its own 6,000-image split of the training set). Check
+your own machine's kind with `grep -o -m1 'avx512_bf16\\|amx_bf16' /proc/cpuinfo`
+(nothing printed: no native bfloat16).
+
+{body}"""
+
+
+def commands_list(rows: list[dict]) -> str:
+    lines = []
+    for row in rows:
+        commands = row.get("commands") or ["(not recorded)"]
+        lines.append(f"- `{row['model']}` ({row['device']}): " + "; then ".join(f"`{c}`" for c in commands))
+    return "\n".join(lines)
+
+
+def per_seed_table(rows: list[dict]) -> str:
+    lines = ["| model | device | seeds | test accuracy | with TTA | train seconds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        fmt = lambda values, digits=4: ", ".join(f"{v:.{digits}f}" for v in values)  # noqa: E731
+        tta = fmt(row["test_accuracy_tta"]) if row.get("flip") and row["test_accuracy_tta"] else "—"
+        lines.append(f"| `{row['model']}` | {row['device']} | {row['seeds']} | "
+                     f"{fmt(row['test_accuracy'])} | {tta} | "
+                     f"{fmt(row['train_seconds'], 1)} |")
+    return "\n".join(lines)
+
+
+def readme_tables(report: dict, current: str | None = None) -> str:
+    """One results table per machine kind, each under the kind's name and date."""
+    blocks = []
+    for kind, section in ordered_sections(report, current):
+        if not section.get("rows"):
+            continue
+        record = section.get("machine", {})
+        blocks.append(f"**{machine_label(record)}** (`{kind}`; {record.get('cpu', '?')}), "
+                      f"measured {str(section.get('updated_utc', '?'))[:10]}:\n\n"
+                      f"{results_table(section['rows'])}")
+    return "\n\n".join(blocks) or "(no benchmark yet: run `fmnist bench train`)"
+
+
+def update_readme(readme: Path, report: dict, current: str | None = None) -> bool:
+    """Replace the README's block between the bench markers with the results tables."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    block = f"{README_START}\n{readme_tables(report, current)}\n{README_END}"
+    readme.write_text(text[:start] + block + text[end + len(README_END):])
+    return True

@@ -1,0 +1,150 @@
+"""Running the benches: training runs as child `fmnist train` processes, the inference
+and serving benches, each storing its figures under this machine's kind and
+re-rendering the reports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from fmnist import rundir
+from fmnist.bench.measure import (device_name, forward_flops, machine, measure_inference,
+                                  predict_throughput)
+from fmnist.bench.render import render
+from fmnist.bench.store import load_report, machine_kind, machine_label
+from fmnist.bench.summary import crossings, merge_runs, summarize
+from fmnist.bench.targets import BURST_TARGETS, MODEL_ORDER
+from fmnist.errors import FmnistError
+
+
+def run_training(model: str, seed: int, out: Path, data_dir, extra: list[str]) -> dict:
+    """Train one model/seed in a child `fmnist train` process; return its metrics + peak RSS."""
+    command = [sys.executable, "-m", "fmnist.cli", "train", "--model", model, "--seed", str(seed),
+               "--out", str(out), "--tta", "--quiet", *extra]
+    if data_dir:
+        command += ["--data-dir", str(data_dir)]
+    log = out.with_suffix(".log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as stream:
+        child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise FmnistError(f"training {model} seed {seed} failed ({tail[0]}); see {log}")
+    metrics = rundir.read_json(out / rundir.METRICS)
+    history = rundir.read_json(out / rundir.HISTORY)
+    config = rundir.read_json(out / rundir.CONFIG)
+    # Linux reports ru_maxrss in KiB.
+    metrics["peak_rss_mb"] = usage.ru_maxrss / 1024
+    metrics["val_crossings"] = crossings(history)
+    metrics["precision"] = config.get("precision_used", "float32")
+    metrics["flip"] = bool(config.get("flip"))
+    return metrics
+
+
+def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, markdown_path: Path,
+              readme_path: Path | None, data_dir=None, extra: list[str] | None = None,
+              command: str = "fmnist bench", log=print, seed_start: int = 0) -> dict:
+    """Benchmark ``models`` over seeds ``seed_start .. seed_start+seeds-1`` on this
+    machine; rewrite the reports.
+
+    Rows of this machine's kind are replaced model by model (stored runs of the same
+    model with other seeds are kept and summarized with the new ones); other kinds'
+    rows are left as they are.
+    """
+    report = load_report(json_path)
+    record = machine()  # the matmul peaks first, while nothing else runs
+    kind = machine_kind(record)
+    section = report["machines"].setdefault(kind, {"rows": []})
+    device = record["device"]
+    bench_id = _now()
+    log(f"bench: {machine_label(record)} ({kind}); float32 peak "
+        f"{record['peak_gflops']['float32']:.0f} GFLOP/s, bfloat16 "
+        f"{record['peak_gflops']['bfloat16']:.0f}", flush=True)
+    for model in models:
+        runs = []
+        for seed in range(seed_start, seed_start + seeds):
+            out = out_dir / f"{model}-seed{seed}"
+            if out.exists():
+                shutil.rmtree(out)
+            log(f"bench: training {model} seed {seed} ...", flush=True)
+            runs.append(run_training(model, seed, out, data_dir, extra or []))
+            tta = runs[-1].get("test_accuracy_tta")
+            log(f"bench:   test {runs[-1]['test_accuracy']:.4f}"
+                + (f" (TTA {tta:.4f})" if tta is not None else "")
+                + f", {runs[-1]['train_seconds']:.1f} s ({runs[-1]['precision']})", flush=True)
+        import keras
+
+        final_model = out_dir / f"{model}-seed{seed_start}" / rundir.MODEL
+        flops = forward_flops(keras.saving.load_model(final_model, compile=False))
+        throughput = predict_throughput(final_model)
+        old = next((r for r in section["rows"] if (r["model"], r["device"]) == (model, device)), None)
+        row = summarize(model, merge_runs(old, runs), throughput, flops, record["peak_gflops"], device)
+        # Which invocations produced the row's runs (a slow model is run a few seeds at a time).
+        kept = {run["seed"] for run in row["runs"]} - {run["seed"] for run in runs}
+        row["commands"] = [*old.get("commands", []), command] if old and kept else [command]
+        row["bench_id"] = None if kept else bench_id  # all seeds from this invocation
+        section["rows"] = [r for r in section["rows"] if r is not old] + [row]
+    order = {name: index for index, name in enumerate(MODEL_ORDER)}
+    section["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"]))
+    section.update({"machine": record, "command": command, "updated_utc": _now()})
+    rundir.write_json(json_path, report)
+    render(report, markdown_path, readme_path, current=kind)
+    return report
+
+
+def run_inference_bench(json_path: Path, markdown_path: Path, readme_path: Path | None,
+                        runs_dir: Path, train_data, command: str, log=print) -> dict:
+    """Add Keras/onnxruntime throughput and ONNX parity for this machine's stored rows."""
+    if not json_path.is_file():
+        raise FmnistError(f"{json_path} does not exist; run `fmnist bench train` first")
+    report = load_report(json_path)
+    record = machine(measure=False)
+    kind = machine_kind(record)
+    section = report["machines"].get(kind)
+    if not section or not section.get("rows"):
+        raise FmnistError(f"{json_path} has no training rows for this machine ({kind}); "
+                          "run `fmnist bench train` here first")
+    device = device_name()
+    rows = [row for row in section["rows"] if row["device"] == device]
+    section["inference"] = measure_inference(rows, runs_dir, train_data, log)
+    section["inference_command"] = command
+    section["inference_utc"] = _now()
+    rundir.write_json(json_path, report)
+    render(report, markdown_path, readme_path, current=kind)
+    return report
+
+
+def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_path: Path,
+                    readme_path: Path | None, images: np.ndarray, requests: int, clients: list[int],
+                    command: str, log=print, workers: int = 1, burst_seconds: float = 30.0) -> dict:
+    """Load-test `fmnist serve MODEL`, then run the burst scenario against it; store both
+    under this machine's kind."""
+    from fmnist.bench.loadtest import run_burst, run_load_test
+
+    report = load_report(json_path)
+    record = machine(measure=False)  # serving runs on the CPU; no TensorFlow needed here
+    kind = machine_kind(record)
+    result = run_load_test(model, images, engine=engine, requests=requests, concurrency=clients,
+                           log=log, workers=workers)
+    result["burst"] = run_burst(model, engine, clients=BURST_TARGETS["clients"],
+                                seconds=burst_seconds, log=log)
+    result.update({"command": command, "utc": _now()})
+    section = report["machines"].setdefault(kind, {"machine": record, "rows": []})
+    section["serve"] = [old for old in section.get("serve", [])
+                        if (old["engine"], old.get("workers", 1)) != (result["engine"], workers)]
+    section["serve"].append(result)
+    rundir.write_json(json_path, report)
+    render(report, markdown_path, readme_path, current=kind)
+    return result
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,133 @@
+"""Statistics over runs: per-model rows from per-seed runs, medians, time to accuracy,
+and the default model against its reference. Pure functions of the stored figures."""
+
+from __future__ import annotations
+
+import statistics
+
+from fmnist.bench.targets import DEFAULT_MODEL, DEFAULT_TARGET, REFERENCE_MODEL, VAL_THRESHOLDS
+
+
+def crossings(history: list[dict], thresholds=VAL_THRESHOLDS) -> dict:
+    """For each validation accuracy in ``thresholds``: the first epoch (1-based) whose
+    validation accuracy reached it and the training seconds until then, or None."""
+    found = {}
+    for threshold in thresholds:
+        elapsed, found[f"{threshold:.2f}"] = 0.0, None
+        for row in history:
+            elapsed += row["seconds"]
+            if row.get("val_accuracy", 0.0) >= threshold:
+                found[f"{threshold:.2f}"] = {"epoch": int(row["epoch"]), "seconds": elapsed}
+                break
+    return found
+
+
+def seconds_to(history: list[dict], accuracy: float) -> float | None:
+    """Training seconds until validation accuracy first reached ``accuracy`` (None: never)."""
+    reached = crossings(history, (accuracy,))[f"{accuracy:.2f}"]
+    return None if reached is None else reached["seconds"]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+RUN_KEYS = ("seed", "params", "epochs", "n_train", "n_test", "train_seconds",
+            "steady_epoch_seconds", "test_accuracy", "test_accuracy_tta", "val_accuracy",
+            "val_crossings", "precision", "flip", "peak_rss_mb")
+
+
+def merge_runs(old_row: dict | None, new_runs: list[dict]) -> list[dict]:
+    """The runs of a model: the new seeds' runs, plus stored runs of other seeds.
+
+    Lets a long model be benchmarked a few seeds at a time (``--seed-start``) and still
+    be summarized over all of them.
+    """
+    fresh = [{key: run.get(key) for key in RUN_KEYS} for run in new_runs]
+    seeds = {run["seed"] for run in fresh}
+    kept = [run for run in (old_row or {}).get("runs", []) if run["seed"] not in seeds]
+    return sorted(kept + fresh, key=lambda run: run["seed"])
+
+
+def summarize(model: str, runs: list[dict], throughput: float, flops: int,
+              peaks: dict, device: str) -> dict:
+    """One row of the table from the per-seed runs of one model."""
+    accuracies = [r["test_accuracy"] for r in runs]
+    tta = [r["test_accuracy_tta"] for r in runs if r.get("test_accuracy_tta") is not None]
+    row = {
+        "model": model,
+        "device": device,
+        "seeds": [r["seed"] for r in runs],
+        "params": runs[0]["params"],
+        "epochs": runs[0]["epochs"],
+        "precision": runs[-1].get("precision") or "float32",
+        "flip": bool(runs[-1].get("flip")),
+        "train_seconds_median": statistics.median(r["train_seconds"] for r in runs),
+        "train_seconds": [r["train_seconds"] for r in runs],
+        "steady_epoch_seconds": statistics.median(r["steady_epoch_seconds"] for r in runs),
+        "forward_mflops": flops / 1e6,
+        "test_accuracy": accuracies,
+        "test_accuracy_mean_std": _mean_std(accuracies),
+        "test_accuracy_tta": tta,
+        "test_accuracy_tta_mean_std": _mean_std(tta) if tta else None,
+        "val_accuracy_mean": statistics.fmean(r["val_accuracy"] for r in runs),
+        "val_crossings_median": median_crossings(runs),
+        "predict_images_per_second": throughput,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "n_train": runs[0]["n_train"],
+        "n_test": runs[0]["n_test"],
+        "runs": runs,
+    }
+    _refloor(row, peaks)
+    return row
+
+
+def median_crossings(runs: list[dict]) -> dict:
+    """Per threshold: median epoch and seconds over the seeds, None if a seed never got
+    there (a median over the seeds that did would flatter the model)."""
+    summary = {}
+    for threshold in (f"{t:.2f}" for t in VAL_THRESHOLDS):
+        if not runs or any(threshold not in (r.get("val_crossings") or {}) for r in runs):
+            continue  # not recorded for every seed
+        reached = [r["val_crossings"][threshold] for r in runs]
+        if any(hit is None for hit in reached):
+            summary[threshold] = None
+            continue
+        epochs = [hit["epoch"] for hit in reached]
+        summary[threshold] = {
+            "epoch": None if None in epochs else statistics.median(epochs),
+            "seconds": statistics.median(hit["seconds"] for hit in reached)}
+    return summary
+
+
+def default_target(rows: list[dict]) -> dict | None:
+    """The default model against the reference, as measured in the same bench run.
+
+    Returns the figures and whether each part of ``DEFAULT_TARGET`` is met; None when
+    either model is missing from ``rows``.
+    """
+    by_model = {row["model"]: row for row in rows if row["device"] == rows[0]["device"]} if rows else {}
+    fast, reference = by_model.get(DEFAULT_MODEL), by_model.get(REFERENCE_MODEL)
+    if fast is None or reference is None:
+        return None
+    accuracy = fast["test_accuracy_mean_std"][0]
+    ratio = fast["train_seconds_median"] / reference["train_seconds_median"]
+    floor = fast.get("epoch_floor_seconds")
+    floor_ratio = fast["steady_epoch_seconds"] / floor if floor else None
+    same_run = fast.get("bench_id") is not None and fast.get("bench_id") == reference.get("bench_id")
+    return {"accuracy": accuracy, "seeds": len(fast["seeds"]), "time_ratio": ratio,
+            "seconds": fast["train_seconds_median"],
+            "reference_seconds": reference["train_seconds_median"],
+            "floor_ratio": floor_ratio, "same_run": same_run,
+            "accuracy_met": accuracy >= DEFAULT_TARGET["accuracy"],
+            "time_met": ratio <= DEFAULT_TARGET["time_ratio"],
+            "floor_met": floor_ratio is not None and floor_ratio <= DEFAULT_TARGET["floor_ratio"]}
+
+
+def _refloor(row: dict, peaks: dict) -> None:
+    """Set a row's compute floor from the peak of the precision its runs used."""
+    peak = peaks.get(row.get("precision", "float32")) or peaks.get("float32")
+    epoch_flops = 3 * row["forward_mflops"] * 1e6 * row["n_train"]
+    row["epoch_floor_seconds"] = epoch_flops / (peak * 1e9) if peak else None
+    steady = row.get("steady_epoch_seconds")
+    row["achieved_gflops"] = epoch_flops / steady / 1e9 if steady else None

@@ -1,0 +1,176 @@
+"""`fmnist bench train|inference|serve|render`: measure on this machine, write the reports.
+
+Each subcommand takes only its own flags; all of them rewrite BENCHMARKS.md (and the
+README's tables) from bench.json, where figures are kept per machine kind.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fmnist.cli.args import Parser, add_data_dir, int_at_least, positive_float
+from fmnist.errors import FmnistError
+from fmnist.rundir import ENGINES
+
+
+def add_parser(commands) -> None:
+    from fmnist.bench.targets import BURST_TARGETS, DEFAULT_MODELS
+
+    bench = commands.add_parser(
+        "bench", help="benchmark models, engines and the server; writes BENCHMARKS.md and bench.json",
+        description="Measure on this machine and regenerate BENCHMARKS.md, bench.json and the "
+                    "README's results table. Figures are kept per machine kind: a bench "
+                    "replaces its own kind's rows and keeps the others.")
+    kinds = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=Parser)
+    kinds.required = True
+
+    def reports(parser):
+        parser.add_argument("--json", default="bench.json", metavar="FILE", help="(default: bench.json)")
+        parser.add_argument("--markdown", default="BENCHMARKS.md", metavar="FILE",
+                            help="(default: BENCHMARKS.md)")
+        parser.add_argument("--readme", default="README.md", metavar="FILE",
+                            help="README whose bench block to refresh (default: README.md; '' for none)")
+        parser.set_defaults(subparser=parser)
+
+    train = kinds.add_parser(
+        "train", help="train each model over seeds and evaluate it",
+        description="Train each model with its preset for several seeds (each run a separate "
+                    "`fmnist train` process), evaluate on the test set with and without flip "
+                    "TTA, and time prediction. Rows of models not benchmarked this time are kept.")
+    train.add_argument("--models", nargs="+", metavar="MODEL",
+                       help=f"models to benchmark (default: {' '.join(DEFAULT_MODELS)})")
+    train.add_argument("--seeds", type=int_at_least(1), default=3, help="how many seeds (default: 3)")
+    train.add_argument("--seed-start", type=int_at_least(0), default=0,
+                       help="first seed (default: 0); stored runs of other seeds are kept and "
+                            "summarized with these, so a slow model can be run a seed at a time")
+    train.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
+                       help="where the runs go (default: runs/bench)")
+    train.add_argument("--train-arg", action="append", default=[], metavar="ARG",
+                       help="extra `fmnist train` argument for every run, e.g. --train-arg=--epochs=1 "
+                            "(for smoke tests; the table then no longer shows the presets)")
+    reports(train)
+    add_data_dir(train)
+
+    inference = kinds.add_parser(
+        "inference", help="export each benchmarked model to ONNX and time Keras against onnxruntime",
+        description="For each model benchmarked here, export its first run to ONNX (checked on "
+                    "the run's validation images; the test set is not read), quantize it to "
+                    "int8, and time the engines on the same batch.")
+    inference.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
+                           help="where `fmnist bench train` put the runs (default: runs/bench)")
+    reports(inference)
+    add_data_dir(inference)
+
+    serve = kinds.add_parser(
+        "serve", help="load-test `fmnist serve MODEL` over loopback, then the burst scenario",
+        description="Start `fmnist serve MODEL`, send it training images from concurrent "
+                    "clients, then run the burst scenario: clients sending the largest "
+                    "requests allowed while /health is probed.")
+    serve.add_argument("model", metavar="MODEL", help="run directory, .keras or .onnx file")
+    serve.add_argument("--engine", choices=ENGINES, help="(default: keras for a run directory)")
+    serve.add_argument("--workers", type=int_at_least(1), default=1,
+                       help="server processes (default: 1)")
+    serve.add_argument("--requests", type=int_at_least(1), default=10_000,
+                       help="requests per concurrency level (default: 10000)")
+    serve.add_argument("--clients", type=int_at_least(1), nargs="+", default=[8, 16],
+                       help="concurrency levels (default: 8 16)")
+    serve.add_argument("--burst-seconds", type=positive_float, default=30.0,
+                       help=f"length of the burst scenario: {BURST_TARGETS['clients']} clients "
+                            "sending the largest requests allowed (default: 30)")
+    reports(serve)
+    add_data_dir(serve)
+
+    render = kinds.add_parser(
+        "render", help="measure nothing: regenerate the reports from bench.json",
+        description="Regenerate BENCHMARKS.md and the README table from the stored bench.json "
+                    "(upgrading an older layout in place).")
+    reports(render)
+
+
+def run(args) -> int:
+    return {"train": _train, "inference": _inference, "serve": _serve,
+            "render": _render}[args.bench_command](args)
+
+
+def _readme(args) -> Path | None:
+    return Path(args.readme) if args.readme else None
+
+
+def _command() -> str:
+    """As typed, minus any absolute path: bench files are committed, and rerun from the repo."""
+    from fmnist.bench.store import repo_relative_command
+
+    return repo_relative_command(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "fmnist bench"
+
+
+def _train(args) -> int:
+    from fmnist.bench.targets import DEFAULT_MODELS
+    from fmnist.data import load_data
+    from fmnist.models import get_factory
+
+    models = args.models or list(DEFAULT_MODELS)
+    for name in models:
+        try:
+            get_factory(name)
+        except FmnistError as error:
+            args.subparser.error(str(error))
+    load_data(args.data_dir)  # verify the data once, before hours of training
+
+    from fmnist.bench.render import readme_tables
+    from fmnist.bench.runs import run_bench
+
+    report = run_bench(models, args.seeds, Path(args.runs_dir), Path(args.json), Path(args.markdown),
+                       _readme(args), data_dir=args.data_dir, extra=args.train_arg,
+                       command=_command(), seed_start=args.seed_start)
+    print(readme_tables(report))
+    print(f"wrote {args.markdown} and {args.json}")
+    return 0
+
+
+def _inference(args) -> int:
+    from fmnist.data import load_split
+
+    train_data = load_split("train", args.data_dir)  # the test set is left to evaluate
+
+    from fmnist.bench.runs import run_inference_bench
+
+    run_inference_bench(Path(args.json), Path(args.markdown), _readme(args), Path(args.runs_dir),
+                        train_data, _command())
+    print(f"wrote {args.markdown} and {args.json}")
+    return 0
+
+
+def _serve(args) -> int:
+    from fmnist.data import load_split
+    from fmnist.predict import locate
+
+    locate(args.model, args.engine)  # a bad path fails here, before anything starts
+    images, _ = load_split("train", args.data_dir)  # traffic: training images, never test
+
+    from fmnist.bench.runs import run_serve_bench
+
+    run_serve_bench(args.model, args.engine, Path(args.json), Path(args.markdown), _readme(args),
+                    images[:1000], args.requests, args.clients, _command(), workers=args.workers,
+                    burst_seconds=args.burst_seconds)
+    print(f"wrote {args.markdown} and {args.json}")
+    return 0
+
+
+def _render(args) -> int:
+    import json
+
+    from fmnist import rundir
+    from fmnist.bench.render import render
+    from fmnist.bench.store import upgrade
+
+    if not Path(args.json).is_file():
+        raise FmnistError(f"{args.json} does not exist; run `fmnist bench train` first")
+    stored = json.loads(Path(args.json).read_text())
+    report = upgrade(stored)
+    if report != stored:
+        rundir.write_json(Path(args.json), report)  # an older layout, upgraded once
+        print(f"upgraded {args.json} to the current layout")
+    render(report, Path(args.markdown), _readme(args))
+    print(f"wrote {args.markdown} from {args.json}")
+    return 0

@@ -1,0 +1,131 @@
+"""The input pipeline: which images each epoch visits, in which order, augmented how.
+
+In-memory uint8 arrays in, tf.data streams out. Epoch ``e`` visits the training images
+in the order drawn from ``numpy.random.default_rng([seed, e])``, independent of what ran
+before, and augmentation draws are keyed by the epoch or global step: a resumed run sees
+exactly the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fmnist.augment import Augmentation, augment_batch
+from fmnist.config import TrainConfig
+from fmnist.data import NUM_CLASSES
+
+
+def augmentation_of(config: TrainConfig) -> Augmentation:
+    return Augmentation(flip=config.flip, translate=config.translate, erase=config.erase)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` (0-based) visits ``n`` training images.
+
+    Drawn from its own generator, so it is the same whether or not earlier epochs ran
+    in this process: that is what lets a resumed run match an uninterrupted one.
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int):
+    """A tf.data stream of training batches for epochs ``first_epoch..epochs-1``.
+
+    Yields ``(images, labels)``: images uint8 (B, 28, 28), augmented as configured;
+    labels uint8 (B,), or float32 one-hot (B, 10) when label smoothing is on. Each epoch
+    ends with its own (possibly smaller) last batch, so ``steps_per_epoch(n, B)`` steps
+    make exactly one epoch. The data stays in memory. Each epoch is gathered in its
+    seeded order and augmented as one tensor (random draws keyed by the epoch), then cut
+    into batches: one pipeline call per epoch instead of one per batch, so the pipeline
+    needs no thread of its own beside training on a 2-core CPU.
+    """
+    import tensorflow as tf
+
+    n = len(y)
+    orders = np.stack([epoch_order(config.seed, e, n) for e in range(first_epoch, epochs)])
+    gather = batch_gatherer(x, y, config)
+
+    def one_epoch(epoch, order):
+        return tf.data.Dataset.from_tensor_slices(gather(epoch, order)).batch(config.batch_size)
+
+    epoch_ids = np.arange(first_epoch, epochs, dtype=np.int64)
+    # No prefetch and no autotuning: a batch is a slice of a ready tensor, and on a
+    # 2-core CPU a prefetch thread competes with oneDNN's threads (in a scratch timing
+    # here it was never faster, and up to 10% slower, within run-to-run noise).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return (tf.data.Dataset.from_tensor_slices((epoch_ids, orders)).flat_map(one_epoch)
+            .with_options(options))
+
+
+def batch_gatherer(x, y, config: TrainConfig):
+    """``gather(key, indices) -> (images, labels)``: the images at ``indices`` (a batch,
+    or a whole epoch) of the in-memory arrays, augmented (random draws keyed by ``key``)
+    and with one-hot labels under smoothing."""
+    import tensorflow as tf
+
+    images, labels = tf.constant(x), tf.constant(y)
+    augmentation, one_hot = augmentation_of(config), config.label_smoothing > 0
+
+    def gather(key, idx):
+        batch_images, batch_labels = tf.gather(images, idx), tf.gather(labels, idx)
+        if augmentation.active:
+            batch_images = augment_batch(batch_images, key, augmentation, config.seed)
+        if one_hot:
+            batch_labels = tf.one_hot(tf.cast(batch_labels, tf.int32), NUM_CLASSES)
+        return batch_images, batch_labels
+
+    return gather
+
+
+def distributed_batches(strategy, x, y, config: TrainConfig, first_epoch: int, epochs: int):
+    """The training stream of :func:`training_batches`, split over the strategy's replicas.
+
+    ``config.batch_size`` images go to each replica per step; the global batch is that
+    times ``strategy.num_replicas_in_sync``. Global batch ``g`` holds the same images as
+    a single-process run with that batch size would (the epoch's seeded order, cut into
+    global batches; the last, incomplete one dropped so every replica gets a full
+    batch), and replica ``r`` of ``R`` takes its images ``r, r + R, ...``. Each worker's
+    input pipeline builds only the slices of its own replicas.
+    """
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
+    n = len(y)
+    steps = n // global_batch
+    orders = np.stack([epoch_order(config.seed, e, n)[:steps * global_batch]
+                       for e in range(first_epoch, epochs)]).reshape(-1, global_batch)
+    gather = batch_gatherer(x, y, config)
+
+    def dataset_fn(context):
+        local = replicas // context.num_input_pipelines
+        first_replica = context.input_pipeline_id * local
+        # (global step, indices of one replica's share); local replicas take turns.
+        mine = np.stack([orders[:, first_replica + k::replicas] for k in range(local)], axis=1)
+        step_ids = np.arange(first_epoch * steps, first_epoch * steps + len(orders))
+        # Augmentation keyed by global step and replica, so replicas draw differently.
+        keys = (step_ids[:, None] * replicas + first_replica + np.arange(local)[None, :]).ravel()
+        dataset = tf.data.Dataset.from_tensor_slices((keys, mine.reshape(-1, config.batch_size)))
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return (dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE).with_options(options))
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def validation_batches(x_val, y_val, batch_size: int = 1024):
+    """The validation split as a tf.data stream of ``batch_size`` batches, in order.
+
+    Given as arrays, Keras would wrap them in a pipeline whose parallel map TensorFlow
+    rewrites under op determinism, and it logs an alarming C++ "error" about an unknown
+    attribute every epoch; a plain sliced dataset does the same work without it.
+    """
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch_size)

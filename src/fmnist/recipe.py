@@ -1,0 +1,104 @@
+"""The training recipe: a run's settings -> a seeded, compiled Keras model.
+
+Optimizer, learning-rate schedule, weight averaging, loss (with label smoothing) and the
+numeric precision, from a :class:`~fmnist.config.TrainConfig`. `fmnist train`, `fmnist
+tune` and the registry tests all build their models here, so the path a preset runs is
+the path that is tested.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from fmnist.runtime import prepare_tensorflow
+
+prepare_tensorflow()  # before Keras' first import: backend and oneDNN defaults
+
+import keras  # noqa: E402
+
+from fmnist.config import TrainConfig, legacy_precision  # noqa: E402
+from fmnist.errors import FmnistError  # noqa: E402
+from fmnist.hardware import PRECISIONS, PrecisionChoice  # noqa: E402
+from fmnist.models import get_factory  # noqa: E402
+
+
+def configure_determinism(seed: int) -> None:
+    keras.utils.set_random_seed(seed)  # Python, NumPy and backend generators
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def compile_for_training(model, config: TrainConfig, total_steps: int):
+    """Compile ``model`` with the run's optimizer, learning-rate schedule and loss."""
+    learning_rate = config.learning_rate
+    if config.schedule == "onecycle":
+        warmup = int(config.warmup_fraction * total_steps)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.learning_rate / 25.0,  # one-cycle's usual start
+            warmup_target=config.learning_rate, warmup_steps=warmup,
+            decay_steps=max(1, total_steps - warmup), alpha=0.0)
+    elif config.schedule != "constant":
+        raise ValueError(f"unknown schedule {config.schedule!r}; use 'constant' or 'onecycle'")
+    common = dict(learning_rate=learning_rate, use_ema=config.ema is not None,
+                  ema_momentum=config.ema or 0.99)
+    if config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(**common)
+    elif config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+    elif config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=True,
+                                         weight_decay=config.weight_decay or None, **common)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; use adam, adamw or sgd")
+    if config.label_smoothing > 0:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
+    return model
+
+
+def new_model(config: TrainConfig, total_steps: int):
+    """The run's model, seeded and compiled with its recipe for ``total_steps`` steps."""
+    configure_determinism(config.seed)  # the same initial weights every time
+    try:
+        model = get_factory(config.model)(**config.model_options)
+    except (TypeError, ValueError) as error:  # a --model-option of the wrong kind
+        raise FmnistError(f"cannot build {config.model} with options {config.model_options}: "
+                          f"{error}; see the factory's arguments in `fmnist models`") from None
+    return compile_for_training(model, config, total_steps)
+
+
+def recorded_precision(saved: dict) -> str | None:
+    """The precision a run's config.json says it trained in (None: not recorded)."""
+    if saved.get("precision_used") in PRECISIONS[1:]:
+        return saved["precision_used"]
+    return legacy_precision(saved)
+
+
+def announce_precision(choice: PrecisionChoice, log=print) -> None:
+    """Print the chosen precision and its reason; warn (stderr) about emulated bfloat16."""
+    if log is not None:
+        log(f"precision: {choice.precision} ({choice.reason})")
+    if choice.warning:
+        print(f"fmnist: warning: {choice.warning}", file=sys.stderr)
+        _absorb_bfloat16_notice()
+
+
+def _absorb_bfloat16_notice() -> None:
+    """Trigger, and drop, the C++ line TensorFlow logs once per process on its first
+    bfloat16 op where oneDNN cannot run it ("E0000 ... oneDNN supports DT_BFLOAT16 only
+    on platforms with AVX-512"): the warning above already says so, in words."""
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    from fmnist.runtime import filtered_stderr
+
+    with filtered_stderr(lambda line: "oneDNN supports DT_BFLOAT16 only" in line):
+        ones = tf.ones((2, 2), dtype=tf.bfloat16)
+        tf.linalg.matmul(ones, ones).numpy()
