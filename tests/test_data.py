@@ -263,7 +263,8 @@ class _Mirror(http.server.BaseHTTPRequestHandler):
 def mirror():
     handler = type("Handler", (_Mirror,), {"files": {}, "cut": set()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # Polled every 20 ms instead of 0.5 s: shutdown() waits for the next poll.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/", handler
     server.shutdown()

@@ -175,7 +175,8 @@ def test_bad_uploads_get_422(client, test_images):
                              params={"top_k": 0}), 422, "top_k")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+# Per engine: the two engines together see as many examples as one did before.
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(payload=st.binary(max_size=4096), name=st.text(max_size=40))
 def test_fuzzed_uploads_never_get_a_5xx(client, payload, name):
@@ -189,8 +190,8 @@ json_values = st.recursive(
     max_leaves=60)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None,  # per engine, as above
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=st.one_of(json_values, st.fixed_dictionaries({"pixels": json_values}),
                       st.fixed_dictionaries({"pixels": st.lists(st.lists(
                           st.floats(-10, 300), min_size=28, max_size=28), min_size=28, max_size=28)})))
