@@ -215,6 +215,14 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     # A one-epoch model may miss the 99% agreement the int8 copy needs: then it has none.
     assert (engines["int8_class_agreement"] is None) == (engines["int8_images_per_second"] is None)
     assert (tmp_path / "runs" / "mlp-seed0" / "model.onnx").is_file()
+    # The ensemble of the two seeds: evaluated on the test set, so with the full data.
+    ensembled = run_cli("bench", "ensemble", "--model", "mlp", "--runs-dir", str(tmp_path / "runs"),
+                        *common[:-1], str(real_data_dir))
+    assert ensembled.returncode == 0, ensembled.stderr[-2000:]
+    (ensemble,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["ensembles"]
+    assert ensemble["seeds"] == [0, 1] and ensemble["class_mismatches"] == 0
+    assert len(ensemble["members_test_accuracy"]) == 2 and 0.5 < ensemble["test_accuracy"] <= 1
+    assert "### Ensembles" in (tmp_path / "BENCH.md").read_text()
     served = run_cli("bench", "serve", str(tmp_path / "runs" / "mlp-seed0"), "--engine", "onnx",
                      "--requests", "150", "--clients", "2", "4", "--burst-seconds", "2", *common)
     assert served.returncode == 0, served.stderr[-2000:]
@@ -297,3 +305,20 @@ def test_rendering_imports_no_tensorflow():
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_a_distilled_row_is_its_own_row_checked_against_the_distillation_target():
+    plain = _row("cnn-fast", 300.0, 0.930, flip=True, tta=0.932)
+    taught = dict(_row("cnn-fast", 310.0, 0.936, flip=True, tta=0.938),
+                  teacher={"run": "runs/bench/cnn-best-seed0", "model": "cnn-best", "seconds": 9.0})
+    slow = dict(_row("cnn-fast", 400.0, 0.940, flip=True),
+                teacher={"run": "runs/other", "model": "cnn-best", "seconds": 9.0})
+    rows = [_row("cnn-tfdocs", 600.0, 0.915), plain, taught, slow]
+    table = render.targets_table(rows)
+    assert "`cnn-fast` distilled from `runs/bench/cnn-best-seed0` (cnn-best)" in table
+    lines = [line for line in table.splitlines() if "distilled from" in line]
+    assert lines[0].endswith("| yes |") and lines[1].endswith("| **no** |")  # 400 s > 1.1 x 300 s
+    assert "teacher's pass: 9.0 s more" in lines[0]
+    # The plain row stays the one the default model's target is measured by.
+    assert summary.default_target(rows)["accuracy"] == 0.930
+    assert render.results_table(rows).count("distilled from") == 2

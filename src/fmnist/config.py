@@ -31,7 +31,8 @@ TRAIN_IMAGES, TEST_IMAGES = TRAIN_POOL, 10_000
 # legacy mixed_precision flag), so a run's config.json can be passed back as --config.
 RECORDED_KEYS = frozenset({"versions", "created_utc", "precision_used", "precision_reason",
                            "replicas", "global_batch_size", "scaled_learning_rate",
-                           "epochs_requested", "probe_seconds", "mixed_precision"})
+                           "epochs_requested", "probe_seconds", "mixed_precision",
+                           "teacher_run"})
 
 
 @dataclass
@@ -66,6 +67,15 @@ class TrainConfig:
     cpu_replicas: int = 1  # without GPUs: logical CPU devices for the mirrored replicas
     tensorboard: bool = False  # write TensorBoard logs into RUN_DIR/logs
     tensorboard_histograms: bool = False  # ...with weight histograms every epoch
+    # Distillation: a trained run directory whose probabilities on the training images
+    # become soft targets, mixed with the true labels: target = (1 - w) * one-hot + w * p.
+    teacher: str | None = None
+    distill_weight: float = 0.5  # w, the teacher's share of each target
+
+    @property
+    def one_hot_targets(self) -> bool:
+        """Whether training targets are (10,) float vectors rather than class indices."""
+        return self.label_smoothing > 0 or self.teacher is not None
 
     def __post_init__(self):
         validate(self)
@@ -146,6 +156,7 @@ _RULES = {
     "cpu_replicas": ("int", False, lambda v: v >= 1, "at least 1"),
     "tensorboard": ("bool", False, lambda v: True, "true or false"),
     "tensorboard_histograms": ("bool", False, lambda v: True, "true or false"),
+    "distill_weight": ("number", False, lambda v: 0 <= v <= 1, "a share from 0 to 1"),
 }
 _CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS,
             "distribute": STRATEGIES}
@@ -165,6 +176,8 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{name}: {value!r} is not valid; it must be {words}")
     if not isinstance(config.model, str) or not config.model:
         raise ConfigError(f"model: {config.model!r} is not a model name")
+    if config.teacher is not None and (not isinstance(config.teacher, str) or not config.teacher):
+        raise ConfigError(f"teacher: {config.teacher!r} is not a run directory path, or null")
     if not isinstance(config.model_options, dict):
         raise ConfigError(f"model_options: {config.model_options!r} is not an object of "
                           "the model's keyword arguments")

@@ -32,11 +32,13 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int):
+def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
+                     soft_targets: np.ndarray | None = None):
     """A tf.data stream of training batches for epochs ``first_epoch..epochs-1``.
 
     Yields ``(images, labels)``: images uint8 (B, 28, 28), augmented as configured;
-    labels uint8 (B,), or float32 one-hot (B, 10) when label smoothing is on. Each epoch
+    labels uint8 (B,), or float32 (B, 10) targets when label smoothing is on (one-hot) or
+    a teacher's ``soft_targets`` (float32 (n, 10), aligned with ``y``) are given. Each epoch
     ends with its own (possibly smaller) last batch, so ``steps_per_epoch(n, B)`` steps
     make exactly one epoch. The data stays in memory. Each epoch is gathered in its
     seeded order and augmented as one tensor (random draws keyed by the epoch), then cut
@@ -47,7 +49,7 @@ def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int):
 
     n = len(y)
     orders = np.stack([epoch_order(config.seed, e, n) for e in range(first_epoch, epochs)])
-    gather = batch_gatherer(x, y, config)
+    gather = batch_gatherer(x, y, config, soft_targets)
 
     def one_epoch(epoch, order):
         return tf.data.Dataset.from_tensor_slices(gather(epoch, order)).batch(config.batch_size)
@@ -62,27 +64,36 @@ def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int):
             .with_options(options))
 
 
-def batch_gatherer(x, y, config: TrainConfig):
+def batch_gatherer(x, y, config: TrainConfig, soft_targets: np.ndarray | None = None):
     """``gather(key, indices) -> (images, labels)``: the images at ``indices`` (a batch,
-    or a whole epoch) of the in-memory arrays, augmented (random draws keyed by ``key``)
-    and with one-hot labels under smoothing."""
+    or a whole epoch) of the in-memory arrays, augmented (random draws keyed by ``key``);
+    labels one-hot under smoothing, mixed with the teacher's probabilities when
+    ``soft_targets`` are given: ``(1 - w) * one_hot + w * soft``, w = distill_weight.
+
+    The teacher saw each image unaugmented: a flip or a small shift does not change what
+    a garment is, so its probabilities stand for the augmented image too."""
     import tensorflow as tf
 
     images, labels = tf.constant(x), tf.constant(y)
-    augmentation, one_hot = augmentation_of(config), config.label_smoothing > 0
+    augmentation = augmentation_of(config)
+    soft = None if soft_targets is None else tf.constant(soft_targets, tf.float32)
+    weight = float(config.distill_weight)
 
     def gather(key, idx):
         batch_images, batch_labels = tf.gather(images, idx), tf.gather(labels, idx)
         if augmentation.active:
             batch_images = augment_batch(batch_images, key, augmentation, config.seed)
-        if one_hot:
+        if config.one_hot_targets:
             batch_labels = tf.one_hot(tf.cast(batch_labels, tf.int32), NUM_CLASSES)
+        if soft is not None:
+            batch_labels = (1.0 - weight) * batch_labels + weight * tf.gather(soft, idx)
         return batch_images, batch_labels
 
     return gather
 
 
-def distributed_batches(strategy, x, y, config: TrainConfig, first_epoch: int, epochs: int):
+def distributed_batches(strategy, x, y, config: TrainConfig, first_epoch: int, epochs: int,
+                        soft_targets: np.ndarray | None = None):
     """The training stream of :func:`training_batches`, split over the strategy's replicas.
 
     ``config.batch_size`` images go to each replica per step; the global batch is that
@@ -100,7 +111,7 @@ def distributed_batches(strategy, x, y, config: TrainConfig, first_epoch: int, e
     steps = n // global_batch
     orders = np.stack([epoch_order(config.seed, e, n)[:steps * global_batch]
                        for e in range(first_epoch, epochs)]).reshape(-1, global_batch)
-    gather = batch_gatherer(x, y, config)
+    gather = batch_gatherer(x, y, config, soft_targets)
 
     def dataset_fn(context):
         local = replicas // context.num_input_pipelines

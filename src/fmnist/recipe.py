@@ -52,7 +52,7 @@ def compile_for_training(model, config: TrainConfig, total_steps: int):
                                          weight_decay=config.weight_decay or None, **common)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; use adam, adamw or sgd")
-    if config.label_smoothing > 0:
+    if config.one_hot_targets:  # label smoothing, or a teacher's soft targets
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
         accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
     else:

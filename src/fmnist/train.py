@@ -160,12 +160,21 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
     train_idx, val_idx = train_val_split(y, config.val_size, config.seed, config.train_size)
     x_train, y_train = x[train_idx], y[train_idx]  # uint8 (n_train, 28, 28), (n_train,)
     x_val, y_val = x[val_idx], y[val_idx]
-    # With label smoothing the loss wants one-hot labels, during training only.
-    y_val_fit = np.eye(NUM_CLASSES, dtype=np.float32)[y_val] if config.label_smoothing > 0 else y_val
+    # With label smoothing or a teacher the loss wants one-hot labels, during training only.
+    y_val_fit = np.eye(NUM_CLASSES, dtype=np.float32)[y_val] if config.one_hot_targets else y_val
 
     from fmnist.distribute import make_strategy
 
     strategy = make_strategy(config.distribute, config.cpu_replicas)  # before any TF op
+    soft_targets = None
+    if config.teacher is not None:  # in float32, before the run's precision is set
+        soft_targets, teacher = teacher_targets(config.teacher, x_train)
+        recorded = run.config.get("teacher_run")
+        if recorded is None:
+            run.record(teacher_run=teacher)
+        elif recorded.get("sha256") != teacher["sha256"]:
+            raise FmnistError(f"the teacher {config.teacher} holds another model than when this "
+                              "run started; resuming would train against other targets")
     keras.config.set_dtype_policy(dtype_policy(precision))
     try:
         replicas = strategy.num_replicas_in_sync if strategy else 1
@@ -193,9 +202,10 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
 
             patch_keras_for_multiworker(model, strategy)
         if done < config.epochs:
-            stream = (training_batches(x_train, y_train, config, done, config.epochs)
+            stream = (training_batches(x_train, y_train, config, done, config.epochs, soft_targets)
                       if strategy is None else
-                      distributed_batches(strategy, x_train, y_train, config, done, config.epochs))
+                      distributed_batches(strategy, x_train, y_train, config, done, config.epochs,
+                                          soft_targets))
             callbacks = [EpochCheckpoint(run, config.time_budget, stop_after, config.seed)]
             if config.tensorboard:
                 callbacks = [LogLearningRate(), *callbacks, keras.callbacks.TensorBoard(
@@ -217,6 +227,31 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
         _finish(run, config, model, len(y_train), (x_val, y_val))
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def teacher_targets(teacher: str, images: np.ndarray) -> tuple[np.ndarray, dict]:
+    """A teacher run's probabilities on ``images`` (uint8 (n, 28, 28) -> float32 (n, 10)),
+    the soft targets of distillation, and what the student records of its teacher.
+
+    Computed once per process, on the unaugmented training images: one forward pass,
+    whose seconds are reported apart from the student's training (``seconds``), as is
+    what the teacher itself cost to train (``train_seconds``, from its metrics.json).
+    """
+    from fmnist.data import sha256_file
+
+    teacher_dir = rundir.require_run_dir(teacher, needs=rundir.MODEL)
+    started = time.perf_counter()
+    model = keras.saving.load_model(teacher_dir / rundir.MODEL, compile=False, safe_mode=True)
+    soft = predict_proba(model, images).astype(np.float32)
+    seconds = time.perf_counter() - started
+    config = rundir.read_json(teacher_dir / rundir.CONFIG)
+    metrics_path = teacher_dir / rundir.METRICS
+    metrics = rundir.read_json(metrics_path) if metrics_path.is_file() else {}
+    return soft, {"run": str(teacher), "model": metrics.get("model") or config.get("model"),
+                  "sha256": sha256_file(teacher_dir / rundir.MODEL), "seconds": seconds,
+                  "train_seconds": metrics.get("train_seconds"),
+                  "test_accuracy": metrics.get("test_accuracy"),
+                  "test_accuracy_tta": metrics.get("test_accuracy_tta")}
 
 
 def _multiworker_type():
@@ -326,4 +361,7 @@ def _finish(run: RunDir, config: TrainConfig, model, n_train: int,
         "val_accuracy": final_val["accuracy"],
         "val_loss": final_val["loss"],
         "last_epoch_val_accuracy": last.get("val_accuracy"),
+        # Distillation: the teacher, its forward pass over the training images (seconds,
+        # not in train_seconds) and what it cost to train; None without a teacher.
+        "teacher": run.config.get("teacher_run"),
     })

@@ -82,7 +82,7 @@ class SearchSpace(kt.HyperModel):
     def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=None, **kwargs):
         config = self.config(hp)
         epochs = epochs or config.epochs
-        y_val = (np.eye(NUM_CLASSES, dtype=np.float32)[self.y_val] if config.label_smoothing > 0
+        y_val = (np.eye(NUM_CLASSES, dtype=np.float32)[self.y_val] if config.one_hot_targets
                  else self.y_val)
         return model.fit(
             training_batches(self.x_train, self.y_train, config, initial_epoch, epochs),

@@ -10,11 +10,20 @@ from pathlib import Path
 from fmnist import hardware
 from fmnist.bench.store import machine_label
 from fmnist.bench.summary import default_target
-from fmnist.bench.targets import (BURST_TARGETS, DEFAULT_MODEL, DEFAULT_TARGET, ONNX_TARGET,
-                                  REFERENCE_MODEL, SERVE_TARGETS, TARGETS, VAL_THRESHOLDS)
+from fmnist.bench.targets import (BURST_TARGETS, DEFAULT_MODEL, DEFAULT_TARGET, DISTILL_TARGET,
+                                  ONNX_TARGET, REFERENCE_MODEL, SERVE_TARGETS, TARGETS,
+                                  VAL_THRESHOLDS)
 
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def model_cell(row: dict) -> str:
+    """The model of a row, and its teacher when it was distilled."""
+    teacher = row.get("teacher")
+    if not teacher:
+        return f"`{row['model']}`"
+    return f"`{row['model']}` distilled from `{teacher['run']}` ({teacher.get('model')})"
 
 
 def _fmt_acc(pair) -> str:
@@ -38,7 +47,7 @@ def results_table(rows: list[dict]) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| `{row['model']}` | {row['device']} | {row.get('precision', 'float32')} | "
+            f"| {model_cell(row)} | {row['device']} | {row.get('precision', 'float32')} | "
             f"{row['params']:,} | {row['epochs']} | "
             f"{row['train_seconds_median']:.1f} | {_fmt_acc(row['test_accuracy_mean_std'])} | "
             f"{_tta_cell(row)} | {len(row['seeds'])} | "
@@ -57,7 +66,7 @@ def speed_table(rows: list[dict]) -> str:
         ratio = f"{row['steady_epoch_seconds'] / floor:.2f}x" if floor else "—"
         achieved = row.get("achieved_gflops")
         lines.append(
-            f"| `{row['model']}` | {row['device']} | {row.get('precision', 'float32')} | "
+            f"| {model_cell(row)} | {row['device']} | {row.get('precision', 'float32')} | "
             f"{row['forward_mflops']:.2f} | {row['steady_epoch_seconds']:.1f} | "
             f"{'—' if floor is None else f'{floor:.2f}'} | {ratio} | "
             f"{'—' if achieved is None else f'{achieved:.0f}'} | {row['peak_rss_mb']:.0f} |")
@@ -82,7 +91,7 @@ def crossing_table(rows: list[dict]) -> str:
                 cells.append(f"{hit['seconds']:.1f} s (epoch not recorded)")
             else:
                 cells.append(f"epoch {hit['epoch']:g}, {hit['seconds']:.1f} s")
-        lines.append(f"| `{row['model']}` | {row['device']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model_cell(row)} | {row['device']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -91,7 +100,7 @@ def targets_table(rows: list[dict]) -> str:
     lines = ["| model | target | measured (plain) | with flip TTA | met |",
              "| --- | --- | --- | --- | --- |"]
     for row in rows:
-        if row["model"] not in TARGETS:
+        if row["model"] not in TARGETS or row.get("teacher"):
             continue
         accuracy, seconds = TARGETS[row["model"]]
         plain = row["test_accuracy_mean_std"][0]
@@ -107,8 +116,57 @@ def targets_table(rows: list[dict]) -> str:
             met = "**no**"
         target = f">= {accuracy:.3f}" + (f" within {seconds:.0f} s" if seconds else "")
         tta_text = "—" if tta is None else f"{tta:.4f}"
-        lines.append(f"| `{row['model']}` ({row['device']}, {len(row['seeds'])} seeds) | {target} | "
+        lines.append(f"| {model_cell(row)} ({row['device']}, {len(row['seeds'])} seeds) | {target} | "
                      f"{plain:.4f} in {spent:.1f} s | {tta_text} | {met} |")
+    lines += distill_target_lines(rows)
+    return "\n".join(lines)
+
+
+def distill_target_lines(rows: list[dict]) -> list[str]:
+    """Each distilled row of ``DISTILL_TARGET``'s model against the target: accuracy, in
+    at most the plain row's training time (times the allowed swing)."""
+    model = DISTILL_TARGET["model"]
+    plain = next((r for r in rows if r["model"] == model and not r.get("teacher")), None)
+    lines = []
+    for row in rows:
+        if row["model"] != model or not row.get("teacher"):
+            continue
+        accuracy, spent = row["test_accuracy_mean_std"][0], row["train_seconds_median"]
+        limit = plain["train_seconds_median"] * DISTILL_TARGET["time_ratio"] if plain else None
+        met = accuracy >= DISTILL_TARGET["accuracy"] and limit is not None and spent <= limit
+        tta = row.get("test_accuracy_tta_mean_std") if row.get("flip") else None
+        lines.append(
+            f"| {model_cell(row)} ({row['device']}, {len(row['seeds'])} seeds) | >= "
+            f"{DISTILL_TARGET['accuracy']:.3f} within {DISTILL_TARGET['time_ratio']}x the plain "
+            f"`{model}`'s time ({'—' if limit is None else f'{limit:.1f} s'}) | {accuracy:.4f} in "
+            f"{spent:.1f} s (teacher's pass: {row['teacher'].get('seconds') or 0:.1f} s more) | "
+            f"{'—' if not tta else f'{tta[0]:.4f}'} | {'yes' if met else '**no**'} |")
+    return lines
+
+
+def ensembles_section(section: dict) -> str:
+    """The ensembles `fmnist bench ensemble` measured on this machine kind."""
+    results = section.get("ensembles")
+    if not results:
+        return "Not measured yet: `fmnist bench ensemble --model MODEL`."
+    lines = ["| ensemble | members | test acc | with flip TTA | members' test acc (mean) | "
+             "train s (members, summed) | Keras img/s | onnxruntime img/s | ONNX vs Keras max "
+             "abs diff | class differences |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: |"]
+    for result in results:
+        members = [a for a in result["members_test_accuracy"] if a is not None]
+        tta = result.get("test_accuracy_tta")
+        lines.append(
+            f"| `{result['run']}` | `{result['model']}` seeds {result['seeds']} | "
+            f"{result['test_accuracy']:.4f} | {'—' if tta is None else f'{tta:.4f}'} | "
+            f"{sum(members) / len(members):.4f} | {result['train_seconds']:.1f} | "
+            f"{result['keras_images_per_second']:,.0f} | {result['onnx_images_per_second']:,.0f} | "
+            f"{result['max_abs_difference']:.1e} on {result['images']:,} validation images | "
+            f"{result['class_mismatches']} |")
+    lines += ["", "- One Keras model averaging the members' probabilities (`fmnist ensemble`), "
+                  "evaluated on the test set like a run and exported as one ONNX graph under "
+                  "the same parity check; img/s as in the inference table.",
+              "- " + "; ".join(f"`{r['command']}` ({r['utc']})" for r in results) + "."]
     return "\n".join(lines)
 
 
@@ -152,7 +210,7 @@ def inference_section(section: dict) -> str:
         int8_ms = row.get("int8_one_image_ms")
         int8_agreement = row.get("int8_class_agreement")
         lines.append(
-            f"| `{row['model']}` | {row['device']} | {row['keras_images_per_second']:,.0f} | "
+            f"| {model_cell(row)} | {row['device']} | {row['keras_images_per_second']:,.0f} | "
             f"{row['onnx_images_per_second']:,.0f} | "
             f"{'-' if int8_speed is None else f'{int8_speed:,.0f}'} | "
             f"{row['keras_one_image_ms']:.2f} / {row['onnx_one_image_ms']:.2f} / "
@@ -348,7 +406,8 @@ def section_markdown(kind: str, section: dict, current: str | None) -> str:
             "- *peak RSS*: the largest resident memory of the training process.", "",
             "### Per-seed numbers", "", per_seed_table(rows), "",
             "### How each row was produced", "", commands_list(rows), ""]
-    parts += ["### Inference engines: Keras vs onnxruntime", "", inference_section(section), "",
+    parts += ["### Ensembles", "", ensembles_section(section), "",
+              "### Inference engines: Keras vs onnxruntime", "", inference_section(section), "",
               "### Serving: load test of `fmnist serve`", "", serve_section(section), ""]
     return "\n".join(parts)
 
@@ -376,7 +435,7 @@ def commands_list(rows: list[dict]) -> str:
     lines = []
     for row in rows:
         commands = row.get("commands") or ["(not recorded)"]
-        lines.append(f"- `{row['model']}` ({row['device']}): " + "; then ".join(f"`{c}`" for c in commands))
+        lines.append(f"- {model_cell(row)} ({row['device']}): " + "; then ".join(f"`{c}`" for c in commands))
     return "\n".join(lines)
 
 
@@ -386,7 +445,7 @@ def per_seed_table(rows: list[dict]) -> str:
     for row in rows:
         fmt = lambda values, digits=4: ", ".join(f"{v:.{digits}f}" for v in values)  # noqa: E731
         tta = fmt(row["test_accuracy_tta"]) if row.get("flip") and row["test_accuracy_tta"] else "—"
-        lines.append(f"| `{row['model']}` | {row['device']} | {row['seeds']} | "
+        lines.append(f"| {model_cell(row)} | {row['device']} | {row['seeds']} | "
                      f"{fmt(row['test_accuracy'])} | {tta} | "
                      f"{fmt(row['train_seconds'], 1)} |")
     return "\n".join(lines)

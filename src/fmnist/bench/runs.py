@@ -51,14 +51,18 @@ def run_training(model: str, seed: int, out: Path, data_dir, extra: list[str]) -
 
 def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, markdown_path: Path,
               readme_path: Path | None, data_dir=None, extra: list[str] | None = None,
-              command: str = "fmnist bench", log=print, seed_start: int = 0) -> dict:
+              command: str = "fmnist bench", log=print, seed_start: int = 0,
+              teacher: str | None = None) -> dict:
     """Benchmark ``models`` over seeds ``seed_start .. seed_start+seeds-1`` on this
     machine; rewrite the reports.
 
     Rows of this machine's kind are replaced model by model (stored runs of the same
     model with other seeds are kept and summarized with the new ones); other kinds'
-    rows are left as they are.
+    rows are left as they are. With ``teacher`` (a run directory) every model is trained
+    distilled from it, into rows of their own (``row["teacher"]``) beside the plain ones.
     """
+    variant = "" if teacher is None else "-distilled"
+    extra = [*(extra or []), *([] if teacher is None else ["--teacher", str(teacher)])]
     report = load_report(json_path)
     record = machine()  # the matmul peaks first, while nothing else runs
     kind = machine_kind(record)
@@ -71,29 +75,34 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     for model in models:
         runs = []
         for seed in range(seed_start, seed_start + seeds):
-            out = out_dir / f"{model}-seed{seed}"
+            out = out_dir / f"{model}{variant}-seed{seed}"
             if out.exists():
                 shutil.rmtree(out)
             log(f"bench: training {model} seed {seed} ...", flush=True)
-            runs.append(run_training(model, seed, out, data_dir, extra or []))
+            runs.append(run_training(model, seed, out, data_dir, extra))
             tta = runs[-1].get("test_accuracy_tta")
             log(f"bench:   test {runs[-1]['test_accuracy']:.4f}"
                 + (f" (TTA {tta:.4f})" if tta is not None else "")
                 + f", {runs[-1]['train_seconds']:.1f} s ({runs[-1]['precision']})", flush=True)
         import keras
 
-        final_model = out_dir / f"{model}-seed{seed_start}" / rundir.MODEL
+        final_model = out_dir / f"{model}{variant}-seed{seed_start}" / rundir.MODEL
         flops = forward_flops(keras.saving.load_model(final_model, compile=False))
         throughput = predict_throughput(final_model)
-        old = next((r for r in section["rows"] if (r["model"], r["device"]) == (model, device)), None)
+        taught = teacher_of(runs[-1])
+        old = next((r for r in section["rows"] if (r["model"], r["device"], teacher_key(r))
+                    == (model, device, teacher_key({"teacher": taught}))), None)
         row = summarize(model, merge_runs(old, runs), throughput, flops, record["peak_gflops"], device)
+        if taught is not None:
+            row["teacher"] = taught
         # Which invocations produced the row's runs (a slow model is run a few seeds at a time).
         kept = {run["seed"] for run in row["runs"]} - {run["seed"] for run in runs}
         row["commands"] = [*old.get("commands", []), command] if old and kept else [command]
         row["bench_id"] = None if kept else bench_id  # all seeds from this invocation
         section["rows"] = [r for r in section["rows"] if r is not old] + [row]
     order = {name: index for index, name in enumerate(MODEL_ORDER)}
-    section["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"]))
+    section["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"],
+                                        teacher_key(r)))
     section.update({"machine": record, "command": command, "updated_utc": _now()})
     rundir.write_json(json_path, report)
     render(report, markdown_path, readme_path, current=kind)
@@ -146,5 +155,65 @@ def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_pa
     return result
 
 
+def teacher_of(metrics: dict) -> dict | None:
+    """What a bench row says of a distilled run's teacher (None: not distilled)."""
+    teacher = metrics.get("teacher")
+    if not teacher:
+        return None
+    return {key: teacher.get(key) for key in ("run", "model", "test_accuracy", "test_accuracy_tta",
+                                              "train_seconds", "seconds")}
+
+
+def teacher_key(row: dict) -> str:
+    """Rows of one model are told apart by their teacher's run ("" for none)."""
+    return (row.get("teacher") or {}).get("run") or ""
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_path: Path | None,
+                       runs_dir: Path, train_data, command: str, data_dir=None,
+                       log=print) -> dict:
+    """The ensemble of ``model``'s benchmarked seeds on this machine: built from their
+    runs in ``runs_dir``, evaluated on the test set (the only read of it, through
+    evaluate), timed, exported to one ONNX graph checked on validation images."""
+    from fmnist.bench.measure import engine_speed
+    from fmnist.ensemble import create_ensemble
+    from fmnist.evaluate import evaluate_run
+    from fmnist.export import export_images, export_onnx
+    from fmnist.predict import OnnxEngine
+
+    report = load_report(json_path)
+    kind = machine_kind(machine(measure=False))
+    section = report["machines"].get(kind) or {}
+    row = next((r for r in section.get("rows", []) if r["model"] == model and not r.get("teacher")
+                and r["device"] == device_name()), None)
+    if row is None or len(row["seeds"]) < 2:
+        raise FmnistError(f"{json_path} has no row of {model} with two or more seeds for this "
+                          f"machine ({kind}); run `fmnist bench train --models {model}` here first")
+    members = [runs_dir / f"{model}-seed{seed}" for seed in row["seeds"]]
+    out = runs_dir / f"{model}-ensemble"
+    if out.exists():
+        shutil.rmtree(out)
+    log(f"bench: the ensemble of {model} seeds {row['seeds']} ...", flush=True)
+    create_ensemble(members, out)
+    metrics = evaluate_run(out, data_dir=data_dir, tta=bool(row.get("flip")))
+    validation, _ = export_images(out, train_data)
+    parity = export_onnx(out, validation)
+    result = {"model": model, "seeds": row["seeds"], "run": str(out), "device": row["device"],
+              "test_accuracy": metrics["test_accuracy"],
+              "test_accuracy_tta": metrics.get("test_accuracy_tta"),
+              "members_test_accuracy": metrics["members_test_accuracy"],
+              "train_seconds": metrics.get("train_seconds"),
+              "keras_images_per_second": predict_throughput(out / rundir.MODEL),
+              "onnx_images_per_second": engine_speed(OnnxEngine(out / "model.onnx"),
+                                                     singles=0)["images_per_second"],
+              **{key: parity[key] for key in ("images", "max_abs_difference", "class_mismatches")},
+              "command": command, "utc": _now()}
+    section = report["machines"].setdefault(kind, {"machine": machine(measure=False), "rows": []})
+    section["ensembles"] = [e for e in section.get("ensembles", []) if e["model"] != model] + [result]
+    rundir.write_json(json_path, report)
+    render(report, markdown_path, readme_path, current=kind)
+    return result

@@ -16,7 +16,7 @@ from fmnist.bench.summary import _refloor, median_crossings
 # bench.json layout: {"format": 3, "machines": {kind: section}}. Format 2 had the same
 # layout with commands of the flag-ranked `fmnist bench`; format 1 was one machine's figures.
 FORMAT = 3
-BENCH_SUBCOMMANDS = ("train", "inference", "serve", "render")
+BENCH_SUBCOMMANDS = ("train", "inference", "serve", "ensemble", "render")
 
 
 def machine_kind(record: dict) -> str:

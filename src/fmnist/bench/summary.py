@@ -34,7 +34,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 RUN_KEYS = ("seed", "params", "epochs", "n_train", "n_test", "train_seconds",
             "steady_epoch_seconds", "test_accuracy", "test_accuracy_tta", "val_accuracy",
-            "val_crossings", "precision", "flip", "peak_rss_mb")
+            "val_crossings", "precision", "flip", "peak_rss_mb", "teacher")
 
 
 def merge_runs(old_row: dict | None, new_runs: list[dict]) -> list[dict]:
@@ -106,7 +106,8 @@ def default_target(rows: list[dict]) -> dict | None:
     Returns the figures and whether each part of ``DEFAULT_TARGET`` is met; None when
     either model is missing from ``rows``.
     """
-    by_model = {row["model"]: row for row in rows if row["device"] == rows[0]["device"]} if rows else {}
+    by_model = ({row["model"]: row for row in rows
+                 if row["device"] == rows[0]["device"] and not row.get("teacher")} if rows else {})
     fast, reference = by_model.get(DEFAULT_MODEL), by_model.get(REFERENCE_MODEL)
     if fast is None or reference is None:
         return None

@@ -16,15 +16,15 @@ import os
 import sys
 
 from fmnist import __version__
-from fmnist.cli import (bench, compare, data, evaluate, export, models, predict, serve, train,
-                        tune)
+from fmnist.cli import (bench, compare, data, ensemble, evaluate, export, models, predict, serve,
+                        train, tune)
 from fmnist.cli.args import Parser
 from fmnist.errors import FmnistError, missing_extra_message
 
 # In the order `fmnist --help` lists them.
 COMMANDS = {"data": data, "train": train, "evaluate": evaluate, "models": models,
-            "compare": compare, "tune": tune, "predict": predict, "export": export,
-            "serve": serve, "bench": bench}
+            "compare": compare, "ensemble": ensemble, "tune": tune, "predict": predict,
+            "export": export, "serve": serve, "bench": bench}
 # Set to 1 to let an unexpected exception show its traceback instead of one line.
 DEBUG_ENV = "FMNIST_DEBUG"
 

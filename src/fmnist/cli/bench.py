@@ -46,6 +46,9 @@ def add_parser(commands) -> None:
                             "summarized with these, so a slow model can be run a seed at a time")
     train.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
                        help="where the runs go (default: runs/bench)")
+    train.add_argument("--teacher", metavar="RUN_DIR",
+                       help="train every model distilled from this run, into rows of their own "
+                            "(runs named MODEL-distilled-seedN)")
     train.add_argument("--train-arg", action="append", default=[], metavar="ARG",
                        help="extra `fmnist train` argument for every run, e.g. --train-arg=--epochs=1 "
                             "(for smoke tests; the table then no longer shows the presets)")
@@ -81,6 +84,17 @@ def add_parser(commands) -> None:
     reports(serve)
     add_data_dir(serve)
 
+    ensemble = kinds.add_parser(
+        "ensemble", help="the ensemble of a benchmarked model's seeds: test accuracy, speed, ONNX",
+        description="Build the ensemble of the runs `fmnist bench train` made of MODEL on this "
+                    "machine (one run per seed), evaluate it on the test set, time it, and "
+                    "export it to one ONNX graph checked on validation images.")
+    ensemble.add_argument("--model", required=True, metavar="MODEL")
+    ensemble.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
+                          help="where `fmnist bench train` put the runs (default: runs/bench)")
+    reports(ensemble)
+    add_data_dir(ensemble)
+
     render = kinds.add_parser(
         "render", help="measure nothing: regenerate the reports from bench.json",
         description="Regenerate BENCHMARKS.md and the README table from the stored bench.json "
@@ -89,7 +103,7 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    return {"train": _train, "inference": _inference, "serve": _serve,
+    return {"train": _train, "inference": _inference, "serve": _serve, "ensemble": _ensemble,
             "render": _render}[args.bench_command](args)
 
 
@@ -116,13 +130,17 @@ def _train(args) -> int:
         except FmnistError as error:
             args.subparser.error(str(error))
     load_data(args.data_dir)  # verify the data once, before hours of training
+    if args.teacher:
+        from fmnist import rundir
+
+        rundir.require_run_dir(args.teacher, needs=rundir.MODEL)
 
     from fmnist.bench.render import readme_tables
     from fmnist.bench.runs import run_bench
 
     report = run_bench(models, args.seeds, Path(args.runs_dir), Path(args.json), Path(args.markdown),
                        _readme(args), data_dir=args.data_dir, extra=args.train_arg,
-                       command=_command(), seed_start=args.seed_start)
+                       command=_command(), seed_start=args.seed_start, teacher=args.teacher)
     print(readme_tables(report))
     print(f"wrote {args.markdown} and {args.json}")
     return 0
@@ -153,6 +171,23 @@ def _serve(args) -> int:
     run_serve_bench(args.model, args.engine, Path(args.json), Path(args.markdown), _readme(args),
                     images[:1000], args.requests, args.clients, _command(), workers=args.workers,
                     burst_seconds=args.burst_seconds)
+    print(f"wrote {args.markdown} and {args.json}")
+    return 0
+
+
+def _ensemble(args) -> int:
+    from fmnist.data import load_data
+
+    train_data, _ = load_data(args.data_dir)  # both verified; evaluate reads the test set
+
+    from fmnist.bench.runs import run_ensemble_bench
+
+    result = run_ensemble_bench(args.model, Path(args.json), Path(args.markdown), _readme(args),
+                                Path(args.runs_dir), train_data, _command(),
+                                data_dir=args.data_dir)
+    print(f"ensemble of {args.model} seeds {result['seeds']}: test accuracy "
+          f"{result['test_accuracy']:.4f}" + ("" if result["test_accuracy_tta"] is None else
+                                              f" (flip TTA {result['test_accuracy_tta']:.4f})"))
     print(f"wrote {args.markdown} and {args.json}")
     return 0
 

@@ -51,6 +51,11 @@ def add_parser(commands) -> None:
                         help="augment with random shifts of up to PIXELS")
     recipe.add_argument("--erase", type=non_negative_float, metavar="P",
                         help="augment with random erasing, probability P")
+    recipe.add_argument("--teacher", metavar="RUN_DIR",
+                        help="distil: train against this run's probabilities on the training "
+                             "images mixed with the true labels (its cost is reported apart)")
+    recipe.add_argument("--distill-weight", type=non_negative_float, metavar="W",
+                        help="the teacher's share of each target, 0..1 (default: 0.5)")
     train.add_argument("--seed", type=int_at_least(0),
                        help="fixes split, initialization and shuffling (default: 0)")
     add_split_sizes(train, "use a stratified subset of this many training images (quick runs)")
@@ -99,6 +104,8 @@ def run(args) -> int:
             rundir.require_new_run_dir(args.out)  # before minutes of training, and of imports
             rundir.require_unlocked(args.out)
         config = _config_from(args)
+        if config.teacher is not None:
+            rundir.require_run_dir(config.teacher, needs=rundir.MODEL)
     # Check every input before TensorFlow is imported: errors come in a second, on one
     # line, and a bad test file is caught before training rather than after it.
     from fmnist.data import load_data
@@ -140,7 +147,7 @@ _RUN_FLAGS = ("model", "model_options", "epochs", "time_budget", "batch_size", "
               "learning_rate", "schedule", "weight_decay", "label_smoothing", "ema",
               "precision", "flip", "translate", "erase", "seed", "val_size",
               "train_size", "test_size", "distribute", "cpu_replicas", "tensorboard",
-              "tensorboard_histograms", "out")
+              "tensorboard_histograms", "teacher", "distill_weight", "out")
 
 
 def _read_config_file(path: str) -> dict:

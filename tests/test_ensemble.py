@@ -1,0 +1,125 @@
+"""Ensembles of runs (fmnist.ensemble): one model averaging the members, evaluated,
+exported and served like any run; on small slices of the real data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from fmnist import rundir
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def second_run(real_data_dir, tmp_path_factory):
+    """Another small mlp, of another seed, to stand beside ``trained_run``."""
+    from fmnist.config import TrainConfig
+    from fmnist.evaluate import evaluate_run
+    from fmnist.train import train
+
+    run = train(TrainConfig(epochs=1, seed=1, train_size=3000, val_size=1000, test_size=1000),
+                tmp_path_factory.mktemp("second") / "mlp", data_dir=real_data_dir, verbose=0)
+    evaluate_run(run, data_dir=real_data_dir)
+    return run
+
+
+@pytest.mark.slow
+def test_an_ensemble_averages_its_members_and_is_a_run_like_any(trained_run, second_run,
+                                                                 real_data_dir, test_images, tmp_path):
+    from fmnist.data import load_split
+    from fmnist.ensemble import create_ensemble
+    from fmnist.evaluate import evaluate_run
+    from fmnist.export import export_images, export_onnx
+    from fmnist.predict import Predictor
+
+    out = create_ensemble([trained_run, second_run], tmp_path / "ensemble")
+    config = json.loads((out / rundir.CONFIG).read_text())
+    assert config["model"] == "ensemble" and [m["seed"] for m in config["members"]] == [0, 1]
+    assert all(len(m["sha256"]) == 64 for m in config["members"])
+    x, _ = test_images
+    members = [Predictor.load(run).probabilities(x[:200]) for run in (trained_run, second_run)]
+    ensemble = Predictor.load(out)
+    np.testing.assert_allclose(ensemble.probabilities(x[:200]), np.mean(members, axis=0), atol=1e-6)
+
+    metrics = evaluate_run(out, data_dir=real_data_dir)  # the same report as a single run
+    assert metrics["n_test"] == 1000 and 0.5 < metrics["test_accuracy"] <= 1.0
+    assert len(metrics["members_test_accuracy"]) == 2 and metrics["params"] > 0
+    assert (out / "report.html").is_file() and (out / "confusion.png").is_file()
+
+    validation, _ = export_images(out, load_split("train", real_data_dir))
+    report = export_onnx(out, validation)  # one ONNX graph, the same parity check
+    assert report["class_mismatches"] == 0 and report["max_abs_difference"] <= 1e-4
+    onnx = Predictor.load(out, "onnx")
+    np.testing.assert_allclose(onnx.probabilities(x[:50]), ensemble.probabilities(x[:50]), atol=1e-4)
+
+
+def test_an_ensemble_needs_two_distinct_runs(trained_run, tmp_path):
+    from fmnist.ensemble import create_ensemble
+    from fmnist.errors import FmnistError
+
+    with pytest.raises(FmnistError, match="at least two"):
+        create_ensemble([trained_run], tmp_path / "one")
+    with pytest.raises(FmnistError, match="given twice"):
+        create_ensemble([trained_run, trained_run], tmp_path / "twice")
+    assert not (tmp_path / "one").exists() and not (tmp_path / "twice").exists()
+    missing = run_cli("ensemble", str(trained_run), str(tmp_path / "nope"), "--out", str(tmp_path / "e"))
+    assert missing.returncode == 1 and "does not exist" in missing.stderr.strip().splitlines()[-1]
+
+
+def test_distillation_targets_mix_the_label_and_the_teacher():
+    """The gatherer's targets are (1 - w) * one-hot + w * the teacher's probabilities,
+    for the images of the batch, whatever the augmentation does to the images."""
+    from fmnist.config import TrainConfig
+    from fmnist.pipeline import batch_gatherer
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    y = (np.arange(20) % 10).astype(np.uint8)
+    soft = rng.dirichlet(np.ones(10), 20).astype(np.float32)
+    config = TrainConfig(teacher="runs/t", distill_weight=0.3, flip=True, translate=2)
+    images, targets = batch_gatherer(x, y, config, soft)(7, np.array([4, 11, 19]))
+    expected = 0.7 * np.eye(10, dtype=np.float32)[y[[4, 11, 19]]] + 0.3 * soft[[4, 11, 19]]
+    np.testing.assert_allclose(targets.numpy(), expected, rtol=1e-6)
+    assert images.shape == (3, 28, 28) and config.one_hot_targets
+
+
+@pytest.mark.slow
+def test_a_distilled_run_records_its_teacher_and_resumes_only_with_it(trained_run, second_run,
+                                                                        real_data_dir, tmp_path):
+    import shutil
+
+    from fmnist.config import TrainConfig
+    from fmnist.errors import FmnistError
+    from fmnist.train import resume, train
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(trained_run, teacher)
+    config = TrainConfig(epochs=2, seed=2, train_size=2000, val_size=500, test_size=500,
+                         teacher=str(teacher), distill_weight=0.5)
+    run = train(config, tmp_path / "student", data_dir=real_data_dir, verbose=0, stop_after=1)
+    saved = json.loads((run / rundir.CONFIG).read_text())
+    assert saved["teacher"] == str(teacher) and saved["teacher_run"]["model"] == "mlp"
+    assert len(saved["teacher_run"]["sha256"]) == 64 and saved["teacher_run"]["seconds"] > 0
+    assert saved["teacher_run"]["train_seconds"] > 0  # the teacher's own cost, reported apart
+    # The teacher changes under a half-trained student: resuming would mix two targets.
+    shutil.copy(second_run / rundir.MODEL, teacher / rundir.MODEL)
+    with pytest.raises(FmnistError, match="holds another model"):
+        resume(run, data_dir=real_data_dir, verbose=0)
+    shutil.copy(trained_run / rundir.MODEL, teacher / rundir.MODEL)
+    resume(run, data_dir=real_data_dir, verbose=0)
+    metrics = json.loads((run / rundir.METRICS).read_text())
+    assert metrics["epochs"] == 2 and metrics["teacher"]["sha256"] == saved["teacher_run"]["sha256"]
+    history = json.loads((run / rundir.HISTORY).read_text())
+    # The student's seconds are its epochs alone: the teacher's forward pass is apart.
+    assert metrics["train_seconds"] == pytest.approx(sum(row["seconds"] for row in history))
+
+
+def test_a_missing_teacher_is_one_line_before_tensorflow(tmp_path, real_data_dir):
+    result = run_cli("train", "--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "s"),
+                     "--data-dir", str(real_data_dir))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "does not exist" in result.stderr and not (tmp_path / "s").exists()
