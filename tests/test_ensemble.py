@@ -48,6 +48,7 @@ def test_an_ensemble_averages_its_members_and_is_a_run_like_any(trained_run, sec
     metrics = evaluate_run(out, data_dir=real_data_dir)  # the same report as a single run
     assert metrics["n_test"] == 1000 and 0.5 < metrics["test_accuracy"] <= 1.0
     assert len(metrics["members_test_accuracy"]) == 2 and metrics["params"] > 0
+    assert metrics["model"] == "ensemble of 2 mlp"
     assert (out / "report.html").is_file() and (out / "confusion.png").is_file()
 
     validation, _ = export_images(out, load_split("train", real_data_dir))

@@ -39,6 +39,13 @@ def member_summary(run_dir: Path) -> dict:
             "test_accuracy": metrics.get("test_accuracy"), "config": config}
 
 
+def ensemble_label(models: list[str]) -> str:
+    """``ensemble of 3 cnn-fast``, or ``ensemble of mlp, cnn-fast`` for mixed members."""
+    if len(set(models)) == 1:
+        return f"{MODEL_NAME} of {len(models)} {models[0]}"
+    return f"{MODEL_NAME} of {', '.join(models)}"
+
+
 def build_ensemble(member_paths: list[Path]):
     """The Keras model averaging the probabilities of the models at ``member_paths``:
     float32 (N, 28, 28) pixels 0..255 in, float32 (N, 10) probabilities out."""
@@ -82,7 +89,7 @@ def create_ensemble(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -
             config["test_size"] = None
         seconds = [m["train_seconds"] for m in members]
         summary = {
-            "model": f"{MODEL_NAME} of {', '.join(m['model'] or '?' for m in members)}",
+            "model": ensemble_label([m["model"] or "?" for m in members]),
             "members": len(members),
             "params": int(model.count_params()),
             "members_test_accuracy": [m["test_accuracy"] for m in members],

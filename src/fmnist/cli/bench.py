@@ -25,13 +25,16 @@ def add_parser(commands) -> None:
     kinds = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=Parser)
     kinds.required = True
 
-    def reports(parser):
+    def reports(parser, data_dir: bool = True):
+        """The report files every subcommand rewrites, and (measuring ones) --data-dir."""
         parser.add_argument("--json", default="bench.json", metavar="FILE", help="(default: bench.json)")
         parser.add_argument("--markdown", default="BENCHMARKS.md", metavar="FILE",
                             help="(default: BENCHMARKS.md)")
         parser.add_argument("--readme", default="README.md", metavar="FILE",
                             help="README whose bench block to refresh (default: README.md; '' for none)")
         parser.set_defaults(subparser=parser)
+        if data_dir:
+            add_data_dir(parser)
 
     train = kinds.add_parser(
         "train", help="train each model over seeds and evaluate it",
@@ -53,7 +56,6 @@ def add_parser(commands) -> None:
                        help="extra `fmnist train` argument for every run, e.g. --train-arg=--epochs=1 "
                             "(for smoke tests; the table then no longer shows the presets)")
     reports(train)
-    add_data_dir(train)
 
     inference = kinds.add_parser(
         "inference", help="export each benchmarked model to ONNX and time Keras against onnxruntime",
@@ -63,7 +65,6 @@ def add_parser(commands) -> None:
     inference.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
                            help="where `fmnist bench train` put the runs (default: runs/bench)")
     reports(inference)
-    add_data_dir(inference)
 
     serve = kinds.add_parser(
         "serve", help="load-test `fmnist serve MODEL` over loopback, then the burst scenario",
@@ -82,7 +83,6 @@ def add_parser(commands) -> None:
                        help=f"length of the burst scenario: {BURST_TARGETS['clients']} clients "
                             "sending the largest requests allowed (default: 30)")
     reports(serve)
-    add_data_dir(serve)
 
     ensemble = kinds.add_parser(
         "ensemble", help="the ensemble of a benchmarked model's seeds: test accuracy, speed, ONNX",
@@ -93,13 +93,12 @@ def add_parser(commands) -> None:
     ensemble.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
                           help="where `fmnist bench train` put the runs (default: runs/bench)")
     reports(ensemble)
-    add_data_dir(ensemble)
 
     render = kinds.add_parser(
         "render", help="measure nothing: regenerate the reports from bench.json",
         description="Regenerate BENCHMARKS.md and the README table from the stored bench.json "
                     "(upgrading an older layout in place).")
-    reports(render)
+    reports(render, data_dir=False)
 
 
 def run(args) -> int:
