@@ -110,6 +110,24 @@ def run_cli(*args: str, env_extra: dict | None = None, cwd: Path | None = None,
                           text=True, env=env, cwd=cwd, timeout=timeout)
 
 
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """Run `fmnist ARGS...` in this process, through the same ``main`` (exit code, stdout,
+    stderr). For tests of what a command does, where a fresh interpreter is not the
+    point: each one saves the ~7 s TensorFlow import a subprocess pays."""
+    import contextlib
+    import io
+
+    from fmnist.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    return subprocess.CompletedProcess(["fmnist", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def trained_run(real_data_dir, tmp_path_factory) -> Path:
     """A small evaluated mlp run (6,000 training images, 3 epochs: ~0.83 test accuracy).

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 from fmnist.bench import measure, render, store, summary
 from fmnist.models import build_model
 
@@ -205,7 +205,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     # from a data folder without test files: only training (its evaluation) reads them.
     common = ["--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
               "--readme", "", "--data-dir", str(train_only_data_dir)]
-    inference = run_cli("bench", "inference", "--runs-dir", str(tmp_path / "runs"), *common)
+    inference = run_main("bench", "inference", "--runs-dir", str(tmp_path / "runs"), *common)
     assert inference.returncode == 0, inference.stderr[-2000:]
     (engines,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["inference"]
     assert engines["model"] == "mlp" and engines["images"] == 500  # the runs' --val-size
@@ -216,8 +216,8 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     assert (engines["int8_class_agreement"] is None) == (engines["int8_images_per_second"] is None)
     assert (tmp_path / "runs" / "mlp-seed0" / "model.onnx").is_file()
     # The ensemble of the two seeds: evaluated on the test set, so with the full data.
-    ensembled = run_cli("bench", "ensemble", "--model", "mlp", "--runs-dir", str(tmp_path / "runs"),
-                        *common[:-1], str(real_data_dir))
+    ensembled = run_main("bench", "ensemble", "--model", "mlp", "--runs-dir", str(tmp_path / "runs"),
+                         *common[:-1], str(real_data_dir))
     assert ensembled.returncode == 0, ensembled.stderr[-2000:]
     (ensemble,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["ensembles"]
     assert ensemble["seeds"] == [0, 1] and ensemble["class_mismatches"] == 0

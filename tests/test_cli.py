@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import gz, idx_bytes, run_cli
+from conftest import gz, idx_bytes, run_cli, run_main
 
 HELP_PROBE = """
 import sys, time
@@ -128,13 +128,13 @@ def test_unknown_model_option_is_a_usage_error():
                     "has no option 'depth'", "stem_width")
 
 
-@pytest.mark.slow  # a subprocess that imports TensorFlow
+@pytest.mark.slow  # imports TensorFlow and builds the model
 def test_model_option_of_the_wrong_kind_is_one_clear_line(tmp_path, real_data_dir):
-    result = run_cli("train", "--model", "cnn-fast", "--model-option", "stem=sideways",
-                     "--out", str(tmp_path / "run"), "--data-dir", str(real_data_dir))
+    result = run_main("train", "--model", "cnn-fast", "--model-option", "stem=sideways",
+                      "--out", str(tmp_path / "run"), "--data-dir", str(real_data_dir))
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    # TensorFlow's own start-up banner may precede it; fmnist's message is the last line.
     assert "cannot build cnn-fast" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()  # a failed start leaves no run directory
     assert "stem must be 'patch', 'conv-s2' or 'conv'" in result.stderr
 
 

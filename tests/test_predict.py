@@ -14,7 +14,7 @@ from fmnist.errors import FmnistError
 from fmnist.images import ImageInputError
 from fmnist.models import model_names
 from fmnist.predict import Predictor, as_pixel_batch, locate, top_k
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 pytestmark = pytest.mark.realdata
 
@@ -184,7 +184,7 @@ def test_predict_command_prints_a_table_or_json_lines(exported, test_images, tmp
         if status != 200:
             crafted.append(tmp_path / name)
             crafted[-1].write_bytes(payload)
-    table = run_cli("predict", str(run), str(good), *map(str, crafted), "--top-k", "2")
+    table = run_main("predict", str(run), str(good), *map(str, crafted), "--top-k", "2")
     assert table.returncode == 1 and "Traceback" not in table.stderr
     errors = table.stderr.strip().splitlines()
     assert len(errors) == len(crafted) and all(line.startswith("fmnist predict: error: ")
@@ -192,7 +192,7 @@ def test_predict_command_prints_a_table_or_json_lines(exported, test_images, tmp
     assert str(good) in table.stdout and table.stdout.count("%") == 2
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    lines = run_cli("predict", str(run), str(good), str(bad), "--json", "--engine", "onnx")
+    lines = run_main("predict", str(run), str(good), str(bad), "--json", "--engine", "onnx")
     assert lines.returncode == 1
     records = [json.loads(line) for line in lines.stdout.splitlines()]
     assert {r["image"] for r in records} == {str(good), str(bad)}
@@ -213,7 +213,7 @@ def test_predict_and_serve_reject_bad_paths_before_loading_tensorflow(tmp_path):
 def test_export_command_needs_no_test_file(trained_run, train_only_data_dir, tmp_path):
     out = tmp_path / "exported.onnx"
     # Checked on the run's own 1,000 validation images: the folder has no test file at all.
-    result = run_cli("export", str(trained_run), "--out", str(out), "--data-dir",
+    result = run_main("export", str(trained_run), "--out", str(out), "--data-dir",
                      str(train_only_data_dir))
     assert result.returncode == 0, result.stderr
     assert "1,000 validation images" in result.stdout and "0 class differences" in result.stdout

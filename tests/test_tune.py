@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -35,7 +35,7 @@ def trials_in(directory):
 def test_hyperband_search_writes_summary_and_best_config_and_resumes(train_only_data, tmp_path):
     out = tmp_path / "search"
     # Hyperband over 3 epochs makes a bracket of 6 trials; --max-trials cuts it short.
-    first = run_cli("tune", *TINY, "--max-epochs", "3", "--max-trials", "2", "--out", str(out), "--data-dir", str(train_only_data))
+    first = run_main("tune", *TINY, "--max-epochs", "3", "--max-trials", "2", "--out", str(out), "--data-dir", str(train_only_data))
     assert first.returncode == 0, first.stderr[-2000:]
     summary = trials_in(out)
     assert summary["trials"] == 2 and summary["finished_trials"] == 2 and summary["n_val"] == 500
@@ -48,7 +48,7 @@ def test_hyperband_search_writes_summary_and_best_config_and_resumes(train_only_
     assert best["model"] == "mlp-plus" and "train_size" not in best and "seed" not in best
     assert len(best["model_options"]["hidden_units"]) in (1, 2, 3)
 
-    again = run_cli("tune", *TINY, "--max-epochs", "3", "--max-trials", "3", "--out", str(out), "--data-dir", str(train_only_data))
+    again = run_main("tune", *TINY, "--max-epochs", "3", "--max-trials", "3", "--out", str(out), "--data-dir", str(train_only_data))
     assert again.returncode == 0, again.stderr[-2000:]
     resumed = trials_in(out)
     assert resumed["trials"] == 3  # the first two were kept, one more ran
@@ -60,7 +60,7 @@ def test_best_config_trains_with_train_config(real_data_dir, tmp_path):
     config.write_text(json.dumps({"model": "mlp-plus", "model_options": {"hidden_units": [64], "dropout": 0.1},
                                   "learning_rate": 0.004, "batch_size": 128, "epochs": 5}))
     run = tmp_path / "run"
-    result = run_cli("train", "--config", str(config), "--epochs", "1", "--train-size", "1000",
+    result = run_main("train", "--config", str(config), "--epochs", "1", "--train-size", "1000",
                      "--val-size", "200", "--test-size", "200", "--out", str(run), "--quiet",
                      "--data-dir", str(real_data_dir))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -76,7 +76,7 @@ def test_best_config_trains_with_train_config(real_data_dir, tmp_path):
 
 def test_bayesian_search_respects_max_trials(train_only_data, tmp_path):
     out = tmp_path / "bayesian"
-    result = run_cli("tune", *TINY, "--tuner", "bayesian", "--max-trials", "2", "--max-epochs", "1",
+    result = run_main("tune", *TINY, "--tuner", "bayesian", "--max-trials", "2", "--max-epochs", "1",
                      "--out", str(out), "--data-dir", str(train_only_data))
     assert result.returncode == 0, result.stderr[-2000:]
     assert trials_in(out)["trials"] == 2 and trials_in(out)["tuner"] == "bayesian"
@@ -84,7 +84,7 @@ def test_bayesian_search_respects_max_trials(train_only_data, tmp_path):
 
 def test_budget_stops_the_search_early_with_random_search(train_only_data, tmp_path):
     out = tmp_path / "budget"
-    result = run_cli("tune", *TINY, "--tuner", "random", "--max-trials", "50", "--budget-seconds", "1",
+    result = run_main("tune", *TINY, "--tuner", "random", "--max-trials", "50", "--budget-seconds", "1",
                      "--out", str(out), "--data-dir", str(train_only_data))
     assert result.returncode == 0, result.stderr[-2000:]
     assert 1 <= trials_in(out)["trials"] <= 2
