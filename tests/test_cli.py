@@ -45,7 +45,7 @@ def _one_line_error(result: subprocess.CompletedProcess, code: int, *needles: st
 
 
 def test_unknown_model_is_a_usage_error():
-    _one_line_error(run_cli("train", "--model", "resnet9000"), 2,
+    _one_line_error(run_main("train", "--model", "resnet9000"), 2,
                     "unknown model 'resnet9000'", "choose one of: mlp")
 
 
@@ -60,25 +60,25 @@ def test_unknown_model_is_a_usage_error():
     (["--mixed-precision"], "unrecognized arguments"),  # replaced by --precision
 ])
 def test_bad_flag_values_are_usage_errors(flags, needle):
-    _one_line_error(run_cli("train", *flags), 2, needle)
+    _one_line_error(run_main("train", *flags), 2, needle)
 
 
 def test_resume_with_run_flags_is_a_usage_error(tmp_path):
-    _one_line_error(run_cli("train", "--resume", str(tmp_path), "--epochs", "3"), 2,
+    _one_line_error(run_main("train", "--resume", str(tmp_path), "--epochs", "3"), 2,
                     "drop --epochs")
 
 
 def test_resume_of_a_missing_run_dir_is_a_runtime_error(tmp_path):
-    _one_line_error(run_cli("train", "--resume", str(tmp_path / "nope")), 1,
+    _one_line_error(run_main("train", "--resume", str(tmp_path / "nope")), 1,
                     "does not exist")
 
 
 def test_evaluate_of_a_folder_without_a_model(tmp_path):
-    _one_line_error(run_cli("evaluate", str(tmp_path)), 1, "has no model.keras")
+    _one_line_error(run_main("evaluate", str(tmp_path)), 1, "has no model.keras")
 
 
 def test_missing_data_dir_is_a_runtime_error(tmp_path):
-    _one_line_error(run_cli("data", "--data-dir", str(tmp_path / "nowhere")), 1,
+    _one_line_error(run_main("data", "--data-dir", str(tmp_path / "nowhere")), 1,
                     "does not exist")
 
 
@@ -124,7 +124,7 @@ def test_existing_out_dir_is_refused_before_anything_heavy(tmp_path):
 
 
 def test_unknown_model_option_is_a_usage_error():
-    _one_line_error(run_cli("train", "--model", "cnn-fast", "--model-option", "depth=3"), 2,
+    _one_line_error(run_main("train", "--model", "cnn-fast", "--model-option", "depth=3"), 2,
                     "has no option 'depth'", "stem_width")
 
 
@@ -139,15 +139,15 @@ def test_model_option_of_the_wrong_kind_is_one_clear_line(tmp_path, real_data_di
 
 
 def test_bench_render_needs_a_bench_file(tmp_path):
-    _one_line_error(run_cli("bench", "render", "--json", str(tmp_path / "none.json")), 1,
+    _one_line_error(run_main("bench", "render", "--json", str(tmp_path / "none.json")), 1,
                     "does not exist; run `fmnist bench train` first")
 
 
 def test_bench_subcommands_take_only_their_own_flags(tmp_path):
     # A serve-only flag on the training bench, and the old ranked flags, are usage errors.
-    _one_line_error(run_cli("bench", "train", "--clients", "8"), 2, "unrecognized arguments")
-    _one_line_error(run_cli("bench", "--render"), 2, "")
-    _one_line_error(run_cli("bench"), 2, "")
+    _one_line_error(run_main("bench", "train", "--clients", "8"), 2, "unrecognized arguments")
+    _one_line_error(run_main("bench", "--render"), 2, "")
+    _one_line_error(run_main("bench"), 2, "")
 
 
 def test_models_lists_every_registered_model_with_its_recipe():

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 from fmnist import rundir
 
 pytestmark = pytest.mark.realdata
@@ -67,7 +67,7 @@ def test_an_ensemble_needs_two_distinct_runs(trained_run, tmp_path):
     with pytest.raises(FmnistError, match="given twice"):
         create_ensemble([trained_run, trained_run], tmp_path / "twice")
     assert not (tmp_path / "one").exists() and not (tmp_path / "twice").exists()
-    missing = run_cli("ensemble", str(trained_run), str(tmp_path / "nope"), "--out", str(tmp_path / "e"))
+    missing = run_main("ensemble", str(trained_run), str(tmp_path / "nope"), "--out", str(tmp_path / "e"))
     assert missing.returncode == 1 and "does not exist" in missing.stderr.strip().splitlines()[-1]
 
 

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_main
 from fmnist import metrics, rundir
 from fmnist.evaluate import evaluate_run
 from fmnist.train import TrainConfig, train
@@ -112,7 +112,7 @@ def test_compare_tables_and_plots_runs(evaluated_run, tmp_path):
     other.mkdir()
     for name in (rundir.CONFIG, rundir.METRICS):
         (other / name).write_bytes((evaluated_run / name).read_bytes())
-    result = run_cli("compare", str(evaluated_run), str(other), "--out", str(tmp_path / "cmp"))
+    result = run_main("compare", str(evaluated_run), str(other), "--out", str(tmp_path / "cmp"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("| mlp |") == 2 and "Ankle boot" in result.stdout
     assert (tmp_path / "cmp" / "compare.md").read_text().count("| mlp |") == 2
@@ -120,12 +120,12 @@ def test_compare_tables_and_plots_runs(evaluated_run, tmp_path):
 
 
 def test_compare_refuses_a_folder_that_is_not_an_evaluated_run(tmp_path):
-    result = run_cli("compare", str(tmp_path))
+    result = run_main("compare", str(tmp_path))
     assert result.returncode == 1 and "has no metrics.json" in result.stderr
 
 
 def test_data_show_writes_a_sample_grid(real_data_dir, tmp_path):
     out = tmp_path / "samples.png"
-    result = run_cli("data", "--show", "--out", str(out), "--data-dir", str(real_data_dir))
+    result = run_main("data", "--show", "--out", str(out), "--data-dir", str(real_data_dir))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG" and str(out) in result.stdout
