@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fmnist.bench.loadtest import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 # Modules a core install (`pip install fmnist`, no extra) runs: predict and serve an ONNX model.
 CORE_MODULES = ("fmnist", "fmnist.cli", "fmnist.data", "fmnist.split", "fmnist.config",
@@ -66,14 +68,6 @@ def test_each_missing_module_names_its_extra():
     assert missing("yaml") is None  # not ours to install: a bug, reported as unexpected
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_core_install_serves_an_exported_model_without_tensorflow(exported_run, tmp_path):
     """`pip install fmnist` (no extra) into a fresh venv: no TensorFlow or Keras arrives, and
@@ -108,7 +102,7 @@ def test_a_core_install_serves_an_exported_model_without_tensorflow(exported_run
                                  capture_output=True, text=True, env=env, timeout=120)
     assert needs_train.returncode == 1 and "pip install 'fmnist[train]'" in needs_train.stderr
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(fmnist), "serve", str(model), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:

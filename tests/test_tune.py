@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from conftest import run_cli, run_main
+from fmnist.bench.loadtest import free_port
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -19,13 +19,9 @@ TINY = ["--model", "mlp", "--max-epochs", "2", "--train-size", "2000", "--val-si
 
 
 @pytest.fixture
-def train_only_data(real_data_dir, tmp_path):
-    """A data folder holding only the training files: a search must never need the test set."""
-    folder = tmp_path / "train-only"
-    folder.mkdir()
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
-        os.symlink(real_data_dir / name, folder / name)
-    return folder
+def train_only_data(train_only_data_dir):
+    """Only the training files (conftest): a search must never need the test set."""
+    return train_only_data_dir
 
 
 def trials_in(directory):
@@ -88,12 +84,6 @@ def test_budget_stops_the_search_early_with_random_search(train_only_data, tmp_p
                      "--out", str(out), "--data-dir", str(train_only_data))
     assert result.returncode == 0, result.stderr[-2000:]
     assert 1 <= trials_in(out)["trials"] <= 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_distributed_search_one_chief_two_workers(train_only_data, tmp_path):

@@ -21,22 +21,9 @@ import os
 from pathlib import Path
 
 from fmnist import rundir
-from fmnist.data import sha256_file
 from fmnist.errors import FmnistError
 
 MODEL_NAME = "ensemble"
-
-
-def member_summary(run_dir: Path) -> dict:
-    """What the ensemble records of one member (its run directory must hold a model)."""
-    run_dir = rundir.require_run_dir(run_dir, needs=rundir.MODEL)
-    config = rundir.read_json(run_dir / rundir.CONFIG)
-    metrics_path = run_dir / rundir.METRICS
-    metrics = rundir.read_json(metrics_path) if metrics_path.is_file() else {}
-    return {"run": str(run_dir), "model": config.get("model"), "seed": config.get("seed"),
-            "flip": bool(config.get("flip")), "sha256": sha256_file(run_dir / rundir.MODEL),
-            "params": metrics.get("params"), "train_seconds": metrics.get("train_seconds"),
-            "test_accuracy": metrics.get("test_accuracy"), "config": config}
 
 
 def ensemble_label(models: list[str]) -> str:
@@ -68,25 +55,22 @@ def create_ensemble(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -
     """Write the ensemble of ``run_dirs`` (at least two) as a new run directory ``out``."""
     if len(run_dirs) < 2:
         raise FmnistError("an ensemble needs at least two run directories")
-    members = [member_summary(Path(path)) for path in run_dirs]
-    duplicates = {m["sha256"] for m in members if [n["sha256"] for n in members].count(m["sha256"]) > 1}
-    if duplicates:
+    members = [rundir.run_record(path) for path in run_dirs]
+    if len({m["sha256"] for m in members}) < len(members):
         raise FmnistError("the same model is given twice; pass distinct run directories")
+    configs = [rundir.read_json(Path(m["run"]) / rundir.CONFIG) for m in members]
+    test_sizes = [c["test_size"] for c in configs if c.get("test_size")]
     out = rundir.require_new_run_dir(out)
-    first = members[0]["config"]
     with rundir.exclusive(out):
         rundir.require_new_run_dir(out)
         model = build_ensemble([Path(m["run"]) / rundir.MODEL for m in members])
-        config = {"model": MODEL_NAME,
-                  "members": [{k: v for k, v in m.items() if k != "config"} for m in members],
+        config = {"model": MODEL_NAME, "members": members,
                   "flip": all(m["flip"] for m in members),
                   # Export checks its ONNX copy on the first member's validation split.
-                  "seed": first.get("seed"), "val_size": first.get("val_size"),
-                  "train_size": first.get("train_size"),
-                  "test_size": min((m["config"].get("test_size") or 10**9 for m in members)),
+                  "seed": configs[0].get("seed"), "val_size": configs[0].get("val_size"),
+                  "train_size": configs[0].get("train_size"),
+                  "test_size": min(test_sizes) if test_sizes else None,  # the smallest asked for
                   "precision_used": "float32"}
-        if config["test_size"] == 10**9:
-            config["test_size"] = None
         seconds = [m["train_seconds"] for m in members]
         summary = {
             "model": ensemble_label([m["model"] or "?" for m in members]),

@@ -50,8 +50,7 @@ def _evaluate(run_dir: Path, data_dir, test_data, tta: bool) -> dict:
     model = keras.saving.load_model(run_dir / rundir.MODEL, compile=False, safe_mode=True)
     probabilities = predict_proba(model, x_test)
 
-    metrics_path = run_dir / rundir.METRICS
-    metrics = rundir.read_json(metrics_path) if metrics_path.exists() else {}
+    metrics = rundir.read_metrics(run_dir)
     metrics.update(score_test_set(probabilities, y_test))
     metrics.update({"n_test": int(len(y_test)), "tta": tta})
     if tta:
@@ -62,7 +61,7 @@ def _evaluate(run_dir: Path, data_dir, test_data, tta: bool) -> dict:
     else:
         metrics.pop("test_accuracy_tta", None)
         metrics.pop("test_loss_tta", None)
-    rundir.write_json(metrics_path, metrics)
+    rundir.write_json(run_dir / rundir.METRICS, metrics)
     write_figures(run_dir, x_test, y_test, probabilities, metrics)
     write_reports(run_dir, config, metrics)
     return metrics

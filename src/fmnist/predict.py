@@ -152,9 +152,7 @@ def locate(source: str | os.PathLike, engine: str | None = None) -> ModelFiles:
 def _run_info(run_dir: Path | None) -> dict:
     if run_dir is None:
         return {}
-    config = rundir.read_json(run_dir / rundir.CONFIG)
-    metrics_path = run_dir / rundir.METRICS
-    metrics = rundir.read_json(metrics_path) if metrics_path.is_file() else {}
+    config, metrics = rundir.read_json(run_dir / rundir.CONFIG), rundir.read_metrics(run_dir)
     return {"model": config.get("model"), "seed": config.get("seed"),
             "metrics": {key: metrics[key] for key in SUMMARY_METRICS if key in metrics}}
 

@@ -90,6 +90,28 @@ def read_json(path: Path):
         raise RunDirError(f"{path} is not valid JSON ({error.msg}); the run directory is damaged") from None
 
 
+def read_metrics(run_dir: Path) -> dict:
+    """A run's metrics.json, or {} before training has written it."""
+    path = Path(run_dir) / METRICS
+    return read_json(path) if path.is_file() else {}
+
+
+def run_record(run_dir: str | Path) -> dict:
+    """What another run records of a trained one it builds on (an ensemble of its members,
+    a student of its teacher): where it is, what it is, the SHA-256 of its model.keras,
+    and its own training cost and test figures."""
+    from fmnist.data import sha256_file
+
+    run_dir = require_run_dir(run_dir, needs=MODEL)
+    config, metrics = read_json(run_dir / CONFIG), read_metrics(run_dir)
+    return {"run": str(run_dir), "model": metrics.get("model") or config.get("model"),
+            "seed": config.get("seed"), "flip": bool(config.get("flip")),
+            "sha256": sha256_file(run_dir / MODEL), "params": metrics.get("params"),
+            "train_seconds": metrics.get("train_seconds"),
+            "test_accuracy": metrics.get("test_accuracy"),
+            "test_accuracy_tta": metrics.get("test_accuracy_tta")}
+
+
 def require_run_dir(run_dir: str | Path, needs: str = CONFIG) -> Path:
     """Return ``run_dir`` as a Path, or explain in one line why it is not a usable run."""
     run_dir = Path(run_dir)

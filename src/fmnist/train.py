@@ -237,21 +237,11 @@ def teacher_targets(teacher: str, images: np.ndarray) -> tuple[np.ndarray, dict]
     whose seconds are reported apart from the student's training (``seconds``), as is
     what the teacher itself cost to train (``train_seconds``, from its metrics.json).
     """
-    from fmnist.data import sha256_file
-
-    teacher_dir = rundir.require_run_dir(teacher, needs=rundir.MODEL)
+    record = rundir.run_record(teacher)
     started = time.perf_counter()
-    model = keras.saving.load_model(teacher_dir / rundir.MODEL, compile=False, safe_mode=True)
+    model = keras.saving.load_model(Path(teacher) / rundir.MODEL, compile=False, safe_mode=True)
     soft = predict_proba(model, images).astype(np.float32)
-    seconds = time.perf_counter() - started
-    config = rundir.read_json(teacher_dir / rundir.CONFIG)
-    metrics_path = teacher_dir / rundir.METRICS
-    metrics = rundir.read_json(metrics_path) if metrics_path.is_file() else {}
-    return soft, {"run": str(teacher), "model": metrics.get("model") or config.get("model"),
-                  "sha256": sha256_file(teacher_dir / rundir.MODEL), "seconds": seconds,
-                  "train_seconds": metrics.get("train_seconds"),
-                  "test_accuracy": metrics.get("test_accuracy"),
-                  "test_accuracy_tta": metrics.get("test_accuracy_tta")}
+    return soft, {**record, "seconds": time.perf_counter() - started}
 
 
 def _multiworker_type():

@@ -174,11 +174,11 @@ def _now() -> str:
 
 
 def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_path: Path | None,
-                       runs_dir: Path, train_data, command: str, data_dir=None,
+                       runs_dir: Path, train_data, test_data, command: str,
                        log=print) -> dict:
     """The ensemble of ``model``'s benchmarked seeds on this machine: built from their
-    runs in ``runs_dir``, evaluated on the test set (the only read of it, through
-    evaluate), timed, exported to one ONNX graph checked on validation images."""
+    runs in ``runs_dir``, evaluated on ``test_data`` (through evaluate, the only scorer
+    of the test set), timed, exported to one ONNX graph checked on validation images."""
     from fmnist.bench.measure import engine_speed
     from fmnist.ensemble import create_ensemble
     from fmnist.evaluate import evaluate_run
@@ -186,7 +186,8 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
     from fmnist.predict import OnnxEngine
 
     report = load_report(json_path)
-    kind = machine_kind(machine(measure=False))
+    record = machine(measure=False)
+    kind = machine_kind(record)
     section = report["machines"].get(kind) or {}
     row = next((r for r in section.get("rows", []) if r["model"] == model and not r.get("teacher")
                 and r["device"] == device_name()), None)
@@ -199,7 +200,7 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
         shutil.rmtree(out)
     log(f"bench: the ensemble of {model} seeds {row['seeds']} ...", flush=True)
     create_ensemble(members, out)
-    metrics = evaluate_run(out, data_dir=data_dir, tta=bool(row.get("flip")))
+    metrics = evaluate_run(out, test_data=test_data, tta=bool(row.get("flip")))
     validation, _ = export_images(out, train_data)
     parity = export_onnx(out, validation)
     result = {"model": model, "seeds": row["seeds"], "run": str(out), "device": row["device"],
@@ -212,7 +213,7 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
                                                      singles=0)["images_per_second"],
               **{key: parity[key] for key in ("images", "max_abs_difference", "class_mismatches")},
               "command": command, "utc": _now()}
-    section = report["machines"].setdefault(kind, {"machine": machine(measure=False), "rows": []})
+    section = report["machines"].setdefault(kind, {"machine": record, "rows": []})
     section["ensembles"] = [e for e in section.get("ensembles", []) if e["model"] != model] + [result]
     rundir.write_json(json_path, report)
     render(report, markdown_path, readme_path, current=kind)

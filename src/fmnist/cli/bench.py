@@ -36,6 +36,10 @@ def add_parser(commands) -> None:
         if data_dir:
             add_data_dir(parser)
 
+    def trained_runs(parser):
+        parser.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
+                            help="where `fmnist bench train` put the runs (default: runs/bench)")
+
     train = kinds.add_parser(
         "train", help="train each model over seeds and evaluate it",
         description="Train each model with its preset for several seeds (each run a separate "
@@ -62,8 +66,7 @@ def add_parser(commands) -> None:
         description="For each model benchmarked here, export its first run to ONNX (checked on "
                     "the run's validation images; the test set is not read), quantize it to "
                     "int8, and time the engines on the same batch.")
-    inference.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
-                           help="where `fmnist bench train` put the runs (default: runs/bench)")
+    trained_runs(inference)
     reports(inference)
 
     serve = kinds.add_parser(
@@ -90,8 +93,7 @@ def add_parser(commands) -> None:
                     "machine (one run per seed), evaluate it on the test set, time it, and "
                     "export it to one ONNX graph checked on validation images.")
     ensemble.add_argument("--model", required=True, metavar="MODEL")
-    ensemble.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
-                          help="where `fmnist bench train` put the runs (default: runs/bench)")
+    trained_runs(ensemble)
     reports(ensemble)
 
     render = kinds.add_parser(
@@ -177,13 +179,12 @@ def _serve(args) -> int:
 def _ensemble(args) -> int:
     from fmnist.data import load_data
 
-    train_data, _ = load_data(args.data_dir)  # both verified; evaluate reads the test set
+    train_data, test_data = load_data(args.data_dir)  # both verified, each read once
 
     from fmnist.bench.runs import run_ensemble_bench
 
     result = run_ensemble_bench(args.model, Path(args.json), Path(args.markdown), _readme(args),
-                                Path(args.runs_dir), train_data, _command(),
-                                data_dir=args.data_dir)
+                                Path(args.runs_dir), train_data, test_data, _command())
     print(f"ensemble of {args.model} seeds {result['seeds']}: test accuracy "
           f"{result['test_accuracy']:.4f}" + ("" if result["test_accuracy_tta"] is None else
                                               f" (flip TTA {result['test_accuracy_tta']:.4f})"))
