@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fmnist.augment import (Augmentation, augment_batch, random_erase, random_flip,
-                            random_translate)
+from fmnist.augment import (Augmentation, augment_batch, numpy_augment, numpy_erase,
+                            numpy_translate, random_erase, random_flip, random_translate)
 from fmnist.config import TrainConfig
-from fmnist.pipeline import steps_per_epoch, training_batches
+from fmnist.pipeline import _numpy_validation, numpy_batches, steps_per_epoch, training_batches
 
 RNG = np.random.default_rng(0)
 # Distinct images: each one's pixels encode its index, so any mix-up would show.
@@ -19,6 +19,22 @@ LABELS = (np.arange(37) % 10).astype(np.uint8)
 
 def _seed(step: int):
     return tf.constant([7, step], tf.int64)
+
+
+# Each transform as TensorFlow runs it and as its NumPy twin (the pipeline of the other
+# Keras backends) does: both must keep the same promises.
+TWINS = {
+    "tensorflow": {
+        "flip": lambda x, key: random_flip(tf.constant(x), _seed(key)).numpy(),
+        "translate": lambda x, px, key: random_translate(tf.constant(x), px, _seed(key)).numpy(),
+        "erase": lambda x, p, key: random_erase(tf.constant(x), p, _seed(key)).numpy(),
+    },
+    "numpy": {
+        "flip": lambda x, key: numpy_augment(x, key, Augmentation(flip=True), seed=7),
+        "translate": lambda x, px, key: numpy_translate(x, px, np.random.default_rng(key)),
+        "erase": lambda x, p, key: numpy_erase(x, p, np.random.default_rng(key)),
+    },
+}
 
 
 @pytest.mark.parametrize("transform", [
@@ -32,8 +48,17 @@ def test_shape_and_dtype_are_kept(transform):
     assert out.shape == IMAGES.shape and out.dtype == tf.uint8
 
 
-def test_flip_mirrors_about_half_the_images_and_nothing_else():
-    out = random_flip(tf.constant(IMAGES), _seed(1)).numpy()
+@pytest.mark.parametrize("twin", TWINS)
+def test_numpy_twins_keep_shape_and_dtype(twin):
+    for out in (TWINS[twin]["flip"](IMAGES, 1), TWINS[twin]["translate"](IMAGES, 2, 1),
+                TWINS[twin]["erase"](IMAGES, 0.5, 1),
+                numpy_augment(IMAGES, 3, Augmentation(flip=True, translate=2, erase=0.5), seed=1)):
+        assert out.shape == IMAGES.shape and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_flip_mirrors_about_half_the_images_and_nothing_else(twin):
+    out = TWINS[twin]["flip"](IMAGES, 1)
     mirrored = [np.array_equal(o, x[:, ::-1]) for o, x in zip(out, IMAGES)]
     kept = [np.array_equal(o, x) for o, x in zip(out, IMAGES)]
     assert all(m or k for m, k in zip(mirrored, kept))
@@ -45,8 +70,9 @@ def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return padded[2 - dy:30 - dy, 2 - dx:30 - dx]
 
 
-def test_translate_shifts_each_image_within_range_with_black_fill():
-    out = random_translate(tf.constant(IMAGES), 2, _seed(2)).numpy()
+@pytest.mark.parametrize("twin", TWINS)
+def test_translate_shifts_each_image_within_range_with_black_fill(twin):
+    out = TWINS[twin]["translate"](IMAGES, 2, 2)
     shifts = set()
     for o, x in zip(out, IMAGES):
         matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
@@ -56,8 +82,9 @@ def test_translate_shifts_each_image_within_range_with_black_fill():
     assert len(shifts) > 5  # images get different shifts
 
 
-def test_erase_blanks_one_rectangle_or_nothing():
-    out = random_erase(tf.constant(IMAGES), 0.5, _seed(3)).numpy()
+@pytest.mark.parametrize("twin", TWINS)
+def test_erase_blanks_one_rectangle_or_nothing(twin):
+    out = TWINS[twin]["erase"](IMAGES, 0.5, 3)
     erased = 0
     for o, x in zip(out, IMAGES):
         changed = o != x
@@ -79,6 +106,56 @@ def test_same_step_same_draw_other_step_other_draw():
     c = augment_batch(tf.constant(IMAGES), 6, aug, seed=1).numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_numpy_draws_are_keyed_by_seed_and_key():
+    aug = Augmentation(flip=True, translate=2, erase=0.5)
+    a = numpy_augment(IMAGES, 5, aug, seed=1)
+    np.testing.assert_array_equal(a, numpy_augment(IMAGES, 5, aug, seed=1))
+    assert not np.array_equal(a, numpy_augment(IMAGES, 6, aug, seed=1))
+    assert not np.array_equal(a, numpy_augment(IMAGES, 5, aug, seed=2))
+
+
+@pytest.mark.parametrize("config", [
+    TrainConfig(batch_size=8, seed=3),
+    TrainConfig(batch_size=8, seed=3, label_smoothing=0.1),
+], ids=["sparse labels", "one-hot targets"])
+def test_the_numpy_stream_cuts_the_same_batches_as_tf_data(config):
+    """Without augmentation the two pipelines must yield the very same batches: same
+    epoch order, same cut, same targets; only the dtype of the images differs."""
+    soft = np.random.default_rng(1).dirichlet(np.ones(10), 37).astype(np.float32)
+    # A teacher's soft targets come with one-hot targets (a run with a teacher has them).
+    for teacher in (None, soft) if config.one_hot_targets else (None,):
+        tf_batches = [(x.numpy(), y.numpy()) for x, y in
+                      training_batches(IMAGES, LABELS, config, 1, 3, teacher)]
+        np_batches = list(numpy_batches(IMAGES, LABELS, config, 1, 3, teacher))
+        assert len(np_batches) == len(tf_batches) == 2 * steps_per_epoch(37, 8)
+        for (a, la), (b, lb) in zip(tf_batches, np_batches):
+            assert b.dtype == np.float32
+            np.testing.assert_array_equal(a.astype(np.float32), b)
+            np.testing.assert_allclose(la, lb, rtol=1e-6)
+
+
+def test_the_numpy_stream_augments_and_a_resumed_one_equals_its_tail():
+    config = TrainConfig(batch_size=8, seed=3, flip=True, translate=2, erase=0.3)
+    full = list(numpy_batches(IMAGES, LABELS, config, 0, 3))
+    tail = list(numpy_batches(IMAGES, LABELS, config, 1, 3))
+    steps = steps_per_epoch(37, 8)
+    for (a, la), (b, lb) in zip(full[steps:], tail):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+    plain = list(numpy_batches(IMAGES, LABELS, TrainConfig(batch_size=8, seed=3), 0, 3))
+    assert [y.tolist() for _, y in full] == [y.tolist() for _, y in plain]
+    assert any(not np.array_equal(a, b) for (a, _), (b, _) in zip(full, plain))
+
+
+def test_numpy_validation_batches_cover_the_split_in_order():
+    batches = _numpy_validation(IMAGES, LABELS, 16)
+    assert len(batches) == 3
+    images = np.concatenate([batches[i][0] for i in range(len(batches))])
+    labels = np.concatenate([batches[i][1] for i in range(len(batches))])
+    np.testing.assert_array_equal(images, IMAGES.astype(np.float32))
+    np.testing.assert_array_equal(labels, LABELS)
 
 
 def _stream(config: TrainConfig, first: int, epochs: int):

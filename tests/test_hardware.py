@@ -141,3 +141,43 @@ def test_importing_tensorflow_through_the_cli_prints_no_notices():
     assert done.returncode == 0, done.stderr
     assert "tf.Tensor(6" in done.stdout
     assert done.stderr.strip() == "", done.stderr
+
+
+class _FakeJaxDevice:
+    def __init__(self, platform, capability=None, kind=""):
+        self.platform, self.compute_capability, self.device_kind = platform, capability, kind
+
+
+def test_the_gpu_is_asked_of_the_keras_backend_that_will_run(monkeypatch):
+    """Under KERAS_BACKEND=jax or torch there may be no TensorFlow at all: the GPU's
+    capability (and so what `auto` picks) and its name come from that framework."""
+    import types
+
+    from fmnist.bench import measure
+
+    jax = types.SimpleNamespace(devices=lambda: [_FakeJaxDevice("gpu", "9.0", "NVIDIA H100")])
+    monkeypatch.setitem(sys.modules, "jax", jax)
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert hardware.gpu_compute_capability() == (9, 0)
+    assert measure.device_name() == "GPU: NVIDIA H100"
+    choice = hardware.choose_precision("auto", flags_reader=lambda: AVX2, x86=True)
+    assert choice.precision == "bfloat16" and "compute capability 9.0" in choice.reason
+    jax.devices = lambda: [_FakeJaxDevice("cpu")]
+    assert hardware.gpu_compute_capability() is None and measure.device_name() == "CPU"
+
+    cuda = types.SimpleNamespace(is_available=lambda: True, get_device_capability=lambda i: (7, 5),
+                                 get_device_name=lambda i: "Tesla T4")
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert hardware.gpu_compute_capability() == (7, 5)
+    assert measure.device_name() == "GPU: Tesla T4"
+    assert hardware.choose_precision("auto", x86=True).precision == "float32"  # below 8.0
+
+
+def test_gpu_memory_is_taken_as_needed_unless_the_user_said_otherwise():
+    environ = {}
+    runtime.share_the_gpu(environ)
+    assert environ == {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    mine = {"XLA_PYTHON_CLIENT_PREALLOCATE": "true"}
+    runtime.share_the_gpu(mine)
+    assert mine["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"

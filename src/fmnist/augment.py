@@ -1,9 +1,13 @@
-"""Training-time augmentation: vectorized TensorFlow ops on whole batches.
+"""Training-time augmentation, vectorized over whole batches: TensorFlow ops for the
+TensorFlow backend's tf.data pipeline, and their NumPy twins (``numpy_augment``) for a
+Keras backend without TensorFlow (JAX or torch, e.g. on a GPU machine that has no
+TensorFlow). The same transforms with the same parameters; the two draw their random
+numbers differently, so a run's exact images depend on the backend, not its recipe.
 
 Kept out of the models on purpose: a saved or exported model never augments. Every
-random draw is stateless, keyed by ``(seed, step)`` where ``step`` is the global batch
-number, so a run is reproducible and a resumed run draws exactly what an uninterrupted
-one would have drawn.
+random draw is keyed by ``(seed, step)`` where ``step`` is the global batch number (or
+the epoch), so a run is reproducible and a resumed run draws exactly what an
+uninterrupted one would have drawn.
 
 All functions take ``images`` uint8 (B, 28, 28) and return uint8 (B, 28, 28); labels
 are never touched, so they stay aligned with their images.
@@ -13,11 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from fmnist.runtime import prepare_tensorflow
 
-prepare_tensorflow()  # before TensorFlow's first import: oneDNN defaults
 
-import tensorflow as tf  # noqa: E402
+def _tf():
+    """TensorFlow, imported on first use: the NumPy path must run where it is absent."""
+    prepare_tensorflow()  # before TensorFlow's first import: oneDNN defaults
+    import tensorflow as tf
+
+    return tf
 
 
 @dataclass(frozen=True)
@@ -32,17 +42,20 @@ class Augmentation:
 
 
 def _seed(seed: int, step, salt: int):
+    tf = _tf()
     return tf.stack([tf.cast(seed, tf.int64) * 1000 + salt, tf.cast(step, tf.int64)])
 
 
 def random_flip(images, seed):
     """Mirror each image left-right with probability 1/2."""
+    tf = _tf()
     flip = tf.random.stateless_uniform([tf.shape(images)[0]], seed=seed) < 0.5
     return tf.where(flip[:, None, None], tf.reverse(images, axis=[2]), images)
 
 
 def random_translate(images, pixels: int, seed):
     """Shift each image by its own (dy, dx) in [-pixels, pixels], filling with black."""
+    tf = _tf()
     batch = tf.shape(images)[0]
     size = images.shape[1]
     shifts = tf.random.stateless_uniform([batch, 2], seed=seed, minval=-pixels,
@@ -57,6 +70,7 @@ def random_translate(images, pixels: int, seed):
 
 def random_erase(images, probability: float, seed, min_side: int = 4, max_side: int = 14):
     """Blank one rectangle (sides min_side..max_side px) per image with ``probability``."""
+    tf = _tf()
     batch = tf.shape(images)[0]
     size = images.shape[1]
     draws = tf.random.stateless_uniform([batch, 5], seed=seed)
@@ -82,3 +96,50 @@ def augment_batch(images, step, augmentation: Augmentation, seed: int):
     if augmentation.erase > 0:
         images = random_erase(images, augmentation.erase, _seed(seed, step, 3))
     return images
+
+
+def numpy_augment(images: np.ndarray, key: int, augmentation: Augmentation,
+                  seed: int) -> np.ndarray:
+    """NumPy twin of :func:`augment_batch`: uint8 (B, 28, 28) -> uint8 (B, 28, 28).
+
+    The draws come from ``numpy.random.default_rng([seed, key, salt])``, one generator
+    per transform, so they depend on the seed and the key (epoch or step) alone.
+    """
+    if augmentation.flip:
+        flip = np.random.default_rng([seed, key, 1]).random(len(images)) < 0.5
+        images = np.where(flip[:, None, None], images[:, :, ::-1], images)
+    if augmentation.translate > 0:
+        images = numpy_translate(images, augmentation.translate,
+                                 np.random.default_rng([seed, key, 2]))
+    if augmentation.erase > 0:
+        images = numpy_erase(images, augmentation.erase, np.random.default_rng([seed, key, 3]))
+    return images
+
+
+def numpy_translate(images: np.ndarray, pixels: int, rng: np.random.Generator) -> np.ndarray:
+    """Shift each image by its own (dy, dx) in [-pixels, pixels], filling with black."""
+    batch, size = len(images), images.shape[1]
+    shifts = rng.integers(-pixels, pixels + 1, size=(batch, 2))
+    padded = np.pad(images, [(0, 0), (pixels, pixels), (pixels, pixels)])
+    grid = np.arange(size)[None, :] + pixels  # (1, 28): where row/col i comes from
+    rows = (grid - shifts[:, :1])[:, :, None]  # (B, 28, 1)
+    cols = (grid - shifts[:, 1:])[:, None, :]  # (B, 1, 28)
+    return padded[np.arange(batch)[:, None, None], rows, cols]
+
+
+def numpy_erase(images: np.ndarray, probability: float, rng: np.random.Generator,
+                min_side: int = 4, max_side: int = 14) -> np.ndarray:
+    """Blank one rectangle (sides min_side..max_side px) per image with ``probability``."""
+    batch, size = len(images), images.shape[1]
+    draws = rng.random((batch, 5))
+    apply = draws[:, 0] < probability
+    span = max_side - min_side + 1
+    height = min_side + (draws[:, 1] * span).astype(int)
+    width = min_side + (draws[:, 2] * span).astype(int)
+    top = (draws[:, 3] * (size - height + 1)).astype(int)
+    left = (draws[:, 4] * (size - width + 1)).astype(int)
+    index = np.arange(size)[None, :]
+    in_rows = (index >= top[:, None]) & (index < (top + height)[:, None])  # (B, 28)
+    in_cols = (index >= left[:, None]) & (index < (left + width)[:, None])
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    return np.where(mask, np.zeros_like(images), images)

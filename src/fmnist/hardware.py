@@ -78,7 +78,26 @@ def cpu_kind(flags: frozenset) -> str:
 
 
 def gpu_compute_capability() -> tuple[int, int] | None:
-    """Compute capability of the first visible GPU, or None without one (imports TF)."""
+    """Compute capability of the first visible GPU, or None without one.
+
+    Asked of the Keras backend's framework (TensorFlow by default, JAX or torch where
+    ``KERAS_BACKEND`` names them), the one that will run the model; it imports it.
+    """
+    import os
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == "jax":
+        import jax
+
+        gpus = [device for device in jax.devices() if device.platform == "gpu"]
+        if not gpus:
+            return None
+        dotted = str(getattr(gpus[0], "compute_capability", "0.0"))
+        return tuple(int(part) for part in dotted.split(".")[:2])
+    if backend == "torch":
+        import torch
+
+        return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")

@@ -1,6 +1,8 @@
 """The input pipeline: which images each epoch visits, in which order, augmented how.
 
-In-memory uint8 arrays in, tf.data streams out. Epoch ``e`` visits the training images
+In-memory uint8 arrays in, tf.data streams out on the TensorFlow backend; on another
+Keras backend (JAX or torch, where TensorFlow may not be installed at all) a Python
+iterator of NumPy batches, augmented by the NumPy twins in augment.py. Epoch ``e`` visits the training images
 in the order drawn from ``numpy.random.default_rng([seed, e])``, independent of what ran
 before, and augmentation draws are keyed by the epoch or global step: a resumed run sees
 exactly the batches an uninterrupted one would have.
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmnist.augment import Augmentation, augment_batch
+from fmnist.augment import Augmentation, augment_batch, numpy_augment
 from fmnist.config import TrainConfig
 from fmnist.data import NUM_CLASSES
 
@@ -45,6 +47,8 @@ def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
     into batches: one pipeline call per epoch instead of one per batch, so the pipeline
     needs no thread of its own beside training on a 2-core CPU.
     """
+    if not _tensorflow_backend():
+        return numpy_batches(x, y, config, first_epoch, epochs, soft_targets)
     import tensorflow as tf
 
     n = len(y)
@@ -62,6 +66,37 @@ def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
     options.autotune.enabled = False
     return (tf.data.Dataset.from_tensor_slices((epoch_ids, orders)).flat_map(one_epoch)
             .with_options(options))
+
+
+def _tensorflow_backend() -> bool:
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
+def numpy_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
+                  soft_targets: np.ndarray | None = None):
+    """The stream of :func:`training_batches` as NumPy: an iterator of ``(images,
+    targets)`` batches, images float32 (B, 28, 28) 0..255, for a backend without tf.data.
+
+    Same epoch order, same targets, same batch cut; each epoch is augmented as one array
+    by :func:`fmnist.augment.numpy_augment`, keyed by the epoch.
+    """
+    augmentation = augmentation_of(config)
+    eye = np.eye(NUM_CLASSES, dtype=np.float32)
+    weight = float(config.distill_weight)
+    for epoch in range(first_epoch, epochs):
+        order = epoch_order(config.seed, epoch, len(y))
+        images, labels = x[order], y[order]
+        if augmentation.active:
+            images = numpy_augment(images, epoch, augmentation, config.seed)
+        targets = eye[labels] if config.one_hot_targets else labels
+        if soft_targets is not None:
+            targets = (1.0 - weight) * targets + weight * soft_targets[order]
+        images = images.astype(np.float32)  # the model's input dtype; a cast per batch is dearer
+        for start in range(0, len(y), config.batch_size):
+            end = start + config.batch_size
+            yield images[start:end], targets[start:end]
 
 
 def batch_gatherer(x, y, config: TrainConfig, soft_targets: np.ndarray | None = None):
@@ -135,8 +170,26 @@ def validation_batches(x_val, y_val, batch_size: int = 1024):
 
     Given as arrays, Keras would wrap them in a pipeline whose parallel map TensorFlow
     rewrites under op determinism, and it logs an alarming C++ "error" about an unknown
-    attribute every epoch; a plain sliced dataset does the same work without it.
+    attribute every epoch; a plain sliced dataset does the same work without it. On
+    another backend: a ``keras.utils.PyDataset`` of NumPy batches (a generator would be
+    spent after the first epoch's validation).
     """
+    if not _tensorflow_backend():
+        return _numpy_validation(x_val, y_val, batch_size)
     import tensorflow as tf
 
     return tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(batch_size)
+
+
+def _numpy_validation(x_val, y_val, batch_size: int):
+    import keras
+
+    class ValidationBatches(keras.utils.PyDataset):
+        def __len__(self):
+            return steps_per_epoch(len(y_val), batch_size)
+
+        def __getitem__(self, index):
+            part = slice(index * batch_size, (index + 1) * batch_size)
+            return x_val[part].astype(np.float32), y_val[part]
+
+    return ValidationBatches()

@@ -46,13 +46,29 @@ def prepare_tensorflow(environ=None) -> None:
     """Defaults for a process about to import Keras or TensorFlow; a user's own settings win.
 
     ``KERAS_BACKEND=tensorflow`` (fmnist is built and measured on it; jax or torch may be
-    chosen explicitly) and :func:`configure_tensorflow_environment`. The CLI calls this at
-    start-up; library modules call it just before their first TensorFlow import, so that
-    ``import fmnist`` itself changes nothing.
+    chosen explicitly), :func:`configure_tensorflow_environment` and
+    :func:`share_the_gpu`. The CLI calls this at start-up; library modules call it just
+    before their first TensorFlow import, so that ``import fmnist`` itself changes nothing.
     """
     environ = os.environ if environ is None else environ
     environ.setdefault("KERAS_BACKEND", "tensorflow")
     configure_tensorflow_environment(environ)
+    share_the_gpu(environ)
+
+
+def share_the_gpu(environ=None) -> None:
+    """Let a process take GPU memory as it needs it, not most of the card up front.
+
+    TensorFlow and JAX both claim nearly all of a GPU's memory at their first GPU op.
+    `fmnist bench train` measures the GPU in its own process, then trains in child
+    processes: on an H100 under JAX every child then failed its first convolution with
+    cudaErrorMemoryAllocation. ``TF_FORCE_GPU_ALLOW_GROWTH=true`` and
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` make both allocate on demand; a user's own
+    setting wins.
+    """
+    environ = os.environ if environ is None else environ
+    environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def is_import_notice(line: str) -> bool:
