@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fmnist.augment import (Augmentation, augment_batch, numpy_augment, numpy_erase,
-                            numpy_translate, random_erase, random_flip, random_translate)
+from fmnist.augment import (Augmentation, augment_batch, numpy_augment, numpy_cutmix, numpy_erase,
+                            numpy_translate, random_cutmix, random_erase, random_flip,
+                            random_translate)
 from fmnist.config import TrainConfig
 from fmnist.pipeline import _numpy_validation, numpy_batches, steps_per_epoch, training_batches
 
@@ -28,11 +29,14 @@ TWINS = {
         "flip": lambda x, key: random_flip(tf.constant(x), _seed(key)).numpy(),
         "translate": lambda x, px, key: random_translate(tf.constant(x), px, _seed(key)).numpy(),
         "erase": lambda x, p, key: random_erase(tf.constant(x), p, _seed(key)).numpy(),
+        "cutmix": lambda x, t, p, key: tuple(a.numpy() for a in random_cutmix(
+            tf.constant(x), tf.constant(t), p, 7, key)),
     },
     "numpy": {
         "flip": lambda x, key: numpy_augment(x, key, Augmentation(flip=True), seed=7),
         "translate": lambda x, px, key: numpy_translate(x, px, np.random.default_rng(key)),
         "erase": lambda x, p, key: numpy_erase(x, p, np.random.default_rng(key)),
+        "cutmix": lambda x, t, p, key: numpy_cutmix(x, t, p, np.random.default_rng(key)),
     },
 }
 
@@ -106,6 +110,42 @@ def test_same_step_same_draw_other_step_other_draw():
     c = augment_batch(tf.constant(IMAGES), 6, aug, seed=1).numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_cutmix_pastes_a_neighbours_box_and_mixes_the_targets_by_its_area(twin):
+    one_hot = np.eye(10, dtype=np.float32)[LABELS]
+    out, targets = TWINS[twin]["cutmix"](IMAGES, one_hot, 0.5, 4)
+    assert out.shape == IMAGES.shape and out.dtype == np.uint8 and targets.shape == (37, 10)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    partners = np.roll(IMAGES, 1, axis=0)
+    mixed = 0
+    for i in range(37):
+        share = targets[i, LABELS[i - 1]]  # neighbours have different labels here
+        assert share * 784 == pytest.approx(round(share * 784), abs=1e-3)  # a whole box
+        changed = out[i] != IMAGES[i]
+        assert (out[i][changed] == partners[i][changed]).all()  # pasted from the neighbour
+        if changed.any():
+            rows, cols = np.where(changed)
+            assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) <= round(share * 784)
+        np.testing.assert_allclose(targets[i, LABELS[i]], 1 - share, rtol=1e-5)
+        mixed += share > 0
+    assert 5 < mixed < 32
+    untouched, same = TWINS[twin]["cutmix"](IMAGES, one_hot, 0.0, 4)
+    np.testing.assert_array_equal(untouched, IMAGES)
+    np.testing.assert_array_equal(same, one_hot)
+
+
+@pytest.mark.parametrize("numpy_stream", [False, True], ids=["tf.data", "numpy"])
+def test_a_cutmix_stream_trains_on_mixed_one_hot_targets(numpy_stream):
+    config = TrainConfig(batch_size=8, seed=3, cutmix=1.0)
+    assert config.one_hot_targets
+    batches = (list(numpy_batches(IMAGES, LABELS, config, 0, 1)) if numpy_stream
+               else _stream(config, 0, 1))
+    targets = np.concatenate([np.asarray(t) for _, t in batches])
+    assert targets.shape == (37, 10)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-5)
+    assert ((targets > 0).sum(axis=1) <= 2).all() and (targets.max(axis=1) < 1).any()
 
 
 def test_numpy_draws_are_keyed_by_seed_and_key():

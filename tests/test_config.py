@@ -45,6 +45,7 @@ def test_every_preset_is_a_valid_config(model):
     ({"label_smoothing": 1.0}, "label_smoothing: 1.0 is not valid"),
     ({"ema": 1.5}, "ema: 1.5 is not valid"),
     ({"erase": 2}, "erase: 2 is not valid; it must be a probability"),
+    ({"cutmix": -0.1}, "cutmix: -0.1 is not valid; it must be a probability"),
     ({"flip": "yes"}, "flip: 'yes' is not valid; it must be true or false"),
     ({"test_size": 20_000}, "test_size: 20000 is not valid; it must be 1 to 10000"),
     ({"train_size": 59_000}, "train_size + val_size"),

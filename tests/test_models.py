@@ -101,3 +101,22 @@ def test_every_point_of_a_search_space_is_a_valid_config(family):
     for config in configs:
         assert TrainConfig.from_json(dataclasses.asdict(config), "trial", strict=True) == config
         models.get_factory(config.model)(**config.model_options)  # builds
+
+
+@pytest.mark.parametrize("name, projections", [("cnn-fast", 0), ("cnn-best", 2)])
+def test_residual_convnets_add_each_pair_to_its_input(name, projections):
+    plain = models.build_model(name, compile=False)
+    residual = models.build_model(name, compile=False, residual=True)
+    kinds = [type(layer).__name__ for layer in residual.layers]
+    adds = [layer for layer in residual.layers if type(layer).__name__ == "Add"]
+    assert len(adds) == (1 if name == "cnn-fast" else 2) and "Add" not in str(
+        [type(layer).__name__ for layer in plain.layers])
+    # A 1x1 projection (conv + batch norm) wherever a pair changes the width.
+    assert sum(layer.name.endswith("_project") for layer in residual.layers) == projections
+    extra = sum(int(np.prod(w.shape)) for layer in residual.layers if "_project" in layer.name
+                for w in layer.weights)
+    assert residual.count_params() == plain.count_params() + extra
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28)).astype(np.float32)
+    out = np.asarray(residual(images))
+    assert out.shape == (3, 10) and kinds.count("ReLU") > 0
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)

@@ -143,3 +143,52 @@ def numpy_erase(images: np.ndarray, probability: float, rng: np.random.Generator
     in_cols = (index >= left[:, None]) & (index < (left + width)[:, None])
     mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
     return np.where(mask, np.zeros_like(images), images)
+
+
+
+def random_cutmix(images, targets, probability: float, seed: int, key):
+    """CutMix within a batch: with ``probability``, image ``i`` gets a box of image
+    ``i - 1`` (its neighbour in the epoch's random order) pasted in, and its target
+    becomes ``(1 - a) * targets[i] + a * targets[i - 1]``, ``a`` the box's share of the
+    pixels. The box side is ``sqrt(1 - lam) * 28`` with ``lam`` uniform (Beta(1, 1), as
+    in the CutMix paper), centred uniformly and cut at the border.
+
+    ``images`` uint8 (B, 28, 28), ``targets`` float32 (B, 10) -> the same shapes; the
+    draws are keyed by ``(seed, key)``, ``key`` the epoch or global step.
+    """
+    tf = _tf()
+    size = images.shape[1]
+    draws = tf.random.stateless_uniform([tf.shape(images)[0], 4], seed=_seed(seed, key, 4))
+    side = tf.sqrt(1.0 - draws[:, 1]) * size
+    centre_row, centre_col = draws[:, 2] * size, draws[:, 3] * size
+    top = tf.cast(tf.clip_by_value(tf.round(centre_row - side / 2), 0, size), tf.int32)
+    bottom = tf.cast(tf.clip_by_value(tf.round(centre_row + side / 2), 0, size), tf.int32)
+    left = tf.cast(tf.clip_by_value(tf.round(centre_col - side / 2), 0, size), tf.int32)
+    right = tf.cast(tf.clip_by_value(tf.round(centre_col + side / 2), 0, size), tf.int32)
+    apply = draws[:, 0] < probability
+    index = tf.range(size)[None, :]
+    in_rows = (index >= top[:, None]) & (index < bottom[:, None])  # (B, 28)
+    in_cols = (index >= left[:, None]) & (index < right[:, None])
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    images = tf.where(mask, tf.roll(images, 1, axis=0), images)
+    share = tf.reduce_mean(tf.cast(mask, tf.float32), axis=[1, 2])[:, None]  # (B, 1)
+    return images, (1.0 - share) * targets + share * tf.roll(targets, 1, axis=0)
+
+
+def numpy_cutmix(images: np.ndarray, targets: np.ndarray, probability: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of :func:`random_cutmix`."""
+    size = images.shape[1]
+    draws = rng.random((len(images), 4))
+    side = np.sqrt(1.0 - draws[:, 1]) * size
+    centre_row, centre_col = draws[:, 2] * size, draws[:, 3] * size
+    top, bottom = (np.clip(np.round(centre_row + d * side / 2), 0, size) for d in (-1, 1))
+    left, right = (np.clip(np.round(centre_col + d * side / 2), 0, size) for d in (-1, 1))
+    apply = draws[:, 0] < probability
+    index = np.arange(size)[None, :]
+    in_rows = (index >= top[:, None]) & (index < bottom[:, None])
+    in_cols = (index >= left[:, None]) & (index < right[:, None])
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    images = np.where(mask, np.roll(images, 1, axis=0), images)
+    share = mask.mean(axis=(1, 2), dtype=np.float32)[:, None]
+    return images, ((1.0 - share) * targets + share * np.roll(targets, 1, axis=0)).astype(np.float32)

@@ -58,6 +58,9 @@ class TrainConfig:
     flip: bool = False  # augmentation: random left-right flips
     translate: int = 0  # augmentation: random shifts of up to N pixels
     erase: float = 0.0  # augmentation: probability of random erasing
+    # CutMix: the probability that a training image gets a box pasted from another image
+    # of its batch, its target mixed by the box's share of the pixels.
+    cutmix: float = 0.0
     time_budget: float | None = None  # seconds; caps the number of epochs (see train())
     seed: int = 0
     val_size: int = DEFAULT_VAL_SIZE  # validation images carved from the 60,000
@@ -75,7 +78,7 @@ class TrainConfig:
     @property
     def one_hot_targets(self) -> bool:
         """Whether training targets are (10,) float vectors rather than class indices."""
-        return self.label_smoothing > 0 or self.teacher is not None
+        return self.label_smoothing > 0 or self.teacher is not None or self.cutmix > 0
 
     def __post_init__(self):
         validate(self)
@@ -148,6 +151,7 @@ _RULES = {
     "flip": ("bool", False, lambda v: True, "true or false"),
     "translate": ("int", False, lambda v: 0 <= v <= 27, "0 to 27 pixels"),
     "erase": ("number", False, lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
+    "cutmix": ("number", False, lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
     "time_budget": ("number", True, lambda v: v > 0, "above 0 seconds, or null"),
     "seed": ("int", False, lambda v: v >= 0, "0 or more"),
     "val_size": ("int", False, lambda v: 1 <= v < TRAIN_IMAGES, f"1 to {TRAIN_IMAGES - 1}"),

@@ -142,7 +142,7 @@ def _probabilities(features):
 
 
 def _conv_bn_relu(x, filters: int, kernel: int = 3, strides: int = 1, name: str = "conv",
-                  separable: bool = False, batch_norm: bool = True):
+                  separable: bool = False, batch_norm: bool = True, relu: bool = True):
     """Conv (no bias: batch norm has one) -> BatchNorm -> ReLU, channels last.
 
     ``separable``: a depthwise 3x3 then a pointwise 1x1 conv, ~8x fewer FLOPs.
@@ -154,13 +154,38 @@ def _conv_bn_relu(x, filters: int, kernel: int = 3, strides: int = 1, name: str 
 
     conv = layers.SeparableConv2D if separable else layers.Conv2D
     if not batch_norm:
-        return conv(filters, kernel, strides=strides, padding="same", activation="relu",
-                    name=name)(x)
+        return conv(filters, kernel, strides=strides, padding="same",
+                    activation="relu" if relu else None, name=name)(x)
     x = conv(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
     # momentum 0.9, not Keras' 0.99: runs here last a few hundred steps per epoch, and
     # slow moving statistics left validation near chance after the first epoch.
     x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-    return layers.ReLU(name=f"{name}_relu")(x)
+    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _stage(x, widths, prefix: str, residual: bool = False, **conv):
+    """The 3x3 convs of one resolution, ``widths`` filters each. ``residual``: in pairs,
+    as ResNet's basic blocks (conv-BN-ReLU, conv-BN, add the pair's input, ReLU), the
+    input projected by a 1x1 conv-BN where the width changes; an odd last conv is plain."""
+    from keras import layers
+
+    index = 0
+    while index < len(widths):
+        if not residual or index + 1 == len(widths):
+            x = _conv_bn_relu(x, widths[index], name=f"{prefix}_{index}", **conv)
+            index += 1
+            continue
+        shortcut = x
+        x = _conv_bn_relu(x, widths[index], name=f"{prefix}_{index}", **conv)
+        x = _conv_bn_relu(x, widths[index + 1], name=f"{prefix}_{index + 1}", relu=False, **conv)
+        if shortcut.shape[-1] != widths[index + 1]:
+            shortcut = _conv_bn_relu(shortcut, widths[index + 1], kernel=1, relu=False,
+                                     name=f"{prefix}_{index}_project",
+                                     batch_norm=conv.get("batch_norm", True))
+        x = layers.ReLU(name=f"{prefix}_{index}_add_relu")(
+            layers.Add(name=f"{prefix}_{index}_add")([shortcut, x]))
+        index += 2
+    return x
 
 
 @register("mlp", precision="auto")
@@ -221,7 +246,8 @@ def cnn_tfdocs():
 
 
 def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str,
-             dense: int, dropout: float, separable: bool = False, batch_norm: bool = True):
+             dense: int, dropout: float, separable: bool = False, batch_norm: bool = True,
+             residual: bool = False):
     """A small batch-norm CNN: stem to 14x14, 3x3 convs, pool to 7x7, 3x3 convs, head.
 
     ``stem``: "patch" (2x2 stride-2 conv), "conv-s2" (3x3 stride-2 conv: overlapping
@@ -231,6 +257,7 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
     "flatten" (the 7x7 map as is: garments' layout matters); then an optional
     Dense(``dense``)-BatchNorm-ReLU block. ``separable``: depthwise-separable 3x3 convs
     after the stem. ``batch_norm=False``: no batch norm anywhere (conv+bias+ReLU fused).
+    ``residual``: the convs of each resolution as residual pairs (see ``_stage``).
     """
     import keras
     from keras import layers
@@ -247,11 +274,9 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
         x = layers.MaxPooling2D(name="stem_pool")(x)  # (N, 14, 14, C)
     else:
         raise ValueError(f"stem must be 'patch', 'conv-s2' or 'conv', not {stem!r}")
-    for index, filters in enumerate(widths14):
-        x = _conv_bn_relu(x, filters, name=f"conv14_{index}", separable=separable, **bn)
+    x = _stage(x, widths14, "conv14", residual, separable=separable, **bn)  # (N, 14, 14, C)
     x = layers.MaxPooling2D(name="pool14")(x)  # (N, 7, 7, C)
-    for index, filters in enumerate(widths7):
-        x = _conv_bn_relu(x, filters, name=f"conv7_{index}", separable=separable, **bn)
+    x = _stage(x, widths7, "conv7", residual, separable=separable, **bn)  # (N, 7, 7, C)
     if head == "gap":
         x = layers.GlobalAveragePooling2D(name="gap")(x)  # (N, C)
     elif head == "flatten":
@@ -285,7 +310,7 @@ def mlp_space(hp):
           flip=True, translate=1)
 def cnn_fast(stem: str = "conv-s2", stem_width: int = 32, widths14=(32, 32), widths7=(),
              head: str = "flatten", dense: int = 128, dropout: float = 0.0,
-             separable: bool = False, batch_norm: bool = True):
+             separable: bool = False, batch_norm: bool = True, residual: bool = False):
     """The default: the fastest route here to ~0.93, a batch-norm CNN with a stride-2 stem.
 
     Conv(32, 3x3, stride 2) -> 2 x Conv(32, 3x3) at 14x14 -> MaxPool -> Dense(128) on the
@@ -295,7 +320,7 @@ def cnn_fast(stem: str = "conv-s2", stem_width: int = 32, widths14=(32, 32), wid
     cores (float32). Target >= 0.930; measured per machine kind in BENCHMARKS.md.
     """
     return _convnet("cnn_fast", stem, stem_width, widths14, widths7, head, dense, dropout,
-                    separable, batch_norm)
+                    separable, batch_norm, residual)
 
 
 @search_space("cnn", model="cnn-fast")
@@ -315,10 +340,12 @@ def cnn_space(hp):
           flip=True, translate=2, erase=0.5)
 def cnn_best(stem: str = "conv-s2", stem_width: int = 32, widths14=(64, 64),
              widths7=(128, 128), head: str = "flatten", dense: int = 256,
-             dropout: float = 0.2):
+             dropout: float = 0.2, residual: bool = False):
     """The accuracy model: a VGG-style batch-norm CNN, two 3x3 convs per resolution.
 
     About 1.8 M parameters, ~47 MFLOP per image. Flips, shifts and random erasing over
     60 epochs, sized for about an hour on 2 CPU cores (target >= 0.950, see BENCHMARKS.md).
+    ``residual=True``: each resolution's pair of convs as a residual block.
     """
-    return _convnet("cnn_best", stem, stem_width, widths14, widths7, head, dense, dropout)
+    return _convnet("cnn_best", stem, stem_width, widths14, widths7, head, dense, dropout,
+                    residual=residual)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmnist.augment import Augmentation, augment_batch, numpy_augment
+from fmnist.augment import (Augmentation, augment_batch, numpy_augment, numpy_cutmix,
+                            random_cutmix)
 from fmnist.config import TrainConfig
 from fmnist.data import NUM_CLASSES
 
@@ -93,6 +94,9 @@ def numpy_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
         targets = eye[labels] if config.one_hot_targets else labels
         if soft_targets is not None:
             targets = (1.0 - weight) * targets + weight * soft_targets[order]
+        if config.cutmix > 0:
+            images, targets = numpy_cutmix(images, targets, config.cutmix,
+                                           np.random.default_rng([config.seed, epoch, 4]))
         images = images.astype(np.float32)  # the model's input dtype; a cast per batch is dearer
         for start in range(0, len(y), config.batch_size):
             end = start + config.batch_size
@@ -122,6 +126,9 @@ def batch_gatherer(x, y, config: TrainConfig, soft_targets: np.ndarray | None = 
             batch_labels = tf.one_hot(tf.cast(batch_labels, tf.int32), NUM_CLASSES)
         if soft is not None:
             batch_labels = (1.0 - weight) * batch_labels + weight * tf.gather(soft, idx)
+        if config.cutmix > 0:  # last: the pasted box carries its image's whole target
+            batch_images, batch_labels = random_cutmix(batch_images, batch_labels, config.cutmix,
+                                                       config.seed, key)
         return batch_images, batch_labels
 
     return gather

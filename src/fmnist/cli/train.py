@@ -51,6 +51,9 @@ def add_parser(commands) -> None:
                         help="augment with random shifts of up to PIXELS")
     recipe.add_argument("--erase", type=non_negative_float, metavar="P",
                         help="augment with random erasing, probability P")
+    recipe.add_argument("--cutmix", type=non_negative_float, metavar="P",
+                        help="CutMix: paste a box of another image into each image with "
+                             "probability P, mixing their targets by area")
     recipe.add_argument("--teacher", metavar="RUN_DIR",
                         help="distil: train against this run's probabilities on the training "
                              "images mixed with the true labels (its cost is reported apart)")
@@ -145,7 +148,7 @@ def run(args) -> int:
 # Flags that define a run; with --resume they come from the run's config.json instead.
 _RUN_FLAGS = ("model", "model_options", "epochs", "time_budget", "batch_size", "optimizer",
               "learning_rate", "schedule", "weight_decay", "label_smoothing", "ema",
-              "precision", "flip", "translate", "erase", "seed", "val_size",
+              "precision", "flip", "translate", "erase", "cutmix", "seed", "val_size",
               "train_size", "test_size", "distribute", "cpu_replicas", "tensorboard",
               "tensorboard_histograms", "teacher", "distill_weight", "out")
 
