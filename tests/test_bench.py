@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from pathlib import Path
 
 import pytest
 
 from conftest import run_cli, run_main
 from fmnist.bench import measure, render, store, summary
+from fmnist.errors import FmnistError
 from fmnist.models import build_model
 
 
@@ -183,6 +185,8 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     section = report["machines"][kind]
     (row,) = section["rows"]
     assert row["model"] == "mlp" and row["seeds"] == [0, 1] and row["n_train"] == 2000
+    # Trained off the preset's recipe: a row of its own, that says so.
+    assert row["recipe"] == ("--epochs=1 --train-size=2000 --val-size=500 --test-size=500")
     assert section["command"].startswith("fmnist bench train --models mlp")
     assert row["commands"] == [section["command"]]
     words = shlex.split(section["command"])
@@ -197,10 +201,11 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     assert record["peak_gflops"]["float32"] > 1 and record["cores"] >= 1
     assert {"cpu", "cpu_flags", "cpu_kind", "onednn"} <= set(record)
     markdown = (tmp_path / "BENCH.md").read_text()
-    assert "| `mlp` | CPU |" in markdown and record["cpu"] in markdown
+    cell = "| `mlp` with `--epochs=1 --train-size=2000 --val-size=500 --test-size=500` | CPU |"
+    assert cell in markdown and record["cpu"] in markdown
     assert markdown.index(f"(`{kind}`)") < markdown.index(f"(`{other_kind}`)")
     assert "Not re-measured in the latest bench run" in markdown and "### Time to accuracy" in markdown
-    assert "| `mlp` | CPU |" in readme.read_text()
+    assert cell in readme.read_text()
     # The same bench file gains the inference and the serving sections of this machine,
     # from a data folder without test files: only training (its evaluation) reads them.
     common = ["--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
@@ -214,7 +219,9 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     assert engines["onnx_images_per_second"] > 1000 and engines["keras_one_image_ms"] > 0
     # A one-epoch model may miss the 99% agreement the int8 copy needs: then it has none.
     assert (engines["int8_class_agreement"] is None) == (engines["int8_images_per_second"] is None)
-    assert (tmp_path / "runs" / "mlp-seed0" / "model.onnx").is_file()
+    first_run = tmp_path / "runs" / summary.run_name(row, 0)  # off the preset: a folder of its own
+    assert first_run.name.startswith("mlp-") and first_run.name != "mlp-seed0"
+    assert (first_run / "model.onnx").is_file()
     # The ensemble of the two seeds: evaluated on the test set, so with the full data.
     ensembled = run_main("bench", "ensemble", "--model", "mlp", "--runs-dir", str(tmp_path / "runs"),
                          *common[:-1], str(real_data_dir))
@@ -223,7 +230,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     assert ensemble["seeds"] == [0, 1] and ensemble["class_mismatches"] == 0
     assert len(ensemble["members_test_accuracy"]) == 2 and 0.5 < ensemble["test_accuracy"] <= 1
     assert "### Ensembles" in (tmp_path / "BENCH.md").read_text()
-    served = run_cli("bench", "serve", str(tmp_path / "runs" / "mlp-seed0"), "--engine", "onnx",
+    served = run_cli("bench", "serve", str(first_run), "--engine", "onnx",
                      "--requests", "150", "--clients", "2", "4", "--burst-seconds", "2", *common)
     assert served.returncode == 0, served.stderr[-2000:]
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -322,3 +329,88 @@ def test_a_distilled_row_is_its_own_row_checked_against_the_distillation_target(
     # The plain row stays the one the default model's target is measured by.
     assert summary.default_target(rows)["accuracy"] == 0.930
     assert render.results_table(rows).count("distilled from") == 2
+
+
+def test_a_row_off_the_preset_recipe_is_its_own_row_and_not_the_reference():
+    from fmnist.bench.runs import variant_key
+
+    preset = _row("cnn-fast", 140.0, 0.931)
+    longer = dict(_row("cnn-fast", 280.0, 0.936), recipe="--epochs 20")
+    assert variant_key(preset) == "" and variant_key(longer) == "--epochs 20"
+    assert variant_key(dict(longer, teacher={"run": "runs/t"})) != variant_key(longer)
+    rows = [_row("cnn-tfdocs", 300.0, 0.915), longer, preset]
+    assert summary.default_target(rows)["accuracy"] == 0.931  # the preset, not the variant
+    assert "| `cnn-fast` with `--epochs 20` | CPU |" in render.results_table(rows)
+
+
+def test_gpu_rows_and_single_runs_are_checked_against_the_gpu_targets():
+    from fmnist.bench.targets import GPU_TARGETS
+
+    accuracy, seconds = GPU_TARGETS["cnn-best"]
+    gpu = dict(_row("cnn-best", seconds - 1, accuracy + 0.001), device="GPU: H100")
+    cpu = _row("cnn-best", seconds - 1, accuracy + 0.001)  # CPU: 0.950 in an hour is the bar
+    table = render.targets_table([gpu, cpu])
+    assert f">= {accuracy:.3f} within {seconds:.0f} s" in table and ">= 0.950 within 3600 s" in table
+    run = {"model": "cnn-best", "recipe": "--epochs 100", "device": "GPU: H100", "seed": 0,
+           "precision": "bfloat16", "precision_reason": "auto: the GPU computes it natively",
+           "backend": "jax", "params": 7_502_250, "epochs": 100, "train_seconds": 155.3,
+           "val_accuracy": 0.9533, "test_accuracy": 0.9516, "test_accuracy_tta": 0.9532,
+           "command": "fmnist train --model cnn-best --epochs 100", "utc": "2026-11-28",
+           "source": "the run's metrics.json"}
+    text = render.single_runs_section({"single_runs": [run, dict(run, train_seconds=700.0,
+                                                                 test_accuracy=0.961)]})
+    lines = [line for line in text.splitlines() if line.startswith("| `cnn-best`")]
+    assert "| 0.9516 | 0.9532 | >= 0.960 within 600 s | **no** |" in lines[0]
+    assert lines[1].endswith("| **no** |")  # accurate enough, but over the 10 minutes
+    assert "Precision bfloat16: auto: the GPU computes it natively." in text
+    section = render.section_markdown("gpu-h100", {"machine": {"device": "GPU: H100", "cpu": "x",
+                                                               "backend": "jax"},
+                                                   "single_runs": [run]}, None)
+    assert "### Single runs" in section and "flags: not recorded" in section
+
+
+def test_the_tta_table_marks_the_set_chosen_on_validation():
+    result = {"model": "cnn-fast", "seeds": [0, 1], "shift": 1, "chosen_on_validation": "flip",
+              "command": "fmnist bench tta --model cnn-fast", "utc": "2026-11-28",
+              "sets": {"plain": {"views": 1, "validation": [0.93, 0.94], "test": [0.92, 0.93]},
+                       "flip": {"views": 2, "validation": [0.94, 0.95], "test": [0.93, 0.94]}}}
+    table = render.tta_section({"tta": [result]})
+    assert "| flip | 2 | 0.9450 ± 0.0071 | 0.9350 ± 0.0071 | **yes** |" in table
+    assert "| plain | 1 | 0.9350 ± 0.0071 | 0.9250 ± 0.0071 |  |" in table
+    assert "Not measured yet" in render.tta_section({})
+
+
+def test_bench_tta_needs_a_benchmarked_model(tmp_path, real_data_dir):
+    (tmp_path / "bench.json").write_text(json.dumps({"format": 3, "machines": {}}))
+    result = run_main("bench", "tta", "--model", "cnn-fast", "--json", str(tmp_path / "bench.json"),
+                      "--markdown", str(tmp_path / "B.md"), "--readme", "",
+                      "--data-dir", str(real_data_dir))
+    assert result.returncode == 1
+    assert "no row of cnn-fast with two or more seeds" in result.stderr
+    assert "fmnist bench train --models cnn-fast" in result.stderr
+
+
+def test_each_kind_of_row_keeps_its_runs_in_folders_of_its_own():
+    plain = {"model": "cnn-fast"}
+    assert summary.run_name(plain, 2) == "cnn-fast-seed2"
+    assert summary.ensemble_name(plain) == "cnn-fast-ensemble"
+    taught = dict(plain, teacher={"run": "runs/bench/cnn-fast-ensemble"})
+    assert summary.run_name(taught, 0) == "cnn-fast-distilled-seed0"
+    longer, shorter = dict(plain, recipe="--epochs=20"), dict(plain, recipe="--epochs=5")
+    names = {summary.run_name(row, 0) for row in (plain, taught, longer, shorter)}
+    assert len(names) == 4 and summary.run_name(longer, 0) == summary.run_name(dict(longer), 0)
+
+
+def test_ensembles_and_view_studies_take_the_preset_row_or_the_only_other_one():
+    from fmnist.bench.runs import _plain_row
+
+    def report(*rows):
+        return {"machines": {"k": {"rows": [dict(_row("cnn-fast", 1.0, 0.9), **r) for r in rows]}}}
+
+    preset, variant = {}, {"recipe": "--epochs=20"}
+    assert "recipe" not in _plain_row(report(variant, preset), "k", "cnn-fast", Path("b.json"))
+    assert _plain_row(report(variant), "k", "cnn-fast", Path("b.json"))["recipe"] == "--epochs=20"
+    with pytest.raises(FmnistError, match="2 rows of cnn-fast off its preset"):
+        _plain_row(report(variant, {"recipe": "--epochs=5"}), "k", "cnn-fast", Path("b.json"))
+    with pytest.raises(FmnistError, match="no row of cnn-fast with two or more seeds"):
+        _plain_row(report(dict(preset, seeds=[0])), "k", "cnn-fast", Path("b.json"))

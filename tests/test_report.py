@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_main
-from fmnist import metrics, rundir
+from fmnist import data, metrics, rundir
 from fmnist.evaluate import evaluate_run
 from fmnist.train import TrainConfig, train
 
@@ -91,8 +91,8 @@ def test_report_html_is_self_contained_with_its_figures(evaluated_run):
     page = (evaluated_run / "report.html").read_text()
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(embedded) == 5  # confusion, per class, gallery, reliability, curves
-    for data in embedded:
-        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in embedded:
+        assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from a network
     saved = json.loads((evaluated_run / rundir.METRICS).read_text())
     assert f"{saved['test_accuracy']:.4f}" in page and "Ankle boot" in page
@@ -129,3 +129,39 @@ def test_data_show_writes_a_sample_grid(real_data_dir, tmp_path):
     result = run_main("data", "--show", "--out", str(out), "--data-dir", str(real_data_dir))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG" and str(out) in result.stdout
+
+
+def test_shifted_moves_pixels_and_fills_black():
+    images = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28).astype(np.uint8) | 1
+    down_right = metrics.shifted(images, 1, 2)
+    np.testing.assert_array_equal(down_right[:, 1:, 2:], images[:, :-1, :-2])
+    assert not down_right[:, 0, :].any() and not down_right[:, :, :2].any()
+    up_left = metrics.shifted(images, -2, -1)
+    np.testing.assert_array_equal(up_left[:, :-2, :-1], images[:, 2:, 1:])
+    assert not up_left[:, -2:, :].any() and not up_left[:, :, -1].any()
+    np.testing.assert_array_equal(metrics.shifted(images, 0, 0), images)
+
+
+def test_test_time_views_and_the_sets_made_of_them():
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    views = metrics.tta_views(images, shift=1)
+    assert len(views) == 10 and all(v.shape == images.shape for v in views.values())
+    np.testing.assert_array_equal(views["left mirror"], metrics.mirrored(views["left"]))
+    assert set(metrics.tta_views(images, shift=0)) == {"image", "mirror"}
+    assert all(set(names) <= set(views) for names in metrics.VIEW_SETS.values())
+
+
+def test_the_view_study_scores_validation_and_test_and_agrees_with_evaluate(
+        evaluated_run, real_data_dir):
+    from fmnist.evaluate import view_study
+
+    study = view_study(evaluated_run, data.load_split("train", real_data_dir),
+                       data.load_split("test", real_data_dir), shift=1)
+    assert set(study) == {"validation", "test"}
+    assert all(set(scores) == set(metrics.VIEW_SETS) and all(0 <= a <= 1 for a in scores.values())
+               for scores in study.values())
+    # Plain and flip are what evaluate scored (and flip TTA), on the run's own test slice.
+    scored = rundir.read_metrics(evaluated_run)
+    assert study["test"]["plain"] == scored["test_accuracy"]
+    assert study["test"]["flip"] == scored["test_accuracy_tta"]
+    assert study["validation"]["plain"] == pytest.approx(scored["val_accuracy"], abs=1e-6)

@@ -12,8 +12,9 @@ import numpy as np
 
 from fmnist import plots, rundir
 from fmnist.data import CLASS_NAMES, load_split
-from fmnist.metrics import (calibration, classification_metrics, confusion_matrix, mirrored,
-                            most_confused, per_class_scores, predict_proba, top_k_accuracy)
+from fmnist.metrics import (VIEW_SETS, calibration, classification_metrics, confusion_matrix,
+                            mirrored, most_confused, per_class_scores, predict_proba,
+                            tta_views, top_k_accuracy)
 from fmnist.report import write_reports
 
 GALLERY_SIZE = 24  # misclassified images shown, most confident mistakes first
@@ -65,6 +66,40 @@ def _evaluate(run_dir: Path, data_dir, test_data, tta: bool) -> dict:
     write_figures(run_dir, x_test, y_test, probabilities, metrics)
     write_reports(run_dir, config, metrics)
     return metrics
+
+
+def view_study(run_dir: str | Path, train_data, test_data, shift: int = 1) -> dict:
+    """Accuracy of each test-time augmentation of ``VIEW_SETS`` (plain, flip, flip and
+    ``shift``-pixel shifts) on the run's validation split and on the test set.
+
+    The validation figures are the ones to choose by; the test figures report what the
+    choice gives. ``train_data``/``test_data``: the 60,000 training and the test
+    ``(images, labels)``. Returns ``{"validation": {set: accuracy}, "test": {...}}``;
+    writes nothing.
+    """
+    from fmnist.runtime import prepare_tensorflow
+    from fmnist.split import split_of_run
+
+    prepare_tensorflow()
+    import keras
+
+    run_dir = rundir.require_run_dir(run_dir, needs=rundir.MODEL)
+    config = rundir.read_json(run_dir / rundir.CONFIG)
+    _, val_idx = split_of_run(config, train_data[1])
+    x_test, y_test = test_data
+    if config.get("test_size"):
+        x_test, y_test = x_test[:config["test_size"]], y_test[:config["test_size"]]
+    model = keras.saving.load_model(run_dir / rundir.MODEL, compile=False, safe_mode=True)
+    result = {}
+    for split, (images, labels) in {"validation": (train_data[0][val_idx], train_data[1][val_idx]),
+                                    "test": (x_test, y_test)}.items():
+        probabilities = {name: predict_proba(model, view)
+                         for name, view in tta_views(images, shift).items()}
+        result[split] = {
+            name: classification_metrics(np.mean([probabilities[v] for v in views], axis=0),
+                                         labels)["accuracy"]
+            for name, views in VIEW_SETS.items()}
+    return result
 
 
 def tta_applies(config: dict) -> bool:

@@ -48,6 +48,34 @@ def mirrored(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images[:, :, ::-1])
 
 
+def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Images (N, 28, 28) moved ``dy`` rows down and ``dx`` columns right, black fill."""
+    out = np.zeros_like(images)
+    height, width = images.shape[1:3]
+    out[:, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+        images[:, max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
+    return out
+
+
+def tta_views(images: np.ndarray, shift: int = 1) -> dict[str, np.ndarray]:
+    """The views a test-time augmentation can average over, by name: the image, its
+    mirror, and (``shift`` > 0) the image and its mirror moved ``shift`` pixels up,
+    down, left and right (10 views). Each uint8 (N, 28, 28) like ``images``."""
+    views = {"image": images, "mirror": mirrored(images)}
+    if shift > 0:
+        for name, (dy, dx) in {"up": (-shift, 0), "down": (shift, 0), "left": (0, -shift),
+                               "right": (0, shift)}.items():
+            views[name] = shifted(images, dy, dx)
+            views[f"{name} mirror"] = mirrored(views[name])
+    return views
+
+
+# Which views each test-time augmentation averages (see tta_views).
+VIEW_SETS = {"plain": ("image",), "flip": ("image", "mirror"),
+             "flip + shifts": ("image", "mirror", "up", "up mirror", "down", "down mirror",
+                               "left", "left mirror", "right", "right mirror")}
+
+
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
     """Counts, int64 (classes, classes): row = true class, column = predicted class."""
     matrix = np.zeros((classes, classes), dtype=np.int64)

@@ -175,12 +175,13 @@ def measure_inference(rows: list[dict], runs_dir: Path, train_data, log=print) -
     read here), quantizes it (calibrated on the run's training images) and times the
     engines on the same random batch.
     """
+    from fmnist.bench.summary import run_name
     from fmnist.export import ExportError, export_images, export_onnx, quantize_int8
     from fmnist.predict import KerasEngine, OnnxEngine
 
     results = []
     for row in rows:
-        run = runs_dir / f"{row['model']}-seed{row['seeds'][0]}"
+        run = runs_dir / run_name(row, row["seeds"][0])
         if not (run / rundir.MODEL).is_file():
             log(f"bench: no {run / rundir.MODEL}; skipping {row['model']}", flush=True)
             continue

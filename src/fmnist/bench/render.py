@@ -9,21 +9,25 @@ from pathlib import Path
 
 from fmnist import hardware
 from fmnist.bench.store import machine_label
-from fmnist.bench.summary import default_target
+from fmnist.bench.summary import default_target, is_plain, mean_std
 from fmnist.bench.targets import (BURST_TARGETS, DEFAULT_MODEL, DEFAULT_TARGET, DISTILL_TARGET,
-                                  ONNX_TARGET, REFERENCE_MODEL, SERVE_TARGETS, TARGETS,
-                                  VAL_THRESHOLDS)
+                                  GPU_TARGETS, ONNX_TARGET, REFERENCE_MODEL, SERVE_TARGETS,
+                                  TARGETS, VAL_THRESHOLDS)
 
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def model_cell(row: dict) -> str:
-    """The model of a row, and its teacher when it was distilled."""
+    """The model of a row, its teacher when it was distilled, and the training arguments
+    that departed from its preset."""
     teacher = row.get("teacher")
-    if not teacher:
-        return f"`{row['model']}`"
-    return f"`{row['model']}` distilled from `{teacher['run']}` ({teacher.get('model')})"
+    cell = f"`{row['model']}`"
+    if teacher:
+        cell += f" distilled from `{teacher['run']}` ({teacher.get('model')})"
+    if row.get("recipe"):
+        cell += f" with `{row['recipe']}`"
+    return cell
 
 
 def _fmt_acc(pair) -> str:
@@ -100,9 +104,10 @@ def targets_table(rows: list[dict]) -> str:
     lines = ["| model | target | measured (plain) | with flip TTA | met |",
              "| --- | --- | --- | --- | --- |"]
     for row in rows:
-        if row["model"] not in TARGETS or row.get("teacher"):
+        targets = GPU_TARGETS if row["device"].startswith("GPU") else TARGETS
+        if row["model"] not in targets or row.get("teacher"):
             continue
-        accuracy, seconds = TARGETS[row["model"]]
+        accuracy, seconds = targets[row["model"]]
         plain = row["test_accuracy_mean_std"][0]
         tta = row["test_accuracy_tta_mean_std"][0] if (row.get("flip") and
                                                        row["test_accuracy_tta_mean_std"]) else None
@@ -126,7 +131,7 @@ def distill_target_lines(rows: list[dict]) -> list[str]:
     """Each distilled row of ``DISTILL_TARGET``'s model against the target: accuracy, in
     at most the plain row's training time (times the allowed swing)."""
     model = DISTILL_TARGET["model"]
-    plain = next((r for r in rows if r["model"] == model and not r.get("teacher")), None)
+    plain = next((r for r in rows if r["model"] == model and is_plain(r)), None)
     lines = []
     for row in rows:
         if row["model"] != model or not row.get("teacher"):
@@ -142,6 +147,29 @@ def distill_target_lines(rows: list[dict]) -> list[str]:
             f"{spent:.1f} s (teacher's pass: {row['teacher'].get('seconds') or 0:.1f} s more) | "
             f"{'—' if not tta else f'{tta[0]:.4f}'} | {'yes' if met else '**no**'} |")
     return lines
+
+
+def tta_section(section: dict) -> str:
+    """The test-time augmentations `fmnist bench tta` scored on this machine kind."""
+    results = section.get("tta")
+    if not results:
+        return "Not measured yet: `fmnist bench tta --model MODEL`."
+    lines = ["| model | test-time views | forward passes per image | validation acc (mean ± std) "
+             "| test acc (mean ± std) | chosen on validation |",
+             "| --- | --- | ---: | --- | --- | --- |"]
+    for result in results:
+        for name, figures in result["sets"].items():
+            label = name.replace("shifts", f"{result['shift']}-pixel shifts")
+            lines.append(
+                f"| `{result['model']}` seeds {result['seeds']} | {label} | {figures['views']} | "
+                f"{_fmt_acc(mean_std(figures['validation']))} | "
+                f"{_fmt_acc(mean_std(figures['test']))} | "
+                f"{'**yes**' if name == result['chosen_on_validation'] else ''} |")
+    lines += ["", "- The mean of the probabilities over the views: the image, its mirror, and "
+                  "both moved up, down, left and right. The choice is made on each run's "
+                  "validation split (ties go to fewer views); the test column reports it.",
+              commands_line(results)]
+    return "\n".join(lines)
 
 
 def ensembles_section(section: dict) -> str:
@@ -166,8 +194,13 @@ def ensembles_section(section: dict) -> str:
     lines += ["", "- One Keras model averaging the members' probabilities (`fmnist ensemble`), "
                   "evaluated on the test set like a run and exported as one ONNX graph under "
                   "the same parity check; img/s as in the inference table.",
-              "- " + "; ".join(f"`{r['command']}` ({r['utc']})" for r in results) + "."]
+              commands_line(results)]
     return "\n".join(lines)
+
+
+def commands_line(results: list[dict]) -> str:
+    """One bullet naming the command (and time) that produced each result."""
+    return "- " + "; ".join(f"`{r['command']}` ({r['utc']})" for r in results) + "."
 
 
 def default_target_text(rows: list[dict]) -> str:
@@ -340,20 +373,54 @@ def render(report: dict, markdown_path: Path, readme_path: Path | None,
         update_readme(readme_path, report, current)
 
 
+# How a machine record's matmul peak was taken, by Keras backend (JAX runs a float32
+# product on TF32 tensor cores by default, which is why its float32 peak is so high).
+FRAMEWORKS = {"tensorflow": "TensorFlow", "jax": "JAX (keras.ops, float32 on TF32 cores)",
+              "torch": "torch (keras.ops)"}
+
+
+def single_runs_section(section: dict) -> str:
+    """Runs recorded one by one (one seed each, not a bench row), and the targets of
+    their models on this kind of device."""
+    runs = section.get("single_runs") or []
+    lines = ["| model | recipe | precision | backend | params | epochs | train s | val acc | "
+             "test acc | with flip TTA | target | met |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        targets = GPU_TARGETS if run["device"].startswith("GPU") else TARGETS
+        accuracy, seconds = targets.get(run["model"], (None, None))
+        target = "—" if accuracy is None else (f">= {accuracy:.3f}"
+                                               + (f" within {seconds:.0f} s" if seconds else ""))
+        met = "—" if accuracy is None else (
+            "yes" if run["test_accuracy"] >= accuracy
+            and (seconds is None or run["train_seconds"] <= seconds) else "**no**")
+        tta = run.get("test_accuracy_tta")
+        lines.append(
+            f"| `{run['model']}` | `{run['recipe'] or '(preset)'}` | {run['precision']} | "
+            f"{run['backend']} | {run['params']:,} | {run['epochs']} | {run['train_seconds']:.1f} | "
+            f"{run['val_accuracy']:.4f} | {run['test_accuracy']:.4f} | "
+            f"{'—' if tta is None else f'{tta:.4f}'} | {target} | {met} |")
+    notes = [f"- `{run['command']}` ({run['utc']}): {run['source']}. Precision {run['precision']}: "
+             f"{run.get('precision_reason', '')}." for run in runs]
+    return "\n".join([*lines, "", "- One seed each: a single run, not a mean over seeds.", *notes])
+
+
 def machine_text(record: dict) -> str:
     peaks = record.get("peak_gflops") or {}
-    flags = ", ".join(record.get("cpu_flags") or []) or "none of " + ", ".join(
-        hardware.RELEVANT_CPU_FLAGS)
+    flags = ("not recorded" if "cpu_flags" not in record else
+             ", ".join(record["cpu_flags"]) or "none of " + ", ".join(hardware.RELEVANT_CPU_FLAGS))
     inferred = (" (inferred from its matmul peaks: that bench predates flag recording)"
                 if record.get("cpu_flags_inferred") else "")
     text = (f"{record.get('cpu', '?')}, {record.get('cores', '?')} cores, {record.get('device', 'CPU')}; "
             f"flags: {flags}{inferred}; oneDNN: {record.get('onednn', '?')}")
     if peaks:
-        text += (f"; TensorFlow 2048x2048 matmul peak: {peaks.get('float32', 0):.0f} GFLOP/s "
+        framework = FRAMEWORKS.get(record.get("backend", "tensorflow"), record.get("backend"))
+        size = record.get("peak_matmul_size", 2048)
+        text += (f"; {framework} {size}x{size} matmul peak: {peaks.get('float32', 0):.0f} GFLOP/s "
                  f"float32, {peaks.get('bfloat16', 0):.0f} bfloat16")
     versions = [f"{name} {record[key]}" for name, key in
-                (("Python", "python"), ("Keras", "keras"), ("TensorFlow", "tensorflow"),
-                 ("NumPy", "numpy")) if record.get(key)]
+                (("Python", "python"), ("Keras", "keras"), ("Keras backend", "backend"),
+                 ("TensorFlow", "tensorflow"), ("NumPy", "numpy")) if record.get(key)]
     return text + (f". {', '.join(versions)}." if versions else ".")
 
 
@@ -406,7 +473,10 @@ def section_markdown(kind: str, section: dict, current: str | None) -> str:
             "- *peak RSS*: the largest resident memory of the training process.", "",
             "### Per-seed numbers", "", per_seed_table(rows), "",
             "### How each row was produced", "", commands_list(rows), ""]
-    parts += ["### Ensembles", "", ensembles_section(section), "",
+    if section.get("single_runs"):
+        parts += ["### Single runs", "", single_runs_section(section), ""]
+    parts += ["### Test-time augmentation", "", tta_section(section), "",
+              "### Ensembles", "", ensembles_section(section), "",
               "### Inference engines: Keras vs onnxruntime", "", inference_section(section), "",
               "### Serving: load test of `fmnist serve`", "", serve_section(section), ""]
     return "\n".join(parts)

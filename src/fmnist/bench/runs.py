@@ -18,7 +18,8 @@ from fmnist.bench.measure import (device_name, forward_flops, machine, measure_i
                                   predict_throughput)
 from fmnist.bench.render import render
 from fmnist.bench.store import load_report, machine_kind, machine_label
-from fmnist.bench.summary import crossings, merge_runs, summarize
+from fmnist.bench.summary import (crossings, ensemble_name, is_plain, merge_runs, run_name,
+                                  summarize)
 from fmnist.bench.targets import BURST_TARGETS, MODEL_ORDER
 from fmnist.errors import FmnistError
 
@@ -60,8 +61,12 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     model with other seeds are kept and summarized with the new ones); other kinds'
     rows are left as they are. With ``teacher`` (a run directory) every model is trained
     distilled from it, into rows of their own (``row["teacher"]``) beside the plain ones.
+    ``extra`` (`fmnist train` arguments: --train-arg) departs from the preset's recipe:
+    such runs make rows of their own too (``row["recipe"]``), so seeds of two recipes
+    are never summarized together, and run directories of their own (``run_name``).
     """
-    variant = "" if teacher is None else "-distilled"
+    recipe = " ".join(extra or [])
+    naming = {"teacher": teacher, "recipe": recipe}  # what run_name needs of the rows made
     extra = [*(extra or []), *([] if teacher is None else ["--teacher", str(teacher)])]
     report = load_report(json_path)
     record = machine()  # the matmul peaks first, while nothing else runs
@@ -75,7 +80,7 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     for model in models:
         runs = []
         for seed in range(seed_start, seed_start + seeds):
-            out = out_dir / f"{model}{variant}-seed{seed}"
+            out = out_dir / run_name({"model": model, **naming}, seed)
             if out.exists():
                 shutil.rmtree(out)
             log(f"bench: training {model} seed {seed} ...", flush=True)
@@ -86,15 +91,18 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
                 + f", {runs[-1]['train_seconds']:.1f} s ({runs[-1]['precision']})", flush=True)
         import keras
 
-        final_model = out_dir / f"{model}{variant}-seed{seed_start}" / rundir.MODEL
+        final_model = out_dir / run_name({"model": model, **naming}, seed_start) / rundir.MODEL
         flops = forward_flops(keras.saving.load_model(final_model, compile=False))
         throughput = predict_throughput(final_model)
         taught = teacher_of(runs[-1])
-        old = next((r for r in section["rows"] if (r["model"], r["device"], teacher_key(r))
-                    == (model, device, teacher_key({"teacher": taught}))), None)
+        wanted = variant_key({"teacher": taught, "recipe": recipe})
+        old = next((r for r in section["rows"] if (r["model"], r["device"], variant_key(r))
+                    == (model, device, wanted)), None)
         row = summarize(model, merge_runs(old, runs), throughput, flops, record["peak_gflops"], device)
         if taught is not None:
             row["teacher"] = taught
+        if recipe:
+            row["recipe"] = recipe
         # Which invocations produced the row's runs (a slow model is run a few seeds at a time).
         kept = {run["seed"] for run in row["runs"]} - {run["seed"] for run in runs}
         row["commands"] = [*old.get("commands", []), command] if old and kept else [command]
@@ -102,7 +110,7 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         section["rows"] = [r for r in section["rows"] if r is not old] + [row]
     order = {name: index for index, name in enumerate(MODEL_ORDER)}
     section["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"],
-                                        teacher_key(r)))
+                                        variant_key(r)))
     section.update({"machine": record, "command": command, "updated_utc": _now()})
     rundir.write_json(json_path, report)
     render(report, markdown_path, readme_path, current=kind)
@@ -164,9 +172,11 @@ def teacher_of(metrics: dict) -> dict | None:
                                               "train_seconds", "seconds")}
 
 
-def teacher_key(row: dict) -> str:
-    """Rows of one model are told apart by their teacher's run ("" for none)."""
-    return (row.get("teacher") or {}).get("run") or ""
+def variant_key(row: dict) -> str:
+    """Rows of one model are told apart by their teacher's run and by the training
+    arguments that departed from the preset ("" for a plain preset row)."""
+    teacher = (row.get("teacher") or {}).get("run") or ""
+    return f"{teacher}\n{row.get('recipe') or ''}".strip()
 
 
 def _now() -> str:
@@ -188,14 +198,9 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
     report = load_report(json_path)
     record = machine(measure=False)
     kind = machine_kind(record)
-    section = report["machines"].get(kind) or {}
-    row = next((r for r in section.get("rows", []) if r["model"] == model and not r.get("teacher")
-                and r["device"] == device_name()), None)
-    if row is None or len(row["seeds"]) < 2:
-        raise FmnistError(f"{json_path} has no row of {model} with two or more seeds for this "
-                          f"machine ({kind}); run `fmnist bench train --models {model}` here first")
-    members = [runs_dir / f"{model}-seed{seed}" for seed in row["seeds"]]
-    out = runs_dir / f"{model}-ensemble"
+    row = _plain_row(report, kind, model, json_path)
+    members = [runs_dir / run_name(row, seed) for seed in row["seeds"]]
+    out = runs_dir / ensemble_name(row)
     if out.exists():
         shutil.rmtree(out)
     log(f"bench: the ensemble of {model} seeds {row['seeds']} ...", flush=True)
@@ -218,3 +223,53 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
     rundir.write_json(json_path, report)
     render(report, markdown_path, readme_path, current=kind)
     return result
+
+
+def run_tta_bench(model: str, json_path: Path, markdown_path: Path, readme_path: Path | None,
+                  runs_dir: Path, train_data, test_data, command: str, shift: int = 1,
+                  log=print) -> dict:
+    """Each test-time augmentation (plain, flip, flip + ``shift``-pixel shifts) of
+    ``model``'s benchmarked seeds on this machine: accuracy on each run's validation
+    split, which the choice is made on, and on the test set, which reports it."""
+    from fmnist.evaluate import view_study
+    from fmnist.metrics import VIEW_SETS
+
+    report = load_report(json_path)
+    record = machine(measure=False)
+    kind = machine_kind(record)
+    row = _plain_row(report, kind, model, json_path)
+    studies = []
+    for seed in row["seeds"]:
+        log(f"bench: test-time views of {model} seed {seed} ...", flush=True)
+        studies.append(view_study(runs_dir / run_name(row, seed), train_data, test_data, shift))
+    figures = {name: {"views": len(views),
+                      "validation": [study["validation"][name] for study in studies],
+                      "test": [study["test"][name] for study in studies]}
+               for name, views in VIEW_SETS.items()}
+    chosen = max(figures, key=lambda name: (np.mean(figures[name]["validation"]),
+                                            -figures[name]["views"]))
+    result = {"model": model, "seeds": row["seeds"], "shift": shift, "device": row["device"],
+              "trained_with_flips": bool(row.get("flip")), "sets": figures,
+              "chosen_on_validation": chosen, "command": command, "utc": _now()}
+    section = report["machines"][kind]
+    section["tta"] = [t for t in section.get("tta", []) if t["model"] != model] + [result]
+    rundir.write_json(json_path, report)
+    render(report, markdown_path, readme_path, current=kind)
+    return result
+
+
+def _plain_row(report: dict, kind: str, model: str, json_path: Path) -> dict:
+    """The row of ``model``'s runs on this machine that an ensemble or a view study is
+    made of: not distilled, two or more seeds; the preset's row where there is one, else
+    the only row trained off the preset."""
+    section = report["machines"].get(kind) or {}
+    rows = [r for r in section.get("rows", []) if r["model"] == model and not r.get("teacher")
+            and r["device"] == device_name() and len(r["seeds"]) >= 2]
+    plain = [r for r in rows if is_plain(r)]
+    if plain or len(rows) == 1:
+        return (plain or rows)[0]
+    if not rows:
+        raise FmnistError(f"{json_path} has no row of {model} with two or more seeds for this "
+                          f"machine ({kind}); run `fmnist bench train --models {model}` here first")
+    raise FmnistError(f"{json_path} has {len(rows)} rows of {model} off its preset and none of the "
+                      f"preset; run `fmnist bench train --models {model}` here first")

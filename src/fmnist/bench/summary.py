@@ -3,6 +3,7 @@ and the default model against its reference. Pure functions of the stored figure
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 
 from fmnist.bench.targets import DEFAULT_MODEL, DEFAULT_TARGET, REFERENCE_MODEL, VAL_THRESHOLDS
@@ -28,7 +29,7 @@ def seconds_to(history: list[dict], accuracy: float) -> float | None:
     return None if reached is None else reached["seconds"]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -67,9 +68,9 @@ def summarize(model: str, runs: list[dict], throughput: float, flops: int,
         "steady_epoch_seconds": statistics.median(r["steady_epoch_seconds"] for r in runs),
         "forward_mflops": flops / 1e6,
         "test_accuracy": accuracies,
-        "test_accuracy_mean_std": _mean_std(accuracies),
+        "test_accuracy_mean_std": mean_std(accuracies),
         "test_accuracy_tta": tta,
-        "test_accuracy_tta_mean_std": _mean_std(tta) if tta else None,
+        "test_accuracy_tta_mean_std": mean_std(tta) if tta else None,
         "val_accuracy_mean": statistics.fmean(r["val_accuracy"] for r in runs),
         "val_crossings_median": median_crossings(runs),
         "predict_images_per_second": throughput,
@@ -100,6 +101,32 @@ def median_crossings(runs: list[dict]) -> dict:
     return summary
 
 
+def run_name(row: dict, seed: int) -> str:
+    """The folder, under the bench's runs directory, of a row's run of ``seed``:
+    ``MODEL-seedN``, with ``-distilled`` for a teacher's student and a short hash of the
+    training arguments for a recipe off the preset, so that variants never overwrite the
+    preset's runs. ``row`` needs only ``model``, and ``teacher``/``recipe`` where set."""
+    return f"{_run_stem(row)}-seed{seed}"
+
+
+def ensemble_name(row: dict) -> str:
+    """The folder of the ensemble of a row's seeds (``MODEL-ensemble``, and so on)."""
+    return f"{_run_stem(row)}-ensemble"
+
+
+def _run_stem(row: dict) -> str:
+    name = row["model"] + ("-distilled" if row.get("teacher") else "")
+    if row.get("recipe"):
+        name += "-" + hashlib.sha1(row["recipe"].encode()).hexdigest()[:8]
+    return name
+
+
+def is_plain(row: dict) -> bool:
+    """Whether a row is its model's preset, trained as registered: no teacher, and no
+    training argument departing from the recipe."""
+    return not row.get("teacher") and not row.get("recipe")
+
+
 def default_target(rows: list[dict]) -> dict | None:
     """The default model against the reference, as measured in the same bench run.
 
@@ -107,7 +134,7 @@ def default_target(rows: list[dict]) -> dict | None:
     either model is missing from ``rows``.
     """
     by_model = ({row["model"]: row for row in rows
-                 if row["device"] == rows[0]["device"] and not row.get("teacher")} if rows else {})
+                 if row["device"] == rows[0]["device"] and is_plain(row)} if rows else {})
     fast, reference = by_model.get(DEFAULT_MODEL), by_model.get(REFERENCE_MODEL)
     if fast is None or reference is None:
         return None

@@ -96,6 +96,17 @@ def add_parser(commands) -> None:
     trained_runs(ensemble)
     reports(ensemble)
 
+    tta = kinds.add_parser(
+        "tta", help="test-time augmentations of a benchmarked model's seeds, chosen on validation",
+        description="Score plain, flip and flip + shifts test-time augmentation of the runs "
+                    "`fmnist bench train` made of MODEL on this machine, on each run's "
+                    "validation split (the one to choose by) and on the test set.")
+    tta.add_argument("--model", required=True, metavar="MODEL")
+    tta.add_argument("--shift", type=int_at_least(1), default=1,
+                     help="pixels the shifted views move (default: 1)")
+    trained_runs(tta)
+    reports(tta)
+
     render = kinds.add_parser(
         "render", help="measure nothing: regenerate the reports from bench.json",
         description="Regenerate BENCHMARKS.md and the README table from the stored bench.json "
@@ -105,7 +116,7 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     return {"train": _train, "inference": _inference, "serve": _serve, "ensemble": _ensemble,
-            "render": _render}[args.bench_command](args)
+            "tta": _tta, "render": _render}[args.bench_command](args)
 
 
 def _readme(args) -> Path | None:
@@ -188,6 +199,23 @@ def _ensemble(args) -> int:
     print(f"ensemble of {args.model} seeds {result['seeds']}: test accuracy "
           f"{result['test_accuracy']:.4f}" + ("" if result["test_accuracy_tta"] is None else
                                               f" (flip TTA {result['test_accuracy_tta']:.4f})"))
+    print(f"wrote {args.markdown} and {args.json}")
+    return 0
+
+
+def _tta(args) -> int:
+    from fmnist.data import load_data
+
+    train_data, test_data = load_data(args.data_dir)
+
+    from fmnist.bench.runs import run_tta_bench
+
+    result = run_tta_bench(args.model, Path(args.json), Path(args.markdown), _readme(args),
+                           Path(args.runs_dir), train_data, test_data, _command(), args.shift)
+    for name, figures in result["sets"].items():
+        print(f"{name:>14}: validation {sum(figures['validation']) / len(result['seeds']):.4f}, "
+              f"test {sum(figures['test']) / len(result['seeds']):.4f} ({figures['views']} views)")
+    print(f"chosen on validation: {result['chosen_on_validation']}")
     print(f"wrote {args.markdown} and {args.json}")
     return 0
 
