@@ -30,6 +30,11 @@ def model_cell(row: dict) -> str:
     return cell
 
 
+def _seeds(row: dict) -> str:
+    count = len(row["seeds"])
+    return f"{count} seed{'' if count == 1 else 's'}"
+
+
 def _fmt_acc(pair) -> str:
     if not pair:
         return "—"
@@ -121,7 +126,7 @@ def targets_table(rows: list[dict]) -> str:
             met = "**no**"
         target = f">= {accuracy:.3f}" + (f" within {seconds:.0f} s" if seconds else "")
         tta_text = "—" if tta is None else f"{tta:.4f}"
-        lines.append(f"| {model_cell(row)} ({row['device']}, {len(row['seeds'])} seeds) | {target} | "
+        lines.append(f"| {model_cell(row)} ({row['device']}, {_seeds(row)}) | {target} | "
                      f"{plain:.4f} in {spent:.1f} s | {tta_text} | {met} |")
     lines += distill_target_lines(rows)
     return "\n".join(lines)
@@ -141,7 +146,7 @@ def distill_target_lines(rows: list[dict]) -> list[str]:
         met = accuracy >= DISTILL_TARGET["accuracy"] and limit is not None and spent <= limit
         tta = row.get("test_accuracy_tta_mean_std") if row.get("flip") else None
         lines.append(
-            f"| {model_cell(row)} ({row['device']}, {len(row['seeds'])} seeds) | >= "
+            f"| {model_cell(row)} ({row['device']}, {_seeds(row)}) | >= "
             f"{DISTILL_TARGET['accuracy']:.3f} within {DISTILL_TARGET['time_ratio']}x the plain "
             f"`{model}`'s time ({'—' if limit is None else f'{limit:.1f} s'}) | {accuracy:.4f} in "
             f"{spent:.1f} s (teacher's pass: {row['teacher'].get('seconds') or 0:.1f} s more) | "
