@@ -68,6 +68,16 @@ def random_translate(images, pixels: int, seed):
     return tf.gather(picked, cols, axis=2, batch_dims=1)  # (B, 28, 28)
 
 
+def box_mask(index, top, bottom, left, right, apply):
+    """bool (B, size, size): True inside each image's box, rows ``top..bottom-1`` and
+    columns ``left..right-1`` (each (B,)), where ``apply`` (B,) says so. ``index`` is
+    ``range(size)`` as a tensor or an array: the same code serves TensorFlow and NumPy."""
+    index = index[None, :]
+    in_rows = (index >= top[:, None]) & (index < bottom[:, None])  # (B, size)
+    in_cols = (index >= left[:, None]) & (index < right[:, None])
+    return in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+
+
 def random_erase(images, probability: float, seed, min_side: int = 4, max_side: int = 14):
     """Blank one rectangle (sides min_side..max_side px) per image with ``probability``."""
     tf = _tf()
@@ -80,10 +90,7 @@ def random_erase(images, probability: float, seed, min_side: int = 4, max_side: 
     width = min_side + tf.cast(draws[:, 2] * span, tf.int32)
     top = tf.cast(draws[:, 3] * tf.cast(size - height + 1, tf.float32), tf.int32)
     left = tf.cast(draws[:, 4] * tf.cast(size - width + 1, tf.float32), tf.int32)
-    index = tf.range(size)[None, :]
-    in_rows = (index >= top[:, None]) & (index < (top + height)[:, None])  # (B, 28)
-    in_cols = (index >= left[:, None]) & (index < (left + width)[:, None])
-    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    mask = box_mask(tf.range(size), top, top + height, left, left + width, apply)
     return tf.where(mask, tf.zeros_like(images), images)
 
 
@@ -138,10 +145,7 @@ def numpy_erase(images: np.ndarray, probability: float, rng: np.random.Generator
     width = min_side + (draws[:, 2] * span).astype(int)
     top = (draws[:, 3] * (size - height + 1)).astype(int)
     left = (draws[:, 4] * (size - width + 1)).astype(int)
-    index = np.arange(size)[None, :]
-    in_rows = (index >= top[:, None]) & (index < (top + height)[:, None])  # (B, 28)
-    in_cols = (index >= left[:, None]) & (index < (left + width)[:, None])
-    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    mask = box_mask(np.arange(size), top, top + height, left, left + width, apply)
     return np.where(mask, np.zeros_like(images), images)
 
 
@@ -165,11 +169,7 @@ def random_cutmix(images, targets, probability: float, seed: int, key):
     bottom = tf.cast(tf.clip_by_value(tf.round(centre_row + side / 2), 0, size), tf.int32)
     left = tf.cast(tf.clip_by_value(tf.round(centre_col - side / 2), 0, size), tf.int32)
     right = tf.cast(tf.clip_by_value(tf.round(centre_col + side / 2), 0, size), tf.int32)
-    apply = draws[:, 0] < probability
-    index = tf.range(size)[None, :]
-    in_rows = (index >= top[:, None]) & (index < bottom[:, None])  # (B, 28)
-    in_cols = (index >= left[:, None]) & (index < right[:, None])
-    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    mask = box_mask(tf.range(size), top, bottom, left, right, draws[:, 0] < probability)
     images = tf.where(mask, tf.roll(images, 1, axis=0), images)
     share = tf.reduce_mean(tf.cast(mask, tf.float32), axis=[1, 2])[:, None]  # (B, 1)
     return images, (1.0 - share) * targets + share * tf.roll(targets, 1, axis=0)
@@ -184,11 +184,7 @@ def numpy_cutmix(images: np.ndarray, targets: np.ndarray, probability: float,
     centre_row, centre_col = draws[:, 2] * size, draws[:, 3] * size
     top, bottom = (np.clip(np.round(centre_row + d * side / 2), 0, size) for d in (-1, 1))
     left, right = (np.clip(np.round(centre_col + d * side / 2), 0, size) for d in (-1, 1))
-    apply = draws[:, 0] < probability
-    index = np.arange(size)[None, :]
-    in_rows = (index >= top[:, None]) & (index < bottom[:, None])
-    in_cols = (index >= left[:, None]) & (index < right[:, None])
-    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    mask = box_mask(np.arange(size), top, bottom, left, right, draws[:, 0] < probability)
     images = np.where(mask, np.roll(images, 1, axis=0), images)
     share = mask.mean(axis=(1, 2), dtype=np.float32)[:, None]
     return images, ((1.0 - share) * targets + share * np.roll(targets, 1, axis=0)).astype(np.float32)

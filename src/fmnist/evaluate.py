@@ -43,11 +43,8 @@ def _evaluate(run_dir: Path, data_dir, test_data, tta: bool) -> dict:
 
     config = rundir.read_json(run_dir / rundir.CONFIG)
     tta = tta and tta_applies(config)
-    x_test, y_test = test_data if test_data is not None else load_split("test", data_dir)
-    test_size = config.get("test_size")
-    if test_size:
-        x_test, y_test = x_test[:test_size], y_test[:test_size]
-
+    x_test, y_test = _test_slice(config, test_data if test_data is not None
+                                 else load_split("test", data_dir))
     model = keras.saving.load_model(run_dir / rundir.MODEL, compile=False, safe_mode=True)
     probabilities = predict_proba(model, x_test)
 
@@ -86,9 +83,7 @@ def view_study(run_dir: str | Path, train_data, test_data, shift: int = 1) -> di
     run_dir = rundir.require_run_dir(run_dir, needs=rundir.MODEL)
     config = rundir.read_json(run_dir / rundir.CONFIG)
     _, val_idx = split_of_run(config, train_data[1])
-    x_test, y_test = test_data
-    if config.get("test_size"):
-        x_test, y_test = x_test[:config["test_size"]], y_test[:config["test_size"]]
+    x_test, y_test = _test_slice(config, test_data)
     model = keras.saving.load_model(run_dir / rundir.MODEL, compile=False, safe_mode=True)
     result = {}
     for split, (images, labels) in {"validation": (train_data[0][val_idx], train_data[1][val_idx]),
@@ -100,6 +95,14 @@ def view_study(run_dir: str | Path, train_data, test_data, shift: int = 1) -> di
                                          labels)["accuracy"]
             for name, views in VIEW_SETS.items()}
     return result
+
+
+def _test_slice(config: dict, test_data) -> tuple[np.ndarray, np.ndarray]:
+    """The test images a run is scored on: the first ``test_size`` where its config
+    limits them (quick runs), else all 10,000."""
+    x_test, y_test = test_data
+    test_size = config.get("test_size")
+    return (x_test[:test_size], y_test[:test_size]) if test_size else (x_test, y_test)
 
 
 def tta_applies(config: dict) -> bool:

@@ -77,8 +77,8 @@ def cpu_kind(flags: frozenset) -> str:
     return "other"
 
 
-def gpu_compute_capability() -> tuple[int, int] | None:
-    """Compute capability of the first visible GPU, or None without one.
+def first_gpu() -> tuple[str, tuple[int, int]] | None:
+    """(name, compute capability) of the first visible GPU, or None without one.
 
     Asked of the Keras backend's framework (TensorFlow by default, JAX or torch where
     ``KERAS_BACKEND`` names them), the one that will run the model; it imports it.
@@ -93,18 +93,27 @@ def gpu_compute_capability() -> tuple[int, int] | None:
         if not gpus:
             return None
         dotted = str(getattr(gpus[0], "compute_capability", "0.0"))
-        return tuple(int(part) for part in dotted.split(".")[:2])
+        return gpus[0].device_kind, tuple(int(part) for part in dotted.split(".")[:2])
     if backend == "torch":
         import torch
 
-        return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None
+        if not torch.cuda.is_available():
+            return None
+        return torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0))
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return None
-    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
-    return tuple(capability) if capability else (0, 0)
+    details = tf.config.experimental.get_device_details(gpus[0])
+    capability = details.get("compute_capability")
+    return details.get("device_name", gpus[0].name), tuple(capability) if capability else (0, 0)
+
+
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """Compute capability of the first visible GPU (see ``first_gpu``), or None."""
+    gpu = first_gpu()
+    return None if gpu is None else gpu[1]
 
 
 @dataclass(frozen=True)

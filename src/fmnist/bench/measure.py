@@ -57,23 +57,8 @@ def machine(measure: bool = True) -> dict:
 
 def device_name() -> str:
     """The device the Keras backend trains on: "CPU" or "GPU: <its name>"."""
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if backend == "jax":
-        import jax
-
-        gpus = [device for device in jax.devices() if device.platform == "gpu"]
-        return f"GPU: {gpus[0].device_kind}" if gpus else "CPU"
-    if backend == "torch":
-        import torch
-
-        return f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return f"GPU: {details.get('device_name', gpus[0].name)}"
-    return "CPU"
+    gpu = hardware.first_gpu()
+    return "CPU" if gpu is None else f"GPU: {gpu[0]}"
 
 
 def forward_flops(model) -> int:
