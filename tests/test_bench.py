@@ -388,6 +388,10 @@ def test_bench_tta_needs_a_benchmarked_model(tmp_path, real_data_dir):
     assert result.returncode == 1
     assert "no row of cnn-fast with two or more seeds" in result.stderr
     assert "fmnist bench train --models cnn-fast" in result.stderr
+    for command in ("tta", "ensemble"):  # a name that is no model: a usage error naming them
+        unknown = run_main("bench", command, "--model", "nosuch", "--json", str(tmp_path / "bench.json"))
+        assert unknown.returncode == 2 and "unknown model 'nosuch'" in unknown.stderr
+        assert "cnn-fast" in unknown.stderr
 
 
 def test_each_kind_of_row_keeps_its_runs_in_folders_of_its_own():

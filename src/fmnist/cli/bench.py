@@ -133,14 +133,9 @@ def _command() -> str:
 def _train(args) -> int:
     from fmnist.bench.targets import DEFAULT_MODELS
     from fmnist.data import load_data
-    from fmnist.models import get_factory
 
     models = args.models or list(DEFAULT_MODELS)
-    for name in models:
-        try:
-            get_factory(name)
-        except FmnistError as error:
-            args.subparser.error(str(error))
+    _require_models(args, models)
     load_data(args.data_dir)  # verify the data once, before hours of training
     if args.teacher:
         from fmnist import rundir
@@ -187,9 +182,21 @@ def _serve(args) -> int:
     return 0
 
 
+def _require_models(args, models: list[str]) -> None:
+    """A usage error (exit 2) naming the choices for a model that is not registered."""
+    from fmnist.models import get_factory
+
+    for name in models:
+        try:
+            get_factory(name)
+        except FmnistError as error:
+            args.subparser.error(str(error))
+
+
 def _ensemble(args) -> int:
     from fmnist.data import load_data
 
+    _require_models(args, [args.model])
     train_data, test_data = load_data(args.data_dir)  # both verified, each read once
 
     from fmnist.bench.runs import run_ensemble_bench
@@ -206,6 +213,7 @@ def _ensemble(args) -> int:
 def _tta(args) -> int:
     from fmnist.data import load_data
 
+    _require_models(args, [args.model])
     train_data, test_data = load_data(args.data_dir)
 
     from fmnist.bench.runs import run_tta_bench
