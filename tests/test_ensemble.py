@@ -58,6 +58,38 @@ def test_an_ensemble_averages_its_members_and_is_a_run_like_any(trained_run, sec
     np.testing.assert_allclose(onnx.probabilities(x[:50]), ensemble.probabilities(x[:50]), atol=1e-4)
 
 
+@pytest.mark.slow
+def test_members_that_held_out_the_same_images_are_scored_on_them(trained_run, second_run,
+                                                                    real_data_dir, tmp_path):
+    """Same seed and split sizes (here another recipe than ``trained_run``): the ensemble
+    gets a validation accuracy, the mean of the members' probabilities on that split; a
+    member of another seed held out other images, and the ensemble gets none."""
+    from fmnist.data import load_split
+    from fmnist.predict import Predictor
+    from fmnist.split import split_of_run
+    from fmnist.train import TrainConfig, train
+
+    same_split = train(TrainConfig(epochs=1, learning_rate=0.003, train_size=6000, val_size=1000,
+                                   test_size=1000), tmp_path / "other-recipe",
+                       data_dir=real_data_dir, verbose=0)
+    out = tmp_path / "ensemble"
+    result = run_main("ensemble", str(trained_run), str(same_split), "--out", str(out),
+                      "--data-dir", str(real_data_dir))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / rundir.METRICS).read_text())
+    images, labels = load_split("train", real_data_dir)
+    _, val_idx = split_of_run(json.loads((trained_run / rundir.CONFIG).read_text()), labels)
+    mean = np.mean([Predictor.load(run).probabilities(images[val_idx]) for run in (trained_run, same_split)], axis=0)
+    assert metrics["n_val"] == 1000
+    assert metrics["val_accuracy"] == pytest.approx(float(np.mean(mean.argmax(axis=1) == labels[val_idx])))
+    assert f"validation accuracy: {metrics['val_accuracy']:.4f}" in result.stdout
+
+    mixed = run_main("ensemble", str(trained_run), str(second_run), "--out", str(tmp_path / "mixed"),
+                     "--data-dir", str(real_data_dir))
+    assert mixed.returncode == 0 and "validation accuracy" not in mixed.stdout
+    assert json.loads((tmp_path / "mixed" / rundir.METRICS).read_text())["val_accuracy"] is None
+
+
 def test_an_ensemble_needs_two_distinct_runs(trained_run, tmp_path):
     from fmnist.ensemble import create_ensemble
     from fmnist.errors import FmnistError
@@ -117,6 +149,34 @@ def test_a_distilled_run_records_its_teacher_and_resumes_only_with_it(trained_ru
     history = json.loads((run / rundir.HISTORY).read_text())
     # The student's seconds are its epochs alone: the teacher's forward pass is apart.
     assert metrics["train_seconds"] == pytest.approx(sum(row["seconds"] for row in history))
+
+
+def test_teacher_tta_averages_each_image_and_its_mirror_for_a_teacher_trained_with_flips(
+        trained_run, test_images, tmp_path):
+    import shutil
+
+    from fmnist.config import TrainConfig
+    from fmnist.errors import ConfigError, FmnistError
+    from fmnist.metrics import mirrored
+    from fmnist.predict import Predictor
+    from fmnist.train import teacher_targets
+
+    x = test_images[0][:64]
+    with pytest.raises(FmnistError, match="not trained with flips"):  # mirrors it never saw
+        teacher_targets(str(trained_run), x, tta=True)
+    teacher = tmp_path / "flipped-teacher"
+    shutil.copytree(trained_run, teacher)
+    config = json.loads((teacher / rundir.CONFIG).read_text())
+    (teacher / rundir.CONFIG).write_text(json.dumps({**config, "flip": True}))
+    soft, record = teacher_targets(str(teacher), x, tta=True)
+    model = Predictor.load(teacher)
+    expected = (model.probabilities(x) + model.probabilities(mirrored(x))) / 2
+    np.testing.assert_allclose(soft, expected, atol=1e-6)
+    assert soft.dtype == np.float32 and record["tta"] is True and record["seconds"] > 0
+    plain, _ = teacher_targets(str(teacher), x)
+    assert np.abs(plain - soft).max() > 1e-3  # the mirror changed the targets
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        TrainConfig(distill_tta=True)
 
 
 def test_a_missing_teacher_is_one_line_before_tensorflow(tmp_path, real_data_dir):

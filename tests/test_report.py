@@ -37,6 +37,29 @@ def test_confusion_matrix_and_per_class_scores_by_hand():
     assert scores[2] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
 
 
+class _RowSums:
+    """A stand-in model: each image's class scores are its pixel sum over 1..10; it
+    records the batch shapes it was handed."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def predict_on_batch(self, batch):
+        self.shapes.append(batch.shape)
+        return batch.reshape(len(batch), -1).sum(axis=1, keepdims=True) * np.arange(1, 11)
+
+
+@pytest.mark.parametrize("n, batch_size", [(7, 3), (6, 3), (2, 5), (1, 1024)])
+def test_predict_proba_keeps_every_row_in_order_and_one_batch_shape(n, batch_size):
+    images = np.arange(n * 4, dtype=np.uint8).reshape(n, 2, 2)
+    model = _RowSums()
+    out = metrics.predict_proba(model, images, batch_size=batch_size)
+    expected = images.reshape(n, -1).sum(axis=1, keepdims=True) * np.arange(1, 11)
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
+    # One shape only, so TensorFlow traces the predict step once: the last slice is padded.
+    assert {shape[0] for shape in model.shapes} == {min(n, batch_size)}
+
+
 def test_expected_calibration_error_by_hand():
     # Two images at confidence 0.9 (one right, one wrong) and one at 0.6 (right):
     # bin (0.867, 0.933]: accuracy 0.5, confidence 0.9 -> |0.4| x 2/3

@@ -74,6 +74,9 @@ class TrainConfig:
     # become soft targets, mixed with the true labels: target = (1 - w) * one-hot + w * p.
     teacher: str | None = None
     distill_weight: float = 0.5  # w, the teacher's share of each target
+    # p: the teacher's probabilities on each image, or their mean over the image and its
+    # mirror (flip TTA, for a teacher trained with flips): a pass more, a better teacher.
+    distill_tta: bool = False
 
     @property
     def one_hot_targets(self) -> bool:
@@ -161,6 +164,7 @@ _RULES = {
     "tensorboard": ("bool", False, lambda v: True, "true or false"),
     "tensorboard_histograms": ("bool", False, lambda v: True, "true or false"),
     "distill_weight": ("number", False, lambda v: 0 <= v <= 1, "a share from 0 to 1"),
+    "distill_tta": ("bool", False, lambda v: True, "true or false"),
 }
 _CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS,
             "distribute": STRATEGIES}
@@ -182,6 +186,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"model: {config.model!r} is not a model name")
     if config.teacher is not None and (not isinstance(config.teacher, str) or not config.teacher):
         raise ConfigError(f"teacher: {config.teacher!r} is not a run directory path, or null")
+    if config.distill_tta and config.teacher is None:
+        raise ConfigError("distill_tta: true needs a teacher; pass --teacher RUN_DIR, or drop it")
     if not isinstance(config.model_options, dict):
         raise ConfigError(f"model_options: {config.model_options!r} is not an object of "
                           "the model's keyword arguments")

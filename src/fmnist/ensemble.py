@@ -5,8 +5,9 @@
     config.json    "model": "ensemble", the members (run directory, model, seed, SHA-256
                    of its model.keras), and the split settings of the first member
     metrics.json   the training summary: parameters and training seconds summed over
-                   the members (the ensemble itself trains nothing); evaluation adds the
-                   test figures, as for any run
+                   the members (the ensemble itself trains nothing); the validation
+                   accuracy when every member held out the same images (same seed and
+                   split sizes), else none; evaluation adds the test figures, as for any run
     model.keras    one Keras model: pixels -> each member -> the mean of their
                    probabilities, so `evaluate`, `predict`, `serve` and `export` (one ONNX
                    graph, same parity check) take it as they take a single model
@@ -51,8 +52,25 @@ def build_ensemble(member_paths: list[Path]):
     return keras.Model(pixels, mean, name=MODEL_NAME)
 
 
-def create_ensemble(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Write the ensemble of ``run_dirs`` (at least two) as a new run directory ``out``."""
+SPLIT_KEYS = ("seed", "val_size", "train_size")  # what fixes a run's validation images
+
+
+def shared_split(run_dirs: list[str | os.PathLike]) -> bool:
+    """Whether the runs all held out the same validation images (same seed and sizes), so
+    that their ensemble can be scored on them: the choice between ensembles (a teacher,
+    say) can then stay off the test set."""
+    splits = {tuple(rundir.read_json(Path(path) / rundir.CONFIG).get(key) for key in SPLIT_KEYS)
+              for path in run_dirs}
+    return len(splits) == 1
+
+
+def create_ensemble(run_dirs: list[str | os.PathLike], out: str | os.PathLike,
+                    train_data=None) -> Path:
+    """Write the ensemble of ``run_dirs`` (at least two) as a new run directory ``out``.
+
+    ``train_data``: the 60,000 training ``(images, labels)``; given, and where the members
+    share their split (:func:`shared_split`), the ensemble is scored on that validation
+    split (``val_accuracy``, ``val_loss``, ``n_val`` in metrics.json)."""
     if len(run_dirs) < 2:
         raise FmnistError("an ensemble needs at least two run directories")
     members = [rundir.run_record(path) for path in run_dirs]
@@ -77,11 +95,24 @@ def create_ensemble(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -
             "members": len(members),
             "params": int(model.count_params()),
             "members_test_accuracy": [m["test_accuracy"] for m in members],
-            # The members validated on different splits: no validation figure is honest.
+            # Members that validated on different splits: no validation figure is honest.
             "val_accuracy": None,
         }
+        if train_data is not None and shared_split([m["run"] for m in members]):
+            summary.update(_validation_scores(model, configs[0], train_data))
         if None not in seconds:  # what it cost: the members' training, one after the other
             summary["train_seconds"] = float(sum(seconds))
         run = rundir.RunDir.create(out, config)
         run.finish(model.save, summary)
     return out
+
+
+def _validation_scores(model, config: dict, train_data) -> dict:
+    """The ensemble's accuracy and loss on the validation split its members share."""
+    from fmnist.metrics import classification_metrics, predict_proba
+    from fmnist.split import split_of_run
+
+    images, labels = train_data
+    _, val_idx = split_of_run(config, labels)
+    scores = classification_metrics(predict_proba(model, images[val_idx]), labels[val_idx])
+    return {"val_accuracy": scores["accuracy"], "val_loss": scores["loss"], "n_val": int(len(val_idx))}

@@ -26,9 +26,18 @@ def predict_proba(model, images: np.ndarray, batch_size: int = 1024) -> np.ndarr
 
         batches = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
         return np.asarray(model.predict(batches, verbose=0), dtype=np.float32)
-    return np.concatenate([np.asarray(model.predict_on_batch(images[start:start + batch_size]),
-                                      dtype=np.float32)
-                           for start in range(0, len(images), batch_size)])
+    # Every slice has one shape: the last is padded to a full batch, its padding's rows
+    # dropped. A shorter last slice would make TensorFlow trace the predict step again,
+    # once per new length (a teacher's pass, then validation, test and TTA, each warned).
+    batch_size = min(batch_size, len(images))
+    pieces = []
+    for start in range(0, len(images), batch_size):
+        piece = images[start:start + batch_size]
+        short = batch_size - len(piece)
+        if short:
+            piece = np.concatenate([piece, np.zeros((short, *piece.shape[1:]), piece.dtype)])
+        pieces.append(np.asarray(model.predict_on_batch(piece), dtype=np.float32)[:batch_size - short])
+    return np.concatenate(pieces)
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict:

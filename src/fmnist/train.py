@@ -34,7 +34,7 @@ from fmnist.config import TrainConfig  # noqa: E402,F401  (TrainConfig: re-expor
 from fmnist.data import NUM_CLASSES, load_split  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
 from fmnist.hardware import choose_precision, dtype_policy  # noqa: E402
-from fmnist.metrics import classification_metrics, predict_proba  # noqa: E402
+from fmnist.metrics import classification_metrics, mirrored, predict_proba  # noqa: E402
 from fmnist.pipeline import (distributed_batches, steps_per_epoch, training_batches,  # noqa: E402
                              validation_batches)
 from fmnist.plots import plot_history  # noqa: E402
@@ -168,7 +168,7 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
     strategy = make_strategy(config.distribute, config.cpu_replicas)  # before any TF op
     soft_targets = None
     if config.teacher is not None:  # in float32, before the run's precision is set
-        soft_targets, teacher = teacher_targets(config.teacher, x_train)
+        soft_targets, teacher = teacher_targets(config.teacher, x_train, config.distill_tta)
         recorded = run.config.get("teacher_run")
         if recorded is None:
             run.record(teacher_run=teacher)
@@ -229,19 +229,25 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
         keras.config.set_dtype_policy("float32")
 
 
-def teacher_targets(teacher: str, images: np.ndarray) -> tuple[np.ndarray, dict]:
+def teacher_targets(teacher: str, images: np.ndarray, tta: bool = False) -> tuple[np.ndarray, dict]:
     """A teacher run's probabilities on ``images`` (uint8 (n, 28, 28) -> float32 (n, 10)),
     the soft targets of distillation, and what the student records of its teacher.
 
-    Computed once per process, on the unaugmented training images: one forward pass,
-    whose seconds are reported apart from the student's training (``seconds``), as is
-    what the teacher itself cost to train (``train_seconds``, from its metrics.json).
+    Computed once per process, on the unaugmented training images: one forward pass (two
+    with ``tta``: the mean over each image and its mirror, for a teacher trained with
+    flips), whose seconds are reported apart from the student's training (``seconds``),
+    as is what the teacher itself cost to train (``train_seconds``, from its metrics.json).
     """
     record = rundir.run_record(teacher)
+    if tta and not record["flip"]:
+        raise FmnistError(f"the teacher {teacher} was not trained with flips, so its mirror-image "
+                          "answers mean nothing; drop --distill-tta")
     started = time.perf_counter()
     model = keras.saving.load_model(Path(teacher) / rundir.MODEL, compile=False, safe_mode=True)
-    soft = predict_proba(model, images).astype(np.float32)
-    return soft, {**record, "seconds": time.perf_counter() - started}
+    soft = predict_proba(model, images)
+    if tta:
+        soft = (soft + predict_proba(model, mirrored(images))) / 2
+    return soft.astype(np.float32), {**record, "tta": tta, "seconds": time.perf_counter() - started}
 
 
 def _multiworker_type():

@@ -66,7 +66,8 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     are never summarized together, and run directories of their own (``run_name``).
     """
     recipe = " ".join(extra or [])
-    naming = {"teacher": teacher, "recipe": recipe}  # what run_name needs of the rows made
+    # What run_name needs of the rows made; the run path as the students record it.
+    naming = {"teacher": None if teacher is None else {"run": str(Path(teacher))}, "recipe": recipe}
     extra = [*(extra or []), *([] if teacher is None else ["--teacher", str(teacher)])]
     report = load_report(json_path)
     record = machine()  # the matmul peaks first, while nothing else runs

@@ -103,9 +103,11 @@ def median_crossings(runs: list[dict]) -> dict:
 
 def run_name(row: dict, seed: int) -> str:
     """The folder, under the bench's runs directory, of a row's run of ``seed``:
-    ``MODEL-seedN``, with ``-distilled`` for a teacher's student and a short hash of the
-    training arguments for a recipe off the preset, so that variants never overwrite the
-    preset's runs. ``row`` needs only ``model``, and ``teacher``/``recipe`` where set."""
+    ``MODEL-seedN``, with ``-distilled-`` and a short hash of the teacher's run path for
+    a teacher's student, and a short hash of the training arguments for a recipe off the
+    preset, so that variants never overwrite the preset's runs nor another teacher's
+    students. ``row`` needs only ``model``, and ``teacher`` (``{"run": PATH}``) and
+    ``recipe`` where set."""
     return f"{_run_stem(row)}-seed{seed}"
 
 
@@ -115,10 +117,16 @@ def ensemble_name(row: dict) -> str:
 
 
 def _run_stem(row: dict) -> str:
-    name = row["model"] + ("-distilled" if row.get("teacher") else "")
+    name = row["model"]
+    if row.get("teacher"):
+        name += "-distilled-" + _short_hash(row["teacher"]["run"])
     if row.get("recipe"):
-        name += "-" + hashlib.sha1(row["recipe"].encode()).hexdigest()[:8]
+        name += "-" + _short_hash(row["recipe"])
     return name
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def is_plain(row: dict) -> bool:

@@ -55,10 +55,10 @@ def add_parser(commands) -> None:
                        help="where the runs go (default: runs/bench)")
     train.add_argument("--teacher", metavar="RUN_DIR",
                        help="train every model distilled from this run, into rows of their own "
-                            "(runs named MODEL-distilled-seedN)")
+                            "(runs named MODEL-distilled-HASH-seedN, HASH from the teacher's path)")
     train.add_argument("--train-arg", action="append", default=[], metavar="ARG",
                        help="extra `fmnist train` argument for every run, e.g. --train-arg=--epochs=1 "
-                            "(for smoke tests; the table then no longer shows the presets)")
+                            "(a recipe off the preset: its runs make rows and folders of their own)")
     reports(train)
 
     inference = kinds.add_parser(

@@ -28,14 +28,19 @@ def run(args) -> int:
     rundir.require_new_run_dir(args.out)
     test_data = load_split("test", args.data_dir)
 
-    from fmnist.ensemble import create_ensemble
+    from fmnist.ensemble import create_ensemble, shared_split
     from fmnist.evaluate import evaluate_run
 
-    out = create_ensemble(args.run_dirs, args.out)
+    # Members that held out the same images: the ensemble is scored on them too.
+    train_data = load_split("train", args.data_dir) if shared_split(args.run_dirs) else None
+    out = create_ensemble(args.run_dirs, args.out, train_data)
     config = rundir.read_json(out / rundir.CONFIG)
     say_if_tta_does_not_apply(args, config)
     metrics = evaluate_run(out, test_data=test_data, tta=args.tta)
     print(f"ensemble: {out} ({len(args.run_dirs)} members; their test accuracies: "
           + ", ".join("?" if a is None else f"{a:.4f}" for a in metrics["members_test_accuracy"]) + ")")
+    if metrics.get("val_accuracy") is not None:
+        print(f"validation accuracy: {metrics['val_accuracy']:.4f} (the split its members share, "
+              f"{metrics['n_val']} images)")
     print_test_metrics(metrics)
     return 0

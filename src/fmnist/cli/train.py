@@ -59,6 +59,9 @@ def add_parser(commands) -> None:
                              "images mixed with the true labels (its cost is reported apart)")
     recipe.add_argument("--distill-weight", type=non_negative_float, metavar="W",
                         help="the teacher's share of each target, 0..1 (default: 0.5)")
+    recipe.add_argument("--distill-tta", action=argparse.BooleanOptionalAction,
+                        help="the teacher's probabilities averaged over each image and its mirror "
+                             "(a teacher trained with flips; one pass more, reported apart)")
     train.add_argument("--seed", type=int_at_least(0),
                        help="fixes split, initialization and shuffling (default: 0)")
     add_split_sizes(train, "use a stratified subset of this many training images (quick runs)")
@@ -150,7 +153,7 @@ _RUN_FLAGS = ("model", "model_options", "epochs", "time_budget", "batch_size", "
               "learning_rate", "schedule", "weight_decay", "label_smoothing", "ema",
               "precision", "flip", "translate", "erase", "cutmix", "seed", "val_size",
               "train_size", "test_size", "distribute", "cpu_replicas", "tensorboard",
-              "tensorboard_histograms", "teacher", "distill_weight", "out")
+              "tensorboard_histograms", "teacher", "distill_weight", "distill_tta", "out")
 
 
 def _read_config_file(path: str) -> dict:
