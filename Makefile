@@ -19,11 +19,16 @@ FUZZ_DIR ?= runs/fuzz
 run: $(VENV)/.installed
 	$(BIN)/fmnist train --model $(MODEL) --tta $(RUN_ARGS)
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist): one per core, at most 4, since
+# each slow test trains or starts TensorFlow with its own threads. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
+TEST_JOBS := -n $(TEST_WORKERS) $(if $(filter auto,$(TEST_WORKERS)),--maxprocesses=4)
+
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(TEST_JOBS) $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(TEST_JOBS) $(PYTEST_ARGS)
 
 # Coverage-guided fuzzing for as long as asked (FUZZ_SECONDS, default 600): atheris over the
 # image path with a growing corpus in $(FUZZ_DIR), then schemathesis over the API in rounds

@@ -407,6 +407,16 @@ def test_each_kind_of_row_keeps_its_runs_in_folders_of_its_own():
     assert len(names) == len(rows) and summary.run_name(longer, 0) == summary.run_name(dict(longer), 0)
 
 
+def test_a_teacher_typed_absolute_or_relative_names_the_same_students(tmp_path, monkeypatch):
+    from fmnist.bench.runs import teacher_spelling
+
+    (tmp_path / "runs" / "t").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    spellings = {teacher_spelling(path) for path in
+                 ("runs/t", "./runs/t", "runs/t/", str(tmp_path / "runs" / "t"), "runs/../runs/t")}
+    assert spellings == {os.path.join("runs", "t")}
+
+
 def test_ensembles_and_view_studies_take_the_preset_row_or_the_only_other_one():
     from fmnist.bench.runs import _plain_row
 

@@ -179,8 +179,14 @@ def test_teacher_tta_averages_each_image_and_its_mirror_for_a_teacher_trained_wi
         TrainConfig(distill_tta=True)
 
 
-def test_a_missing_teacher_is_one_line_before_tensorflow(tmp_path, real_data_dir):
+def test_a_missing_teacher_is_one_line_before_tensorflow(tmp_path, real_data_dir, trained_run):
     result = run_cli("train", "--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "s"),
                      "--data-dir", str(real_data_dir))
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "does not exist" in result.stderr and not (tmp_path / "s").exists()
+    # Mirror-image targets from a teacher that never saw a mirror: refused as early, before
+    # the data is read (this data folder does not exist), let alone the teacher loaded.
+    mirrored = run_main("train", "--teacher", str(trained_run), "--distill-tta",
+                        "--out", str(tmp_path / "s"), "--data-dir", str(tmp_path / "no-data"))
+    assert mirrored.returncode == 1 and "not trained with flips" in mirrored.stderr
+    assert len(mirrored.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()

@@ -55,13 +55,11 @@ def build_ensemble(member_paths: list[Path]):
 SPLIT_KEYS = ("seed", "val_size", "train_size")  # what fixes a run's validation images
 
 
-def shared_split(run_dirs: list[str | os.PathLike]) -> bool:
-    """Whether the runs all held out the same validation images (same seed and sizes), so
-    that their ensemble can be scored on them: the choice between ensembles (a teacher,
-    say) can then stay off the test set."""
-    splits = {tuple(rundir.read_json(Path(path) / rundir.CONFIG).get(key) for key in SPLIT_KEYS)
-              for path in run_dirs}
-    return len(splits) == 1
+def shared_split(configs: list[dict]) -> bool:
+    """Whether runs with these config.json contents all held out the same validation
+    images (same seed and sizes), so that their ensemble can be scored on them: the
+    choice between ensembles (a teacher, say) can then stay off the test set."""
+    return len({tuple(config.get(key) for key in SPLIT_KEYS) for config in configs}) == 1
 
 
 def create_ensemble(run_dirs: list[str | os.PathLike], out: str | os.PathLike,
@@ -98,7 +96,7 @@ def create_ensemble(run_dirs: list[str | os.PathLike], out: str | os.PathLike,
             # Members that validated on different splits: no validation figure is honest.
             "val_accuracy": None,
         }
-        if train_data is not None and shared_split([m["run"] for m in members]):
+        if train_data is not None and shared_split(configs):
             summary.update(_validation_scores(model, configs[0], train_data))
         if None not in seconds:  # what it cost: the members' training, one after the other
             summary["train_seconds"] = float(sum(seconds))

@@ -112,6 +112,17 @@ def run_record(run_dir: str | Path) -> dict:
             "test_accuracy_tta": metrics.get("test_accuracy_tta")}
 
 
+def require_teacher(run_dir: str | Path, tta: bool = False) -> Path:
+    """Return a teacher's run directory, or say in one line why it cannot teach: no
+    trained model there, or ``tta`` (its mean over each image and its mirror) asked of a
+    teacher that never saw mirrored images."""
+    run_dir = require_run_dir(run_dir, needs=MODEL)
+    if tta and not read_json(run_dir / CONFIG).get("flip"):
+        raise RunDirError(f"the teacher {run_dir} was not trained with flips, so its mirror-image "
+                          "answers mean nothing; drop --distill-tta")
+    return run_dir
+
+
 def require_run_dir(run_dir: str | Path, needs: str = CONFIG) -> Path:
     """Return ``run_dir`` as a Path, or explain in one line why it is not a usable run."""
     run_dir = Path(run_dir)

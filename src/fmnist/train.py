@@ -238,10 +238,7 @@ def teacher_targets(teacher: str, images: np.ndarray, tta: bool = False) -> tupl
     flips), whose seconds are reported apart from the student's training (``seconds``),
     as is what the teacher itself cost to train (``train_seconds``, from its metrics.json).
     """
-    record = rundir.run_record(teacher)
-    if tta and not record["flip"]:
-        raise FmnistError(f"the teacher {teacher} was not trained with flips, so its mirror-image "
-                          "answers mean nothing; drop --distill-tta")
+    record = rundir.run_record(rundir.require_teacher(teacher, tta))
     started = time.perf_counter()
     model = keras.saving.load_model(Path(teacher) / rundir.MODEL, compile=False, safe_mode=True)
     soft = predict_proba(model, images)

@@ -66,8 +66,10 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     are never summarized together, and run directories of their own (``run_name``).
     """
     recipe = " ".join(extra or [])
+    if teacher is not None:
+        teacher = teacher_spelling(teacher)
     # What run_name needs of the rows made; the run path as the students record it.
-    naming = {"teacher": None if teacher is None else {"run": str(Path(teacher))}, "recipe": recipe}
+    naming = {"teacher": None if teacher is None else {"run": teacher}, "recipe": recipe}
     extra = [*(extra or []), *([] if teacher is None else ["--teacher", str(teacher)])]
     report = load_report(json_path)
     record = machine()  # the matmul peaks first, while nothing else runs
@@ -162,6 +164,14 @@ def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_pa
     rundir.write_json(json_path, report)
     render(report, markdown_path, readme_path, current=kind)
     return result
+
+
+def teacher_spelling(teacher: str | os.PathLike) -> str:
+    """One spelling of a teacher's run directory, relative to the working directory:
+    typed absolute, relative or with ``./``, it names the same students' folders (see
+    ``summary.run_name``), and the students' records in bench.json hold no path of this
+    machine."""
+    return os.path.relpath(Path(teacher).resolve())
 
 
 def teacher_of(metrics: dict) -> dict | None:

@@ -19,6 +19,8 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from fmnist import rundir
     from fmnist.cli.evaluate import print_test_metrics, say_if_tta_does_not_apply
     from fmnist.data import load_split
@@ -32,7 +34,8 @@ def run(args) -> int:
     from fmnist.evaluate import evaluate_run
 
     # Members that held out the same images: the ensemble is scored on them too.
-    train_data = load_split("train", args.data_dir) if shared_split(args.run_dirs) else None
+    configs = [rundir.read_json(Path(run_dir) / rundir.CONFIG) for run_dir in args.run_dirs]
+    train_data = load_split("train", args.data_dir) if shared_split(configs) else None
     out = create_ensemble(args.run_dirs, args.out, train_data)
     config = rundir.read_json(out / rundir.CONFIG)
     say_if_tta_does_not_apply(args, config)

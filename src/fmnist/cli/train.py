@@ -111,7 +111,7 @@ def run(args) -> int:
             rundir.require_unlocked(args.out)
         config = _config_from(args)
         if config.teacher is not None:
-            rundir.require_run_dir(config.teacher, needs=rundir.MODEL)
+            rundir.require_teacher(config.teacher, config.distill_tta)
     # Check every input before TensorFlow is imported: errors come in a second, on one
     # line, and a bad test file is caught before training rather than after it.
     from fmnist.data import load_data
