@@ -103,11 +103,12 @@ def test_an_ensemble_needs_two_distinct_runs(trained_run, tmp_path):
     assert missing.returncode == 1 and "does not exist" in missing.stderr.strip().splitlines()[-1]
 
 
-def test_distillation_targets_mix_the_label_and_the_teacher():
-    """The gatherer's targets are (1 - w) * one-hot + w * the teacher's probabilities,
-    for the images of the batch, whatever the augmentation does to the images."""
+def test_distillation_targets_carry_the_label_and_the_teacher_side_by_side():
+    """The gatherer's targets are the one-hot label then the teacher's probabilities
+    (B, 20), for the images of the batch, whatever the augmentation does to the images;
+    validation targets carry no teacher (zeros)."""
     from fmnist.config import TrainConfig
-    from fmnist.pipeline import batch_gatherer
+    from fmnist.pipeline import batch_gatherer, fit_targets
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
@@ -115,9 +116,70 @@ def test_distillation_targets_mix_the_label_and_the_teacher():
     soft = rng.dirichlet(np.ones(10), 20).astype(np.float32)
     config = TrainConfig(teacher="runs/t", distill_weight=0.3, flip=True, translate=2)
     images, targets = batch_gatherer(x, y, config, soft)(7, np.array([4, 11, 19]))
-    expected = 0.7 * np.eye(10, dtype=np.float32)[y[[4, 11, 19]]] + 0.3 * soft[[4, 11, 19]]
-    np.testing.assert_allclose(targets.numpy(), expected, rtol=1e-6)
+    one_hot = np.eye(10, dtype=np.float32)[y[[4, 11, 19]]]
+    np.testing.assert_allclose(targets.numpy(), np.concatenate([one_hot, soft[[4, 11, 19]]], 1))
     assert images.shape == (3, 28, 28) and config.one_hot_targets
+    validation = fit_targets(y[[4, 11, 19]], config)
+    np.testing.assert_array_equal(validation, np.concatenate([one_hot, np.zeros_like(one_hot)], 1))
+    assert fit_targets(y, TrainConfig()) is y  # no teacher, no smoothing: class indices
+
+
+def _loss_and_gradient(loss, targets, logits):
+    """A loss on softmax(logits) and its gradient with respect to the logits."""
+    import tensorflow as tf
+
+    logits = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        value = loss(tf.constant(targets), tf.nn.softmax(logits))
+    return float(value), tape.gradient(value, logits).numpy()
+
+
+def test_distillation_loss_is_hintons_and_at_temperature_1_the_mixed_cross_entropy():
+    import keras
+
+    from fmnist.recipe import DistillationLoss
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2, (6, 10)).astype(np.float32)
+    labels = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 6)]
+    teacher = rng.dirichlet(np.ones(10), 6).astype(np.float32)
+    packed = np.concatenate([labels, teacher], axis=1)
+    # T = 1: the gradient of the cross-entropy against (1 - w) * label + w * teacher.
+    _, grad = _loss_and_gradient(DistillationLoss(0.3, 1.0), packed, logits)
+    mixed = keras.losses.CategoricalCrossentropy()
+    _, expected = _loss_and_gradient(mixed, 0.7 * labels + 0.3 * teacher, logits)
+    np.testing.assert_allclose(grad, expected, atol=1e-6)
+    # T = 4: (1 - w) CE(label, p) + w T^2 KL(teacher || softmax(logits / T)), by hand.
+    value, _ = _loss_and_gradient(DistillationLoss(0.3, 4.0), packed, logits)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    warm = logits / 4 - np.log(np.exp(logits / 4).sum(1, keepdims=True))
+    by_hand = (0.7 * -(labels * log_p).sum(1)
+               + 0.3 * 16 * (teacher * (np.log(teacher) - warm)).sum(1)).mean()
+    assert value == pytest.approx(by_hand, rel=1e-4)
+    # No teacher (validation targets: zeros): the label's cross-entropy alone, smoothed.
+    bare = np.concatenate([labels, np.zeros_like(labels)], axis=1)
+    value, _ = _loss_and_gradient(DistillationLoss(0.3, 4.0, label_smoothing=0.1), bare, logits)
+    smoothed = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    assert value == pytest.approx(_loss_and_gradient(smoothed, labels, logits)[0], rel=1e-4)
+    restored = DistillationLoss.from_config(DistillationLoss(0.3, 4.0, 0.1).get_config())
+    assert (restored.weight, restored.temperature, restored.label_smoothing) == (0.3, 4.0, 0.1)
+
+
+def test_warmed_probabilities_keep_their_order_and_flatten_with_temperature():
+    from fmnist.config import TrainConfig
+    from fmnist.errors import ConfigError
+    from fmnist.train import warmed
+
+    p = np.random.default_rng(3).dirichlet(np.ones(10) * 0.3, 50).astype(np.float32)
+    p[0] = np.eye(10)[3]  # a hard 0/1 answer must stay finite
+    np.testing.assert_array_equal(warmed(p, 1.0), p)
+    hot, warm = warmed(p, 1.0), warmed(p, 3.0)
+    assert np.isfinite(warm).all() and np.allclose(warm.sum(1), 1, atol=1e-5)
+    assert (warm.max(1) < hot.max(1) + 1e-7).all() and (warm.argmax(1) == hot.argmax(1)).all()
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        TrainConfig(distill_temperature=2.0)
+    with pytest.raises(ConfigError, match="distill_temperature"):
+        TrainConfig(teacher="runs/t", distill_temperature=0.0)
 
 
 @pytest.mark.slow

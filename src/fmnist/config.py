@@ -71,12 +71,16 @@ class TrainConfig:
     tensorboard: bool = False  # write TensorBoard logs into RUN_DIR/logs
     tensorboard_histograms: bool = False  # ...with weight histograms every epoch
     # Distillation: a trained run directory whose probabilities on the training images
-    # become soft targets, mixed with the true labels: target = (1 - w) * one-hot + w * p.
+    # become soft targets beside the true labels; the loss (recipe.DistillationLoss) is
+    # (1 - w) * CE(label, student) + w * T^2 * KL(teacher at T || student at T).
     teacher: str | None = None
-    distill_weight: float = 0.5  # w, the teacher's share of each target
-    # p: the teacher's probabilities on each image, or their mean over the image and its
+    distill_weight: float = 0.5  # w, the teacher's share of the loss
+    # The teacher's probabilities on each image, or their mean over the image and its
     # mirror (flip TTA, for a teacher trained with flips): a pass more, a better teacher.
     distill_tta: bool = False
+    # T: above 1 softens both distributions, so the teacher's ranking of the wrong
+    # classes weighs more; 1 matches the student to the teacher's probabilities as they are.
+    distill_temperature: float = 1.0
 
     @property
     def one_hot_targets(self) -> bool:
@@ -165,6 +169,7 @@ _RULES = {
     "tensorboard_histograms": ("bool", False, lambda v: True, "true or false"),
     "distill_weight": ("number", False, lambda v: 0 <= v <= 1, "a share from 0 to 1"),
     "distill_tta": ("bool", False, lambda v: True, "true or false"),
+    "distill_temperature": ("number", False, lambda v: 0.1 <= v <= 100, "from 0.1 to 100"),
 }
 _CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS,
             "distribute": STRATEGIES}
@@ -188,6 +193,9 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"teacher: {config.teacher!r} is not a run directory path, or null")
     if config.distill_tta and config.teacher is None:
         raise ConfigError("distill_tta: true needs a teacher; pass --teacher RUN_DIR, or drop it")
+    if config.distill_temperature != 1.0 and config.teacher is None:
+        raise ConfigError(f"distill_temperature: {config.distill_temperature} needs a teacher; "
+                          "pass --teacher RUN_DIR, or drop it")
     if not isinstance(config.model_options, dict):
         raise ConfigError(f"model_options: {config.model_options!r} is not an object of "
                           "the model's keyword arguments")

@@ -35,13 +35,27 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
+def fit_targets(y: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """Labels uint8 (n,) as the loss of ``config`` takes them, for validation: as they are;
+    one-hot float32 (n, 10) under label smoothing or CutMix; with a teacher, float32
+    (n, 20), one-hot then zeros (no teacher for these images: the loss is the label's
+    cross-entropy alone; see recipe.DistillationLoss)."""
+    if not config.one_hot_targets:
+        return y
+    one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[y]
+    if config.teacher is None:
+        return one_hot
+    return np.concatenate([one_hot, np.zeros_like(one_hot)], axis=1)
+
+
 def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
                      soft_targets: np.ndarray | None = None):
     """A tf.data stream of training batches for epochs ``first_epoch..epochs-1``.
 
     Yields ``(images, labels)``: images uint8 (B, 28, 28), augmented as configured;
-    labels uint8 (B,), or float32 (B, 10) targets when label smoothing is on (one-hot) or
-    a teacher's ``soft_targets`` (float32 (n, 10), aligned with ``y``) are given. Each epoch
+    labels uint8 (B,), or float32 (B, 10) one-hot targets under label smoothing or CutMix,
+    or float32 (B, 20) with a teacher's ``soft_targets`` (float32 (n, 10), aligned with
+    ``y``): the one-hot label, then the teacher's probabilities. Each epoch
     ends with its own (possibly smaller) last batch, so ``steps_per_epoch(n, B)`` steps
     make exactly one epoch. The data stays in memory. Each epoch is gathered in its
     seeded order and augmented as one tensor (random draws keyed by the epoch), then cut
@@ -85,7 +99,6 @@ def numpy_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
     """
     augmentation = augmentation_of(config)
     eye = np.eye(NUM_CLASSES, dtype=np.float32)
-    weight = float(config.distill_weight)
     for epoch in range(first_epoch, epochs):
         order = epoch_order(config.seed, epoch, len(y))
         images, labels = x[order], y[order]
@@ -93,7 +106,7 @@ def numpy_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
             images = numpy_augment(images, epoch, augmentation, config.seed)
         targets = eye[labels] if config.one_hot_targets else labels
         if soft_targets is not None:
-            targets = (1.0 - weight) * targets + weight * soft_targets[order]
+            targets = np.concatenate([targets, soft_targets[order]], axis=1)
         if config.cutmix > 0:
             images, targets = numpy_cutmix(images, targets, config.cutmix,
                                            np.random.default_rng([config.seed, epoch, 4]))
@@ -106,8 +119,8 @@ def numpy_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
 def batch_gatherer(x, y, config: TrainConfig, soft_targets: np.ndarray | None = None):
     """``gather(key, indices) -> (images, labels)``: the images at ``indices`` (a batch,
     or a whole epoch) of the in-memory arrays, augmented (random draws keyed by ``key``);
-    labels one-hot under smoothing, mixed with the teacher's probabilities when
-    ``soft_targets`` are given: ``(1 - w) * one_hot + w * soft``, w = distill_weight.
+    labels one-hot under smoothing or CutMix, followed by the teacher's probabilities
+    when ``soft_targets`` are given (B, 20): the loss weighs the two (DistillationLoss).
 
     The teacher saw each image unaugmented: a flip or a small shift does not change what
     a garment is, so its probabilities stand for the augmented image too."""
@@ -116,7 +129,6 @@ def batch_gatherer(x, y, config: TrainConfig, soft_targets: np.ndarray | None = 
     images, labels = tf.constant(x), tf.constant(y)
     augmentation = augmentation_of(config)
     soft = None if soft_targets is None else tf.constant(soft_targets, tf.float32)
-    weight = float(config.distill_weight)
 
     def gather(key, idx):
         batch_images, batch_labels = tf.gather(images, idx), tf.gather(labels, idx)
@@ -125,7 +137,7 @@ def batch_gatherer(x, y, config: TrainConfig, soft_targets: np.ndarray | None = 
         if config.one_hot_targets:
             batch_labels = tf.one_hot(tf.cast(batch_labels, tf.int32), NUM_CLASSES)
         if soft is not None:
-            batch_labels = (1.0 - weight) * batch_labels + weight * tf.gather(soft, idx)
+            batch_labels = tf.concat([batch_labels, tf.gather(soft, idx)], axis=1)
         if config.cutmix > 0:  # last: the pasted box carries its image's whole target
             batch_images, batch_labels = random_cutmix(batch_images, batch_labels, config.cutmix,
                                                        config.seed, key)

@@ -31,12 +31,12 @@ import numpy as np  # noqa: E402
 
 from fmnist import __version__, rundir  # noqa: E402
 from fmnist.config import TrainConfig  # noqa: E402,F401  (TrainConfig: re-exported for callers)
-from fmnist.data import NUM_CLASSES, load_split  # noqa: E402
+from fmnist.data import load_split  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
 from fmnist.hardware import choose_precision, dtype_policy  # noqa: E402
 from fmnist.metrics import classification_metrics, mirrored, predict_proba  # noqa: E402
-from fmnist.pipeline import (distributed_batches, steps_per_epoch, training_batches,  # noqa: E402
-                             validation_batches)
+from fmnist.pipeline import (distributed_batches, fit_targets, steps_per_epoch,  # noqa: E402
+                             training_batches, validation_batches)
 from fmnist.plots import plot_history  # noqa: E402
 from fmnist.recipe import (announce_precision, configure_determinism, new_model,  # noqa: E402
                            recorded_precision)
@@ -160,15 +160,15 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
     train_idx, val_idx = train_val_split(y, config.val_size, config.seed, config.train_size)
     x_train, y_train = x[train_idx], y[train_idx]  # uint8 (n_train, 28, 28), (n_train,)
     x_val, y_val = x[val_idx], y[val_idx]
-    # With label smoothing or a teacher the loss wants one-hot labels, during training only.
-    y_val_fit = np.eye(NUM_CLASSES, dtype=np.float32)[y_val] if config.one_hot_targets else y_val
+    y_val_fit = fit_targets(y_val, config)  # in the form the loss takes, during training only
 
     from fmnist.distribute import make_strategy
 
     strategy = make_strategy(config.distribute, config.cpu_replicas)  # before any TF op
     soft_targets = None
     if config.teacher is not None:  # in float32, before the run's precision is set
-        soft_targets, teacher = teacher_targets(config.teacher, x_train, config.distill_tta)
+        soft_targets, teacher = teacher_targets(config.teacher, x_train, config.distill_tta,
+                                                config.distill_temperature)
         recorded = run.config.get("teacher_run")
         if recorded is None:
             run.record(teacher_run=teacher)
@@ -229,7 +229,8 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
         keras.config.set_dtype_policy("float32")
 
 
-def teacher_targets(teacher: str, images: np.ndarray, tta: bool = False) -> tuple[np.ndarray, dict]:
+def teacher_targets(teacher: str, images: np.ndarray, tta: bool = False,
+                    temperature: float = 1.0) -> tuple[np.ndarray, dict]:
     """A teacher run's probabilities on ``images`` (uint8 (n, 28, 28) -> float32 (n, 10)),
     the soft targets of distillation, and what the student records of its teacher.
 
@@ -237,6 +238,7 @@ def teacher_targets(teacher: str, images: np.ndarray, tta: bool = False) -> tupl
     with ``tta``: the mean over each image and its mirror, for a teacher trained with
     flips), whose seconds are reported apart from the student's training (``seconds``),
     as is what the teacher itself cost to train (``train_seconds``, from its metrics.json).
+    ``temperature`` T: the probabilities softened to ``softmax(log p / T)``.
     """
     record = rundir.run_record(rundir.require_teacher(teacher, tta))
     started = time.perf_counter()
@@ -244,7 +246,19 @@ def teacher_targets(teacher: str, images: np.ndarray, tta: bool = False) -> tupl
     soft = predict_proba(model, images)
     if tta:
         soft = (soft + predict_proba(model, mirrored(images))) / 2
-    return soft.astype(np.float32), {**record, "tta": tta, "seconds": time.perf_counter() - started}
+    return warmed(soft, temperature), {**record, "tta": tta,
+                                       "seconds": time.perf_counter() - started}
+
+
+def warmed(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities (n, 10) at temperature T: ``softmax(log p / T)``, float32; T = 1
+    leaves them as they are, a higher T flattens them toward uniform, keeping their order."""
+    if temperature == 1.0:
+        return probabilities.astype(np.float32)
+    logits = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _multiworker_type():

@@ -30,17 +30,15 @@ prepare_tensorflow()  # before Keras' first import: backend and oneDNN defaults
 
 import keras  # noqa: E402
 import keras_tuner as kt  # noqa: E402
-import numpy as np
 
 from fmnist import rundir
-from fmnist.data import NUM_CLASSES
 from fmnist.config import TUNERS
 from fmnist.errors import ConfigError
 from fmnist.models import get_search_space
 from fmnist.split import DEFAULT_VAL_SIZE, train_val_split
 from fmnist.hardware import choose_precision, dtype_policy
 from fmnist.config import TrainConfig
-from fmnist.pipeline import steps_per_epoch, training_batches, validation_batches
+from fmnist.pipeline import fit_targets, steps_per_epoch, training_batches, validation_batches
 from fmnist.recipe import new_model
 
 PROJECT = "search"
@@ -82,8 +80,7 @@ class SearchSpace(kt.HyperModel):
     def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=None, **kwargs):
         config = self.config(hp)
         epochs = epochs or config.epochs
-        y_val = (np.eye(NUM_CLASSES, dtype=np.float32)[self.y_val] if config.one_hot_targets
-                 else self.y_val)
+        y_val = fit_targets(self.y_val, config)
         return model.fit(
             training_batches(self.x_train, self.y_train, config, initial_epoch, epochs),
             steps_per_epoch=steps_per_epoch(len(self.y_train), config.batch_size),

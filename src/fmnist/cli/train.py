@@ -58,7 +58,10 @@ def add_parser(commands) -> None:
                         help="distil: train against this run's probabilities on the training "
                              "images mixed with the true labels (its cost is reported apart)")
     recipe.add_argument("--distill-weight", type=non_negative_float, metavar="W",
-                        help="the teacher's share of each target, 0..1 (default: 0.5)")
+                        help="the teacher's share of the loss, 0..1 (default: 0.5)")
+    recipe.add_argument("--distill-temperature", type=positive_float, metavar="T",
+                        help="soften teacher and student by T in the teacher's share of the "
+                             "loss, scaled by T^2 (Hinton's distillation; default: 1)")
     recipe.add_argument("--distill-tta", action=argparse.BooleanOptionalAction,
                         help="the teacher's probabilities averaged over each image and its mirror "
                              "(a teacher trained with flips; one pass more, reported apart)")
@@ -153,7 +156,7 @@ _RUN_FLAGS = ("model", "model_options", "epochs", "time_budget", "batch_size", "
               "learning_rate", "schedule", "weight_decay", "label_smoothing", "ema",
               "precision", "flip", "translate", "erase", "cutmix", "seed", "val_size",
               "train_size", "test_size", "distribute", "cpu_replicas", "tensorboard",
-              "tensorboard_histograms", "teacher", "distill_weight", "distill_tta", "out")
+              "tensorboard_histograms", "teacher", "distill_weight", "distill_tta", "distill_temperature", "out")
 
 
 def _read_config_file(path: str) -> dict:
