@@ -180,7 +180,10 @@ def test_train_says_its_precision_and_prints_no_tensorflow_noise(tmp_path, real_
     from fmnist.hardware import choose_precision
 
     emulated = choose_precision("bfloat16").warning is not None
+    # With augmentation (tf.data maps, which AutoGraph converts): no AutoGraph warning
+    # either; one once printed the whole environment of the process.
     forced = run_cli("train", "--model", "mlp", "--precision", "bfloat16", "--epochs", "1",
+                     "--flip", "--translate", "1", "--erase", "0.5",
                      "--train-size", "500", "--val-size", "200", "--test-size", "200", "--quiet",
                      "--out", str(tmp_path / "bf16"), "--data-dir", str(real_data_dir))
     assert forced.returncode == 0, forced.stderr

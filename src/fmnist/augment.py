@@ -15,6 +15,7 @@ are never touched, so they stay aligned with their images.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,11 @@ from fmnist.runtime import prepare_tensorflow
 
 def _tf():
     """TensorFlow, imported on first use: the NumPy path must run where it is absent."""
-    prepare_tensorflow()  # before TensorFlow's first import: oneDNN defaults
+    if "tensorflow" not in sys.modules:
+        # Before TensorFlow's first import: oneDNN defaults. Only then: inside a tf.data
+        # map, AutoGraph would try to convert os.environ.setdefault, fail, and print a
+        # warning holding the process's whole environment (every variable, secrets too).
+        prepare_tensorflow()
     import tensorflow as tf
 
     return tf

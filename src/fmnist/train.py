@@ -130,7 +130,8 @@ def resume(run_dir: str | Path, data_dir=None, verbose: int | str = "auto",
 PROBE_STEPS = 24  # steps timed to fit --time-budget; the first few (tracing) are dropped
 
 
-def _epochs_within_budget(config: TrainConfig, x_train, y_train, n_val: int) -> tuple[int, float]:
+def _epochs_within_budget(config: TrainConfig, x_train, y_train, n_val: int,
+                          soft_targets=None) -> tuple[int, float]:
     """Time a few training steps and return (epochs that fit the budget, probe seconds).
 
     The chosen count also caps at ``config.epochs``. The probe's time counts against the
@@ -142,7 +143,9 @@ def _epochs_within_budget(config: TrainConfig, x_train, y_train, n_val: int) -> 
     model = new_model(config, config.epochs * steps)
     stamps: list[float] = []
     stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: stamps.append(time.perf_counter()))
-    model.fit(training_batches(x_train, y_train, config, 0, 1), steps_per_epoch=min(PROBE_STEPS, steps),
+    # The very steps the run takes: with a teacher, its targets and the distillation loss.
+    model.fit(training_batches(x_train, y_train, config, 0, 1, soft_targets),
+              steps_per_epoch=min(PROBE_STEPS, steps),
               epochs=1, verbose=0, shuffle=False, callbacks=[stamp])
     # Median step time, leaving out the first steps (graph tracing, warm-up).
     steady = stamps[4:] if len(stamps) > 6 else stamps
@@ -194,7 +197,8 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
                 run.record(replicas=replicas, global_batch_size=config.batch_size * replicas,
                            scaled_learning_rate=config.learning_rate)
                 if config.time_budget:
-                    config = _fix_epochs_to_budget(run, config, x_train, y_train, len(y_val))
+                    config = _fix_epochs_to_budget(run, config, x_train, y_train, len(y_val),
+                                                   soft_targets)
                 model = new_model(config, config.epochs * steps)
 
         if strategy is not None and isinstance(strategy, _multiworker_type()):
@@ -275,9 +279,10 @@ class LogLearningRate(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-def _fix_epochs_to_budget(run: RunDir, config: TrainConfig, x_train, y_train, n_val: int):
+def _fix_epochs_to_budget(run: RunDir, config: TrainConfig, x_train, y_train, n_val: int,
+                          soft_targets=None):
     """Probe the speed, then record the epoch count in config.json so resume is exact."""
-    epochs, probe_seconds = _epochs_within_budget(config, x_train, y_train, n_val)
+    epochs, probe_seconds = _epochs_within_budget(config, x_train, y_train, n_val, soft_targets)
     run.record(epochs=epochs, epochs_requested=config.epochs, probe_seconds=probe_seconds)
     return dataclasses.replace(config, epochs=epochs)
 
