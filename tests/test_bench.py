@@ -380,6 +380,15 @@ def test_the_tta_table_marks_the_set_chosen_on_validation():
     assert "Not measured yet" in render.tta_section({})
 
 
+def test_the_tta_table_names_the_recipe_its_runs_departed_from_the_preset_with():
+    result = {"model": "cnn-best", "recipe": "--model-option=widths14=[32,32]", "seeds": [0, 1],
+              "shift": 1, "chosen_on_validation": "plain",
+              "command": "fmnist bench tta --model cnn-best", "utc": "2026-11-28",
+              "sets": {"plain": {"views": 1, "validation": [0.94, 0.95], "test": [0.93, 0.94]}}}
+    table = render.tta_section({"tta": [result]})
+    assert "| `cnn-best` with `--model-option=widths14=[32,32]` seeds [0, 1] | plain |" in table
+
+
 def test_bench_tta_needs_a_benchmarked_model(tmp_path, real_data_dir):
     (tmp_path / "bench.json").write_text(json.dumps({"format": 3, "machines": {}}))
     result = run_main("bench", "tta", "--model", "cnn-fast", "--json", str(tmp_path / "bench.json"),

@@ -168,7 +168,7 @@ def test_distillation_loss_is_hintons_and_at_temperature_1_the_mixed_cross_entro
 def test_warmed_probabilities_keep_their_order_and_flatten_with_temperature():
     from fmnist.config import TrainConfig
     from fmnist.errors import ConfigError
-    from fmnist.train import warmed
+    from fmnist.recipe import warmed
 
     p = np.random.default_rng(3).dirichlet(np.ones(10) * 0.3, 50).astype(np.float32)
     p[0] = np.eye(10)[3]  # a hard 0/1 answer must stay finite

@@ -15,6 +15,7 @@ from fmnist.runtime import prepare_tensorflow
 prepare_tensorflow()  # before Keras' first import: backend and oneDNN defaults
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from fmnist.config import TrainConfig, legacy_precision  # noqa: E402
 from fmnist.data import NUM_CLASSES  # noqa: E402
@@ -107,6 +108,17 @@ class DistillationLoss(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "weight": self.weight, "temperature": self.temperature,
                 "label_smoothing": self.label_smoothing}
+
+
+def warmed(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities (n, 10) at temperature T: ``softmax(log p / T)``, float32; T = 1
+    leaves them as they are, a higher T flattens them toward uniform, keeping their order."""
+    if temperature == 1.0:
+        return probabilities.astype(np.float32)
+    logits = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="fmnist")

@@ -39,7 +39,7 @@ from fmnist.pipeline import (distributed_batches, fit_targets, steps_per_epoch, 
                              training_batches, validation_batches)
 from fmnist.plots import plot_history  # noqa: E402
 from fmnist.recipe import (announce_precision, configure_determinism, new_model,  # noqa: E402
-                           recorded_precision)
+                           recorded_precision, warmed)
 from fmnist.rundir import RunDir  # noqa: E402
 from fmnist.split import train_val_split  # noqa: E402
 
@@ -252,17 +252,6 @@ def teacher_targets(teacher: str, images: np.ndarray, tta: bool = False,
         soft = (soft + predict_proba(model, mirrored(images))) / 2
     return warmed(soft, temperature), {**record, "tta": tta,
                                        "seconds": time.perf_counter() - started}
-
-
-def warmed(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities (n, 10) at temperature T: ``softmax(log p / T)``, float32; T = 1
-    leaves them as they are, a higher T flattens them toward uniform, keeping their order."""
-    if temperature == 1.0:
-        return probabilities.astype(np.float32)
-    logits = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    exp = np.exp(logits)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _multiworker_type():

@@ -166,7 +166,7 @@ def tta_section(section: dict) -> str:
         for name, figures in result["sets"].items():
             label = name.replace("shifts", f"{result['shift']}-pixel shifts")
             lines.append(
-                f"| `{result['model']}` seeds {result['seeds']} | {label} | {figures['views']} | "
+                f"| {model_cell(result)} seeds {result['seeds']} | {label} | {figures['views']} | "
                 f"{_fmt_acc(mean_std(figures['validation']))} | "
                 f"{_fmt_acc(mean_std(figures['test']))} | "
                 f"{'**yes**' if name == result['chosen_on_validation'] else ''} |")

@@ -259,7 +259,8 @@ def run_tta_bench(model: str, json_path: Path, markdown_path: Path, readme_path:
                for name, views in VIEW_SETS.items()}
     chosen = max(figures, key=lambda name: (np.mean(figures[name]["validation"]),
                                             -figures[name]["views"]))
-    result = {"model": model, "seeds": row["seeds"], "shift": shift, "device": row["device"],
+    result = {"model": model, "recipe": row.get("recipe"), "seeds": row["seeds"], "shift": shift,
+              "device": row["device"],
               "trained_with_flips": bool(row.get("flip")), "sets": figures,
               "chosen_on_validation": chosen, "command": command, "utc": _now()}
     section = report["machines"][kind]
