@@ -115,10 +115,8 @@ def warmed(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     leaves them as they are, a higher T flattens them toward uniform, keeping their order."""
     if temperature == 1.0:
         return probabilities.astype(np.float32)
-    logits = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    exp = np.exp(logits)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    logits = np.log(np.clip(probabilities, 1e-12, 1.0)).astype(np.float32) / temperature
+    return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1)).astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="fmnist")
