@@ -397,6 +397,10 @@ def test_bench_tta_needs_a_benchmarked_model(tmp_path, real_data_dir):
     assert result.returncode == 1
     assert "no row of cnn-fast with two or more seeds" in result.stderr
     assert "fmnist bench train --models cnn-fast" in result.stderr
+    named = run_main("bench", "ensemble", "--model", "cnn-fast", "--train-arg=--epochs=20",
+                     "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "B.md"),
+                     "--readme", "", "--data-dir", str(real_data_dir))
+    assert named.returncode == 1 and "trained with `--epochs=20`" in named.stderr
     for command in ("tta", "ensemble"):  # a name that is no model: a usage error naming them
         unknown = run_main("bench", command, "--model", "nosuch", "--json", str(tmp_path / "bench.json"))
         assert unknown.returncode == 2 and "unknown model 'nosuch'" in unknown.stderr
@@ -439,3 +443,41 @@ def test_ensembles_and_view_studies_take_the_preset_row_or_the_only_other_one():
         _plain_row(report(variant, {"recipe": "--epochs=5"}), "k", "cnn-fast", Path("b.json"))
     with pytest.raises(FmnistError, match="no row of cnn-fast with two or more seeds"):
         _plain_row(report(dict(preset, seeds=[0])), "k", "cnn-fast", Path("b.json"))
+
+
+def test_train_arg_names_the_row_an_ensemble_or_a_view_study_is_made_of():
+    from fmnist.bench.runs import _plain_row
+
+    def report(*rows):
+        return {"machines": {"k": {"rows": [dict(_row("cnn-fast", 1.0, 0.9), **r) for r in rows]}}}
+
+    both = report({"recipe": "--epochs=20"}, {"recipe": "--epochs=5"}, {})
+    assert _plain_row(both, "k", "cnn-fast", Path("b.json"), "--epochs=5")["recipe"] == "--epochs=5"
+    assert "recipe" not in _plain_row(both, "k", "cnn-fast", Path("b.json"), "")
+    with pytest.raises(FmnistError, match="no row of cnn-fast trained with `--epochs=9`"):
+        _plain_row(both, "k", "cnn-fast", Path("b.json"), "--epochs=9")
+    with pytest.raises(FmnistError, match="no row of cnn-fast of its preset"):
+        _plain_row(report({"recipe": "--epochs=5"}), "k", "cnn-fast", Path("b.json"), "")
+
+
+def test_a_result_replaces_only_the_earlier_one_of_its_model_and_recipe():
+    from fmnist.bench.runs import _replacing
+
+    preset, half = {"model": "cnn-best", "n": 1}, {"model": "cnn-best", "recipe": "--half", "n": 1}
+    other = {"model": "cnn-fast", "n": 1}
+    results = _replacing([preset, half, other], {"model": "cnn-best", "recipe": "--half", "n": 2})
+    assert [r["n"] for r in results if r.get("recipe") == "--half"] == [2]
+    assert preset in results and other in results and len(results) == 3
+    assert _replacing(results, {"model": "cnn-best", "recipe": None, "n": 3})[-1]["n"] == 3
+    assert preset not in _replacing(results, {"model": "cnn-best", "recipe": None, "n": 3})
+
+
+def test_the_ensemble_table_names_the_recipe_of_its_members():
+    result = {"model": "cnn-best", "recipe": "--epochs=5", "seeds": [0, 1, 2],
+              "run": "runs/bench/cnn-best-0000-ensemble", "test_accuracy": 0.95,
+              "test_accuracy_tta": None, "members_test_accuracy": [0.94, 0.94, 0.94],
+              "train_seconds": 9.0, "keras_images_per_second": 10.0,
+              "onnx_images_per_second": 20.0, "max_abs_difference": 1e-7, "images": 60,
+              "class_mismatches": 0, "command": "fmnist bench ensemble", "utc": "2026-11-28"}
+    table = render.ensembles_section({"ensembles": [result]})
+    assert "| `cnn-best` with `--epochs=5` seeds [0, 1, 2] | 0.9500 | — | 0.9400 |" in table

@@ -190,7 +190,7 @@ def ensembles_section(section: dict) -> str:
         members = [a for a in result["members_test_accuracy"] if a is not None]
         tta = result.get("test_accuracy_tta")
         lines.append(
-            f"| `{result['run']}` | `{result['model']}` seeds {result['seeds']} | "
+            f"| `{result['run']}` | {model_cell(result)} seeds {result['seeds']} | "
             f"{result['test_accuracy']:.4f} | {'—' if tta is None else f'{tta:.4f}'} | "
             f"{sum(members) / len(members):.4f} | {result['train_seconds']:.1f} | "
             f"{result['keras_images_per_second']:,.0f} | {result['onnx_images_per_second']:,.0f} | "

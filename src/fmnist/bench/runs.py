@@ -196,10 +196,11 @@ def _now() -> str:
 
 def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_path: Path | None,
                        runs_dir: Path, train_data, test_data, command: str,
-                       log=print) -> dict:
+                       recipe: str | None = None, log=print) -> dict:
     """The ensemble of ``model``'s benchmarked seeds on this machine: built from their
     runs in ``runs_dir``, evaluated on ``test_data`` (through evaluate, the only scorer
-    of the test set), timed, exported to one ONNX graph checked on validation images."""
+    of the test set), timed, exported to one ONNX graph checked on validation images.
+    ``recipe``: which row (see :func:`_plain_row`)."""
     from fmnist.bench.measure import engine_speed
     from fmnist.ensemble import create_ensemble
     from fmnist.evaluate import evaluate_run
@@ -209,7 +210,7 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
     report = load_report(json_path)
     record = machine(measure=False)
     kind = machine_kind(record)
-    row = _plain_row(report, kind, model, json_path)
+    row = _plain_row(report, kind, model, json_path, recipe)
     members = [runs_dir / run_name(row, seed) for seed in row["seeds"]]
     out = runs_dir / ensemble_name(row)
     if out.exists():
@@ -219,7 +220,8 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
     metrics = evaluate_run(out, test_data=test_data, tta=bool(row.get("flip")))
     validation, _ = export_images(out, train_data)
     parity = export_onnx(out, validation)
-    result = {"model": model, "seeds": row["seeds"], "run": str(out), "device": row["device"],
+    result = {"model": model, "recipe": row.get("recipe"), "seeds": row["seeds"], "run": str(out),
+              "device": row["device"],
               "test_accuracy": metrics["test_accuracy"],
               "test_accuracy_tta": metrics.get("test_accuracy_tta"),
               "members_test_accuracy": metrics["members_test_accuracy"],
@@ -230,7 +232,7 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
               **{key: parity[key] for key in ("images", "max_abs_difference", "class_mismatches")},
               "command": command, "utc": _now()}
     section = report["machines"].setdefault(kind, {"machine": record, "rows": []})
-    section["ensembles"] = [e for e in section.get("ensembles", []) if e["model"] != model] + [result]
+    section["ensembles"] = _replacing(section.get("ensembles", []), result)
     rundir.write_json(json_path, report)
     render(report, markdown_path, readme_path, current=kind)
     return result
@@ -238,17 +240,18 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
 
 def run_tta_bench(model: str, json_path: Path, markdown_path: Path, readme_path: Path | None,
                   runs_dir: Path, train_data, test_data, command: str, shift: int = 1,
-                  log=print) -> dict:
+                  recipe: str | None = None, log=print) -> dict:
     """Each test-time augmentation (plain, flip, flip + ``shift``-pixel shifts) of
     ``model``'s benchmarked seeds on this machine: accuracy on each run's validation
-    split, which the choice is made on, and on the test set, which reports it."""
+    split, which the choice is made on, and on the test set, which reports it.
+    ``recipe``: which row (see :func:`_plain_row`)."""
     from fmnist.evaluate import view_study
     from fmnist.metrics import VIEW_SETS
 
     report = load_report(json_path)
     record = machine(measure=False)
     kind = machine_kind(record)
-    row = _plain_row(report, kind, model, json_path)
+    row = _plain_row(report, kind, model, json_path, recipe)
     studies = []
     for seed in row["seeds"]:
         log(f"bench: test-time views of {model} seed {seed} ...", flush=True)
@@ -264,19 +267,39 @@ def run_tta_bench(model: str, json_path: Path, markdown_path: Path, readme_path:
               "trained_with_flips": bool(row.get("flip")), "sets": figures,
               "chosen_on_validation": chosen, "command": command, "utc": _now()}
     section = report["machines"][kind]
-    section["tta"] = [t for t in section.get("tta", []) if t["model"] != model] + [result]
+    section["tta"] = _replacing(section.get("tta", []), result)
     rundir.write_json(json_path, report)
     render(report, markdown_path, readme_path, current=kind)
     return result
 
 
-def _plain_row(report: dict, kind: str, model: str, json_path: Path) -> dict:
+def _replacing(results: list[dict], result: dict) -> list[dict]:
+    """``results`` with ``result`` in place of an earlier one of the same model and recipe
+    (the results of the model's other recipes stay)."""
+    def key(r):
+        return r["model"], r.get("recipe") or ""
+
+    return [r for r in results if key(r) != key(result)] + [result]
+
+
+def _plain_row(report: dict, kind: str, model: str, json_path: Path,
+               recipe: str | None = None) -> dict:
     """The row of ``model``'s runs on this machine that an ensemble or a view study is
-    made of: not distilled, two or more seeds; the preset's row where there is one, else
-    the only row trained off the preset."""
+    made of: not distilled, two or more seeds; with ``recipe`` (the `fmnist train`
+    arguments given to `fmnist bench train`, joined by spaces; "" for the preset) the
+    row of that recipe, else the preset's row where there is one, else the only row
+    trained off the preset."""
     section = report["machines"].get(kind) or {}
     rows = [r for r in section.get("rows", []) if r["model"] == model and not r.get("teacher")
             and r["device"] == device_name() and len(r["seeds"]) >= 2]
+    if recipe is not None:
+        rows = [r for r in rows if (r.get("recipe") or "") == recipe]
+        if not rows:
+            trained = f"trained with `{recipe}`" if recipe else "of its preset"
+            raise FmnistError(f"{json_path} has no row of {model} {trained} with two or more seeds "
+                              f"for this machine ({kind}); run `fmnist bench train --models "
+                              f"{model}` with the same --train-arg here first")
+        return rows[0]
     plain = [r for r in rows if is_plain(r)]
     if plain or len(rows) == 1:
         return (plain or rows)[0]
@@ -284,4 +307,4 @@ def _plain_row(report: dict, kind: str, model: str, json_path: Path) -> dict:
         raise FmnistError(f"{json_path} has no row of {model} with two or more seeds for this "
                           f"machine ({kind}); run `fmnist bench train --models {model}` here first")
     raise FmnistError(f"{json_path} has {len(rows)} rows of {model} off its preset and none of the "
-                      f"preset; run `fmnist bench train --models {model}` here first")
+                      f"preset; name one with --train-arg, as given to `fmnist bench train`")

@@ -40,6 +40,12 @@ def add_parser(commands) -> None:
         parser.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
                             help="where `fmnist bench train` put the runs (default: runs/bench)")
 
+    def row_of_recipe(parser):
+        parser.add_argument("--train-arg", action="append", metavar="ARG",
+                            help="the runs `fmnist bench train` made with these --train-arg "
+                                 "(all of them, in the same order; default: the preset's runs, "
+                                 "or the only other recipe's)")
+
     train = kinds.add_parser(
         "train", help="train each model over seeds and evaluate it",
         description="Train each model with its preset for several seeds (each run a separate "
@@ -94,6 +100,7 @@ def add_parser(commands) -> None:
                     "export it to one ONNX graph checked on validation images.")
     ensemble.add_argument("--model", required=True, metavar="MODEL")
     trained_runs(ensemble)
+    row_of_recipe(ensemble)
     reports(ensemble)
 
     tta = kinds.add_parser(
@@ -105,6 +112,7 @@ def add_parser(commands) -> None:
     tta.add_argument("--shift", type=int_at_least(1), default=1,
                      help="pixels the shifted views move (default: 1)")
     trained_runs(tta)
+    row_of_recipe(tta)
     reports(tta)
 
     render = kinds.add_parser(
@@ -202,7 +210,8 @@ def _ensemble(args) -> int:
     from fmnist.bench.runs import run_ensemble_bench
 
     result = run_ensemble_bench(args.model, Path(args.json), Path(args.markdown), _readme(args),
-                                Path(args.runs_dir), train_data, test_data, _command())
+                                Path(args.runs_dir), train_data, test_data, _command(),
+                                _recipe(args))
     print(f"ensemble of {args.model} seeds {result['seeds']}: test accuracy "
           f"{result['test_accuracy']:.4f}" + ("" if result["test_accuracy_tta"] is None else
                                               f" (flip TTA {result['test_accuracy_tta']:.4f})"))
@@ -219,13 +228,19 @@ def _tta(args) -> int:
     from fmnist.bench.runs import run_tta_bench
 
     result = run_tta_bench(args.model, Path(args.json), Path(args.markdown), _readme(args),
-                           Path(args.runs_dir), train_data, test_data, _command(), args.shift)
+                           Path(args.runs_dir), train_data, test_data, _command(), args.shift,
+                           _recipe(args))
     for name, figures in result["sets"].items():
         print(f"{name:>14}: validation {sum(figures['validation']) / len(result['seeds']):.4f}, "
               f"test {sum(figures['test']) / len(result['seeds']):.4f} ({figures['views']} views)")
     print(f"chosen on validation: {result['chosen_on_validation']}")
     print(f"wrote {args.markdown} and {args.json}")
     return 0
+
+
+def _recipe(args) -> str | None:
+    """The recipe key of the row --train-arg names (as `fmnist bench train` stores it)."""
+    return None if args.train_arg is None else " ".join(args.train_arg)
 
 
 def _render(args) -> int:
