@@ -178,6 +178,19 @@ def test_time_budget_picks_epochs_and_records_them(real_data_dir, tmp_path):
     assert TrainConfig.from_json(saved).epochs == saved["epochs"]
 
 
+def test_a_budgeted_run_stops_before_an_epoch_that_would_overrun_it():
+    from fmnist.train import another_epoch_fits
+
+    # 39 epochs of 93.5 s after a 19.5 s probe: 3,666 s, so the 39th must not start.
+    assert another_epoch_fits([93.5] * 37, 19.5, 3600.0)
+    assert not another_epoch_fits([93.5] * 38, 19.5, 3600.0)
+    # The first epoch's tracing does not count as the typical epoch once others ran...
+    assert another_epoch_fits([60.0, 10.0, 10.0], 0.0, 95.0)
+    # ...but stands for it while it is the only one.
+    assert not another_epoch_fits([60.0], 0.0, 100.0)
+    assert another_epoch_fits([], 5.0, 10.0)
+
+
 def test_ema_weights_survive_a_kill_after_the_last_checkpoint(real_data_dir, tmp_path):
     run = train(TrainConfig(ema=0.9, **QUICK), tmp_path / "run", data_dir=real_data_dir, verbose=0)
     finished = keras.saving.load_model(run / rundir.MODEL).get_weights()
