@@ -65,7 +65,7 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     such runs make rows of their own too (``row["recipe"]``), so seeds of two recipes
     are never summarized together, and run directories of their own (``run_name``).
     """
-    recipe = " ".join(extra or [])
+    recipe = recipe_key(extra)
     if teacher is not None:
         teacher = teacher_spelling(teacher)
     # What run_name needs of the rows made; the run path as the students record it.
@@ -183,6 +183,12 @@ def teacher_of(metrics: dict) -> dict | None:
                                               "train_seconds", "seconds")}
 
 
+def recipe_key(train_args: list[str] | None) -> str:
+    """A recipe off the preset as rows store it (``row["recipe"]``): its `fmnist train`
+    arguments joined by spaces; "" for the preset."""
+    return " ".join(train_args or [])
+
+
 def variant_key(row: dict) -> str:
     """Rows of one model are told apart by their teacher's run and by the training
     arguments that departed from the preset ("" for a plain preset row)."""
@@ -196,11 +202,11 @@ def _now() -> str:
 
 def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_path: Path | None,
                        runs_dir: Path, train_data, test_data, command: str,
-                       recipe: str | None = None, log=print) -> dict:
+                       train_args: list[str] | None = None, log=print) -> dict:
     """The ensemble of ``model``'s benchmarked seeds on this machine: built from their
     runs in ``runs_dir``, evaluated on ``test_data`` (through evaluate, the only scorer
     of the test set), timed, exported to one ONNX graph checked on validation images.
-    ``recipe``: which row (see :func:`_plain_row`)."""
+    ``train_args``: the --train-arg of the row's recipe (see :func:`_plain_row`)."""
     from fmnist.bench.measure import engine_speed
     from fmnist.ensemble import create_ensemble
     from fmnist.evaluate import evaluate_run
@@ -210,7 +216,8 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
     report = load_report(json_path)
     record = machine(measure=False)
     kind = machine_kind(record)
-    row = _plain_row(report, kind, model, json_path, recipe)
+    row = _plain_row(report, kind, model, json_path,
+                     None if train_args is None else recipe_key(train_args))
     members = [runs_dir / run_name(row, seed) for seed in row["seeds"]]
     out = runs_dir / ensemble_name(row)
     if out.exists():
@@ -240,18 +247,19 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
 
 def run_tta_bench(model: str, json_path: Path, markdown_path: Path, readme_path: Path | None,
                   runs_dir: Path, train_data, test_data, command: str, shift: int = 1,
-                  recipe: str | None = None, log=print) -> dict:
+                  train_args: list[str] | None = None, log=print) -> dict:
     """Each test-time augmentation (plain, flip, flip + ``shift``-pixel shifts) of
     ``model``'s benchmarked seeds on this machine: accuracy on each run's validation
     split, which the choice is made on, and on the test set, which reports it.
-    ``recipe``: which row (see :func:`_plain_row`)."""
+    ``train_args``: the --train-arg of the row's recipe (see :func:`_plain_row`)."""
     from fmnist.evaluate import view_study
     from fmnist.metrics import VIEW_SETS
 
     report = load_report(json_path)
     record = machine(measure=False)
     kind = machine_kind(record)
-    row = _plain_row(report, kind, model, json_path, recipe)
+    row = _plain_row(report, kind, model, json_path,
+                     None if train_args is None else recipe_key(train_args))
     studies = []
     for seed in row["seeds"]:
         log(f"bench: test-time views of {model} seed {seed} ...", flush=True)
@@ -277,7 +285,7 @@ def _replacing(results: list[dict], result: dict) -> list[dict]:
     """``results`` with ``result`` in place of an earlier one of the same model and recipe
     (the results of the model's other recipes stay)."""
     def key(r):
-        return r["model"], r.get("recipe") or ""
+        return r["model"], variant_key(r)
 
     return [r for r in results if key(r) != key(result)] + [result]
 
@@ -285,15 +293,14 @@ def _replacing(results: list[dict], result: dict) -> list[dict]:
 def _plain_row(report: dict, kind: str, model: str, json_path: Path,
                recipe: str | None = None) -> dict:
     """The row of ``model``'s runs on this machine that an ensemble or a view study is
-    made of: not distilled, two or more seeds; with ``recipe`` (the `fmnist train`
-    arguments given to `fmnist bench train`, joined by spaces; "" for the preset) the
-    row of that recipe, else the preset's row where there is one, else the only row
+    made of: not distilled, two or more seeds; with ``recipe`` (a :func:`recipe_key`:
+    "" for the preset) the row of that recipe, else the preset's row where there is one, else the only row
     trained off the preset."""
     section = report["machines"].get(kind) or {}
     rows = [r for r in section.get("rows", []) if r["model"] == model and not r.get("teacher")
             and r["device"] == device_name() and len(r["seeds"]) >= 2]
     if recipe is not None:
-        rows = [r for r in rows if (r.get("recipe") or "") == recipe]
+        rows = [r for r in rows if variant_key(r) == recipe]  # rows without a teacher
         if not rows:
             trained = f"trained with `{recipe}`" if recipe else "of its preset"
             raise FmnistError(f"{json_path} has no row of {model} {trained} with two or more seeds "

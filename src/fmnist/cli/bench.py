@@ -211,7 +211,7 @@ def _ensemble(args) -> int:
 
     result = run_ensemble_bench(args.model, Path(args.json), Path(args.markdown), _readme(args),
                                 Path(args.runs_dir), train_data, test_data, _command(),
-                                _recipe(args))
+                                args.train_arg)
     print(f"ensemble of {args.model} seeds {result['seeds']}: test accuracy "
           f"{result['test_accuracy']:.4f}" + ("" if result["test_accuracy_tta"] is None else
                                               f" (flip TTA {result['test_accuracy_tta']:.4f})"))
@@ -229,18 +229,13 @@ def _tta(args) -> int:
 
     result = run_tta_bench(args.model, Path(args.json), Path(args.markdown), _readme(args),
                            Path(args.runs_dir), train_data, test_data, _command(), args.shift,
-                           _recipe(args))
+                           args.train_arg)
     for name, figures in result["sets"].items():
         print(f"{name:>14}: validation {sum(figures['validation']) / len(result['seeds']):.4f}, "
               f"test {sum(figures['test']) / len(result['seeds']):.4f} ({figures['views']} views)")
     print(f"chosen on validation: {result['chosen_on_validation']}")
     print(f"wrote {args.markdown} and {args.json}")
     return 0
-
-
-def _recipe(args) -> str | None:
-    """The recipe key of the row --train-arg names (as `fmnist bench train` stores it)."""
-    return None if args.train_arg is None else " ".join(args.train_arg)
 
 
 def _render(args) -> int:
