@@ -282,7 +282,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     With ``budget_seconds``, also stops training when another epoch would not fit in what
     the epochs so far (plus the speed probe before them) have left of the budget
     (:func:`another_epoch_fits`): the probe's estimate can be wrong on a busy machine
-    (it was 6% short for the 48/96-filter cnn-best on AVX2), and a budget is a promise.
+    (it was 4-7% short for the 48/96-filter cnn-best on AVX2), and a budget is a promise.
     """
 
     def __init__(self, run: RunDir, budget_seconds: float | None = None,
