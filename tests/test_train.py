@@ -173,9 +173,26 @@ def test_time_budget_picks_epochs_and_records_them(real_data_dir, tmp_path):
     assert saved["epochs_requested"] == 500 and 1 <= saved["epochs"] < 500
     assert metrics["epochs"] <= saved["epochs"]
     assert metrics["probe_seconds"] > 0
+    assert metrics["probe_epoch_seconds"] == saved["probe_epoch_seconds"] > 0
     assert metrics["train_seconds"] >= metrics["probe_seconds"]
     # The schedule was laid over the chosen epochs: resuming finds nothing left to do.
     assert TrainConfig.from_json(saved).epochs == saved["epochs"]
+
+
+def test_the_budget_probe_plans_with_the_mean_step_after_the_warm_up():
+    from fmnist.train import WARMUP_STEPS, epochs_that_fit, estimate_epoch_seconds
+
+    # Tracing steps are left out; one slow step in ten counts (the median would drop it).
+    steps = [5.0] * WARMUP_STEPS + [0.1] * 27 + [1.0] * 3
+    assert estimate_epoch_seconds(steps, 100, 0) == pytest.approx(100 * 0.19)
+    # Validation: a forward pass, a third of a training step per batch.
+    assert estimate_epoch_seconds([0.3] * 20, 10, 6) == pytest.approx(0.3 * 12)
+    # Too few steps to drop any: all of them count.
+    assert estimate_epoch_seconds([1.0, 2.0], 4, 0) == pytest.approx(6.0)
+    # Whole epochs in what the probe left, at least one, at most the requested.
+    assert epochs_that_fit(3600.0, 20.0, 89.5, 60) == 40
+    assert epochs_that_fit(3600.0, 20.0, 89.5, 30) == 30
+    assert epochs_that_fit(10.0, 20.0, 89.5, 30) == 1
 
 
 def test_a_budgeted_run_stops_before_an_epoch_that_would_overrun_it():

@@ -147,8 +147,9 @@ def _conv_bn_relu(x, filters: int, kernel: int = 3, strides: int = 1, name: str 
 
     ``separable``: a depthwise 3x3 then a pointwise 1x1 conv, ~8x fewer FLOPs.
     ``batch_norm=False``: Conv with bias and ReLU in one layer, which TensorFlow runs as
-    one fused kernel; Keras 3's batch norm is not fused, and cost a quarter of a cnn-fast
-    step on an AVX2 CPU.
+    one fused kernel. Keras 3's batch norm is not fused, and cost a quarter of a cnn-fast
+    step on an AVX2 CPU; training swaps it for TensorFlow's fused kernel
+    (:mod:`fmnist.batchnorm`), and saved models keep Keras' layer.
     """
     from keras import layers
 

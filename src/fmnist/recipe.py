@@ -17,6 +17,7 @@ prepare_tensorflow()  # before Keras' first import: backend and oneDNN defaults
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fmnist.batchnorm import fused_for_training  # noqa: E402
 from fmnist.config import TrainConfig, legacy_precision  # noqa: E402
 from fmnist.data import NUM_CLASSES  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
@@ -133,7 +134,7 @@ def new_model(config: TrainConfig, total_steps: int):
     except (TypeError, ValueError) as error:  # a --model-option of the wrong kind
         raise FmnistError(f"cannot build {config.model} with options {config.model_options}: "
                           f"{error}; see the factory's arguments in `fmnist models`") from None
-    return compile_for_training(model, config, total_steps)
+    return compile_for_training(fused_for_training(model), config, total_steps)
 
 
 def recorded_precision(saved: dict) -> str | None:
