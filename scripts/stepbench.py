@@ -1,17 +1,19 @@
 """Time a training step with Keras' batch norm and with the fused kernel fmnist trains with.
 
 usage: python scripts/stepbench.py {keras,fused,none} [MODEL [KEY=JSON ...]]
+       PRECISION=bfloat16 python scripts/stepbench.py ...   (mixed bfloat16; default float32)
 
 ``none``: the model built with ``batch_norm=false`` (only the cnn factories have it), the
 floor the fused kernel could reach. Prints one JSON line: median, mean and 90th
 percentile of 55 steps at batch 256 on random images, after 5 warm-up steps. Run each
 variant in its own process on an idle machine; README "Batch norm on TensorFlow's fused
-kernel" lists what it gave on the AVX2 kind.
+kernel" lists what it gave on the AVX2 and AMX kinds.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -25,6 +27,7 @@ import keras  # noqa: E402
 
 from fmnist.batchnorm import fused_for_training  # noqa: E402
 from fmnist.config import TrainConfig  # noqa: E402
+from fmnist.hardware import dtype_policy  # noqa: E402
 from fmnist.models import get_factory  # noqa: E402
 from fmnist.recipe import compile_for_training, configure_determinism  # noqa: E402
 
@@ -39,6 +42,8 @@ def main(argv: list[str]) -> None:
         options["batch_norm"] = False
     config = TrainConfig.for_model(model_name, model_options=options)
     configure_determinism(0)
+    precision = os.environ.get("PRECISION", "float32")
+    keras.config.set_dtype_policy(dtype_policy(precision))
     model = get_factory(model_name)(**options)
     if variant == "fused":
         model = fused_for_training(model)
@@ -54,7 +59,8 @@ def main(argv: list[str]) -> None:
     model.fit(images, targets, batch_size=BATCH, epochs=1,
               verbose=0, shuffle=False, callbacks=[stamp])
     steps = np.diff(stamps)[WARMUP:WARMUP + TIMED] * 1000
-    print(json.dumps({"variant": variant, "model": model_name, "options": options,
+    print(json.dumps({"variant": variant, "precision": precision, "model": model_name,
+                      "options": options,
                       "median_ms": round(float(np.median(steps)), 1),
                       "mean_ms": round(float(np.mean(steps)), 1),
                       "p90_ms": round(float(np.percentile(steps, 90)), 1)}))
