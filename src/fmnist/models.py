@@ -317,8 +317,9 @@ def cnn_fast(stem: str = "conv-s2", stem_width: int = 32, widths14=(32, 32), wid
     Conv(32, 3x3, stride 2) -> 2 x Conv(32, 3x3) at 14x14 -> MaxPool -> Dense(128) on the
     7x7 map -> Dense(10); 221,610 parameters, 7.7 MFLOP per image. Nesterov SGD
     one-cycle (peak 0.2) over 10 epochs, label smoothing 0.1, flips and 1-pixel shifts;
-    about 100 s on 2 cores of an AVX-512 BF16 CPU (bfloat16), about 5 minutes on 2 AVX2
-    cores (float32). Target >= 0.930; measured per machine kind in BENCHMARKS.md.
+    about 65 s on 2 cores of an Intel AMX CPU and 100 s on an AMD AVX-512 BF16 one
+    (bfloat16), about 5 minutes on 2 AVX2 cores (float32). Target >= 0.930; measured per
+    machine kind in BENCHMARKS.md.
     """
     return _convnet("cnn_fast", stem, stem_width, widths14, widths7, head, dense, dropout,
                     separable, batch_norm, residual)
@@ -345,7 +346,8 @@ def cnn_best(stem: str = "conv-s2", stem_width: int = 32, widths14=(64, 64),
     """The accuracy model: a VGG-style batch-norm CNN, two 3x3 convs per resolution.
 
     About 1.8 M parameters, ~47 MFLOP per image. Flips, shifts and random erasing over
-    60 epochs: about 37 minutes on 2 AVX-512 BF16 cores, 2.4 hours on 2 AVX2-only ones, where
+    60 epochs: about 23 minutes on 2 Intel AMX cores, 37 on 2 AMD AVX-512 BF16 ones (both
+    bfloat16), 2.4 hours on 2 AVX2-only ones, where
     ``widths14=(32, 32), widths7=(64, 64)`` (half the width, 0.88 M parameters) fits the
     60 epochs in under an hour (target >= 0.950, see BENCHMARKS.md).
     ``residual=True``: each resolution's pair of convs as a residual block.
