@@ -21,7 +21,8 @@ def second_run(real_data_dir, tmp_path_factory):
     from fmnist.evaluate import evaluate_run
     from fmnist.train import train
 
-    run = train(TrainConfig(epochs=1, seed=1, train_size=3000, val_size=1000, test_size=1000),
+    run = train(TrainConfig(epochs=1, seed=1, train_size=3000, val_size=1000, test_size=1000,
+                            precision="float32"),  # as trained_run: float32 parity checks
                 tmp_path_factory.mktemp("second") / "mlp", data_dir=real_data_dir, verbose=0)
     evaluate_run(run, data_dir=real_data_dir)
     return run
