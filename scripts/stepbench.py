@@ -43,6 +43,8 @@ def main(argv: list[str]) -> None:
     config = TrainConfig.for_model(model_name, model_options=options)
     configure_determinism(0)
     precision = os.environ.get("PRECISION", "float32")
+    if precision not in ("float32", "bfloat16"):
+        sys.exit(f"stepbench: PRECISION={precision!r} is not a precision; use float32 or bfloat16")
     keras.config.set_dtype_policy(dtype_policy(precision))
     model = get_factory(model_name)(**options)
     if variant == "fused":

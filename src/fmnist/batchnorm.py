@@ -23,6 +23,8 @@ prepare_tensorflow()  # before Keras' first import: backend and oneDNN defaults
 
 import keras  # noqa: E402
 
+from fmnist.hardware import first_gpu  # noqa: E402
+
 
 @keras.saving.register_keras_serializable(package="fmnist")
 class FusedBatchNorm(keras.layers.BatchNormalization):
@@ -36,7 +38,7 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
                 # bfloat16 inputs go to the kernel on CPUs (oneDNN; gamma, beta and the
                 # moments stay float32), where it measured 2-2.5x faster than Keras' path;
                 # on a GPU that is unmeasured, so Keras' path stays.
-                and (dtype == "float32" or (dtype == "bfloat16" and not _gpu_visible()))
+                and (dtype == "float32" or (dtype == "bfloat16" and first_gpu() is None))
                 and len(inputs.shape) in (2, 4) and self.axis in (-1, len(inputs.shape) - 1))
 
     def call(self, inputs, training=None, mask=None):
@@ -56,12 +58,6 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
         self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
         return tf.reshape(outputs, shape)
-
-
-def _gpu_visible() -> bool:
-    import tensorflow as tf
-
-    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def fused_for_training(model: keras.Model) -> keras.Model:
