@@ -18,7 +18,7 @@ from fmnist.errors import FmnistError, RunDirError
 from fmnist.evaluate import evaluate_run
 from fmnist.models import build_model
 from fmnist.config import TrainConfig
-from fmnist.pipeline import epoch_order
+from fmnist.pipeline import epoch_order, steps_per_epoch
 from fmnist.recipe import compile_for_training
 from fmnist.train import resume, train
 
@@ -206,6 +206,101 @@ def test_a_budgeted_run_stops_before_an_epoch_that_would_overrun_it():
     # ...but stands for it while it is the only one.
     assert not another_epoch_fits([60.0], 0.0, 100.0)
     assert another_epoch_fits([], 5.0, 10.0)
+
+
+def test_a_budgeted_run_shrinks_its_plan_when_its_epochs_run_long():
+    from fmnist.train import REPLAN_MARGIN, replanned_epochs
+
+    # Planned 133 epochs of the probe's 26.9 s; they take 28.8 s: 124 would fit, the
+    # re-plan leaves 3% to spare per epoch and plans 120.
+    seconds = [33.0, 28.8, 28.8]
+    assert replanned_epochs(seconds, 11.6, 3600.0, 133) == 3 + int(
+        (3600.0 - 11.6 - sum(seconds)) // (28.8 * REPLAN_MARGIN)) == 120
+    assert replanned_epochs(seconds, 11.6, 3600.0, 120) is None  # now it fits: kept
+    assert replanned_epochs(seconds, 11.6, 3600.0, 100) is None  # never lengthened
+    assert replanned_epochs(seconds[:2], 11.6, 3600.0, 133) is None  # too early to tell
+    assert replanned_epochs([10.0, 10.0, 10.0], 0.0, 35.0, 10) == 3  # no epoch left: stop
+
+
+def test_shortening_the_one_cycle_schedule_keeps_it_annealing_to_zero(real_data_dir):
+    from fmnist.recipe import new_model, shorten_onecycle
+
+    config = TrainConfig(model="mlp", schedule="onecycle", learning_rate=0.1,
+                         warmup_fraction=0.2)
+    model = new_model(config, 100)
+    schedule = model.optimizer._learning_rate
+    rate = lambda step: float(keras.ops.convert_to_numpy(schedule(step)))  # noqa: E731
+    assert rate(100) == pytest.approx(0.0, abs=1e-7) and rate(60) > 0.01
+    assert not shorten_onecycle(model, config, 100, 5)  # not shorter: unchanged
+    # In the warm-up: both phases shrink; the warm-up still peaks at the full rate.
+    assert shorten_onecycle(model, config, 60, 5)
+    assert schedule.warmup_steps == 12 and schedule.decay_steps == 48
+    assert rate(12) == pytest.approx(0.1) and rate(60) == pytest.approx(0.0, abs=1e-7)
+    # Past the warm-up: only the decay shrinks; the new plan survives saving.
+    assert shorten_onecycle(model, config, 40, 30)
+    assert schedule.warmup_steps == 12 and schedule.decay_steps == 28
+    saved = keras.optimizers.deserialize(keras.optimizers.serialize(model.optimizer))
+    assert saved._learning_rate.decay_steps == 28
+    # A constant rate has nothing to shorten.
+    constant = TrainConfig(model="mlp")
+    assert not shorten_onecycle(new_model(constant, 100), constant, 50, 5)
+
+
+def test_a_shortened_schedule_reaches_the_traced_training_step():
+    from fmnist.recipe import new_model, shorten_onecycle
+
+    config = TrainConfig(model="mlp", schedule="onecycle", learning_rate=0.01)
+    model = new_model(config, 100)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), rng.integers(0, 10, 32)
+    for _ in range(5):
+        model.train_on_batch(x, y)
+    # Cut to 8 steps at step 5: steps 5-7 anneal, step 8 runs at a rate of 0, so Adam
+    # leaves the weights as they were. With the old plan it would be warming up.
+    assert shorten_onecycle(model, config, 8, 5)
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    before = [w.copy() for w in model.get_weights()]
+    model.train_on_batch(x, y)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+class _TickingClock:
+    """A stand-in for the time module: each reading is half a second after the last."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 0.5
+        return self.now
+
+
+def test_a_budgeted_run_whose_probe_was_short_still_anneals(real_data_dir, tmp_path,
+                                                              monkeypatch):
+    import fmnist.train
+
+    # A probe that says any number of epochs fits; the run's epochs must correct it. On
+    # the ticking clock the probe reads 8.5 s (17 readings) and every epoch 0.5 s: 20
+    # would fit in 18.5 s, and the re-plan after epoch 3 plans 19 (3% to spare).
+    monkeypatch.setattr(fmnist.train, "estimate_epoch_seconds", lambda *args: 1e-3)
+    monkeypatch.setattr(fmnist.train, "time", _TickingClock())
+    config = TrainConfig(model="mlp", epochs=400, time_budget=18.5, train_size=2000,
+                         val_size=500, test_size=500, batch_size=128, schedule="onecycle",
+                         learning_rate=0.01)
+    run = train(config, tmp_path / "run", data_dir=real_data_dir, verbose=0)
+    saved = json.loads((run / rundir.CONFIG).read_text())
+    metrics = json.loads((run / rundir.METRICS).read_text())
+    assert saved["probe_epochs"] == 400 and saved["probe_seconds"] == 8.5
+    assert saved["epochs"] == metrics["epochs"] == 19
+    # The last checkpoint's schedule ends with the re-planned epochs, at a rate of zero:
+    # not cut off in the warm-up, where the probe's plan of 400 epochs had it.
+    model = keras.saving.load_model(run / rundir.CHECKPOINTS / "epoch-019.keras")
+    schedule = model.optimizer._learning_rate
+    steps = steps_per_epoch(2000, 128)
+    assert schedule.warmup_steps + schedule.decay_steps == 19 * steps
+    assert float(keras.ops.convert_to_numpy(schedule(19 * steps))) == pytest.approx(0, abs=1e-7)
+    assert int(model.optimizer.iterations) == 19 * steps
 
 
 def test_ema_weights_survive_a_kill_after_the_last_checkpoint(real_data_dir, tmp_path):

@@ -31,7 +31,7 @@ TRAIN_IMAGES, TEST_IMAGES = TRAIN_POOL, 10_000
 # legacy mixed_precision flag), so a run's config.json can be passed back as --config.
 RECORDED_KEYS = frozenset({"versions", "created_utc", "precision_used", "precision_reason",
                            "replicas", "global_batch_size", "scaled_learning_rate",
-                           "epochs_requested", "probe_seconds", "probe_epoch_seconds",
+                           "epochs_requested", "probe_epochs", "probe_seconds", "probe_epoch_seconds",
                            "mixed_precision",
                            "teacher_run"})
 

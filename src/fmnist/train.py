@@ -40,7 +40,7 @@ from fmnist.pipeline import (distributed_batches, fit_targets, steps_per_epoch, 
                              training_batches, validation_batches)
 from fmnist.plots import plot_history  # noqa: E402
 from fmnist.recipe import (announce_precision, configure_determinism, new_model,  # noqa: E402
-                           recorded_precision, warmed)
+                           recorded_precision, shorten_onecycle, warmed)
 from fmnist.rundir import RunDir  # noqa: E402
 from fmnist.split import train_val_split  # noqa: E402
 
@@ -164,7 +164,7 @@ def estimate_epoch_seconds(step_seconds, train_steps: int, val_steps: int) -> fl
     a training step each. Still a little short: what an epoch spends between its steps
     is not timed (half-width cnn-best on 2 AVX2 cores: 48.2 s an epoch; estimated 46.7
     from the mean, 45.8 from the median), which the budget guard absorbs
-    (:func:`another_epoch_fits`).
+    (:func:`another_epoch_fits`) and the re-plan (:func:`replanned_epochs`).
     """
     step_seconds = np.asarray(step_seconds, dtype=float)
     steady = step_seconds[WARMUP_STEPS:] if len(step_seconds) > WARMUP_STEPS + 2 else step_seconds
@@ -233,7 +233,7 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
                       if strategy is None else
                       distributed_batches(strategy, x_train, y_train, config, done, config.epochs,
                                           soft_targets))
-            callbacks = [EpochCheckpoint(run, config.time_budget, stop_after, config.seed)]
+            callbacks = [EpochCheckpoint(run, config, steps, stop_after)]
             if config.tensorboard:
                 callbacks = [LogLearningRate(), *callbacks, keras.callbacks.TensorBoard(
                     log_dir=str(run.path / "logs"), update_freq="epoch",
@@ -297,27 +297,34 @@ def _fix_epochs_to_budget(run: RunDir, config: TrainConfig, x_train, y_train, n_
     epochs, probe_seconds, epoch_seconds = _epochs_within_budget(config, x_train, y_train,
                                                                  n_val, soft_targets)
     # The estimate is kept beside the epochs' real times, so a short probe shows.
-    run.record(epochs=epochs, epochs_requested=config.epochs, probe_seconds=probe_seconds,
-               probe_epoch_seconds=epoch_seconds)
+    run.record(epochs=epochs, epochs_requested=config.epochs, probe_epochs=epochs,
+               probe_seconds=probe_seconds, probe_epoch_seconds=epoch_seconds)
     return dataclasses.replace(config, epochs=epochs)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """Times each epoch and checkpoints the run after it (:meth:`RunDir.checkpoint`).
 
-    With ``budget_seconds``, also stops training when another epoch would not fit in what
-    the epochs so far (plus the speed probe before them) have left of the budget
-    (:func:`another_epoch_fits`): the probe's estimate can be wrong on a busy machine
-    (it was 4-7% short for the 48/96-filter cnn-best on AVX2), and a budget is a promise.
+    With a time budget, the probe's plan is a first guess: it was 4-7% short for the
+    48/96-filter cnn-best on AVX2 and 8-10% either way on the AMX kind, and a machine can
+    slow down mid-run. So after each epoch, when the epochs so far say the planned count
+    will not fit (:func:`replanned_epochs`), the one-cycle schedule is shortened to the
+    count that does (:func:`~fmnist.recipe.shorten_onecycle`) and config.json records it:
+    the rate still anneals to zero instead of being cut off part way down. Last, training
+    stops when another epoch would overrun the budget (:func:`another_epoch_fits`), for a
+    constant rate or a slowdown in the last epochs: a budget is a promise.
     """
 
-    def __init__(self, run: RunDir, budget_seconds: float | None = None,
-                 stop_after: int | None = None, seed: int = 0):
+    def __init__(self, run: RunDir, config: TrainConfig, steps_per_epoch: int,
+                 stop_after: int | None = None):
         super().__init__()
         self.run = run
-        self.budget_seconds = budget_seconds
+        self.config = config
+        self.budget_seconds = config.time_budget
+        self.planned_epochs = config.epochs
+        self.steps_per_epoch = steps_per_epoch
         self.stop_after = stop_after
-        self.seed = seed
+        self.seed = config.seed
         self.started = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -328,13 +335,49 @@ class EpochCheckpoint(keras.callbacks.Callback):
         row = {"epoch": epoch + 1}
         row.update({key: float(value) for key, value in (logs or {}).items()})
         row["seconds"] = time.perf_counter() - self.started  # training + validation
+        seconds = [r["seconds"] for r in self.run.history] + [row["seconds"]]
+        if self.budget_seconds:
+            self._replan(seconds)  # before the checkpoint, which saves the schedule
         self.run.checkpoint(self.model.save, row)
-        history = self.run.history
-        if self.budget_seconds and not another_epoch_fits(
-                [r["seconds"] for r in history], _probe_seconds(self.run), self.budget_seconds):
+        done = len(self.run.history)
+        if self.budget_seconds and (done >= self.planned_epochs or not another_epoch_fits(
+                seconds, _probe_seconds(self.run), self.budget_seconds)):
             self.model.stop_training = True
-        if self.stop_after is not None and len(history) >= self.stop_after:
+        if self.stop_after is not None and done >= self.stop_after:
             self.model.stop_training = True
+
+    def _replan(self, epoch_seconds: list[float]) -> None:
+        epochs = replanned_epochs(epoch_seconds, _probe_seconds(self.run), self.budget_seconds,
+                                  self.planned_epochs)
+        if epochs is None or epochs <= len(epoch_seconds):
+            return  # nothing to shorten, or no epoch left to anneal in: the guard stops
+        if shorten_onecycle(self.model, self.config, epochs * self.steps_per_epoch,
+                            len(epoch_seconds) * self.steps_per_epoch):
+            self.planned_epochs = epochs
+            self.run.record(epochs=epochs)
+
+
+REPLAN_MARGIN = 1.03  # a re-plan budgets each epoch 3% over the typical one: it is rare
+
+
+def replanned_epochs(epoch_seconds: list[float], probe_seconds: float, budget_seconds: float,
+                     planned_epochs: int) -> int | None:
+    """The epoch count a budgeted run should shrink its plan to, or None to keep it.
+
+    ``epoch_seconds``: each epoch's wall time so far. Waits for two epochs after the first
+    (which traces the graph); then, when the planned epochs of the typical length (the
+    median after the first) would end past the budget, returns the count whose remaining
+    epochs fit with :data:`REPLAN_MARGIN` to spare, so that jitter and the retrace a
+    re-plan costs do not call for another.
+    """
+    done = len(epoch_seconds)
+    if done < 3 or done >= planned_epochs:
+        return None
+    left = budget_seconds - probe_seconds - sum(epoch_seconds)
+    typical = float(np.median(epoch_seconds[1:]))
+    if typical <= 0 or done + left / typical >= planned_epochs:
+        return None
+    return max(done, done + int(left // (typical * REPLAN_MARGIN)))
 
 
 def reseed_layers(model, seed: int, epoch: int) -> None:
