@@ -303,6 +303,19 @@ def test_a_budgeted_run_whose_probe_was_short_still_anneals(real_data_dir, tmp_p
     assert int(model.optimizer.iterations) == 19 * steps
 
 
+def test_a_resume_lays_the_schedule_over_the_recorded_epochs(real_data_dir, tmp_path):
+    config = TrainConfig(model="mlp", schedule="onecycle", **{**QUICK, "epochs": 6})
+    run = train(config, tmp_path / "run", data_dir=real_data_dir, verbose=0, stop_after=2)
+    # As a kill leaves it after a re-plan recorded 4 epochs, before its checkpoint.
+    saved = json.loads((run / rundir.CONFIG).read_text())
+    (run / rundir.CONFIG).write_text(json.dumps({**saved, "epochs": 4}))
+    resume(run, data_dir=real_data_dir, verbose=0)
+    assert json.loads((run / rundir.METRICS).read_text())["epochs"] == 4
+    schedule = keras.saving.load_model(run / rundir.CHECKPOINTS / "epoch-004.keras").optimizer._learning_rate
+    steps = steps_per_epoch(QUICK["train_size"], QUICK["batch_size"])
+    assert schedule.warmup_steps + schedule.decay_steps == 4 * steps
+
+
 def test_ema_weights_survive_a_kill_after_the_last_checkpoint(real_data_dir, tmp_path):
     run = train(TrainConfig(ema=0.9, **QUICK), tmp_path / "run", data_dir=real_data_dir, verbose=0)
     finished = keras.saving.load_model(run / rundir.MODEL).get_weights()

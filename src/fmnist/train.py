@@ -228,6 +228,10 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
             from fmnist.distribute import patch_keras_for_multiworker
 
             patch_keras_for_multiworker(model, strategy)
+        if 0 < done < config.epochs:
+            # A kill after a re-plan's record but before its checkpoint left the schedule
+            # of the older, longer plan in the checkpoint: lay it over config.json's.
+            shorten_onecycle(model, config, config.epochs * steps, done * steps)
         if done < config.epochs:
             stream = (training_batches(x_train, y_train, config, done, config.epochs, soft_targets)
                       if strategy is None else
