@@ -50,6 +50,7 @@ def test_every_preset_is_a_valid_config(model):
     ({"test_size": 20_000}, "test_size: 20000 is not valid; it must be 1 to 10000"),
     ({"train_size": 59_000}, "train_size + val_size"),
     ({"model_options": [64]}, "model_options: [64] is not an object"),
+    ({"time_budget": 60, "distribute": "multiworker"}, "a multi-worker run cannot take one"),
 ])
 def test_unknown_keys_and_bad_values_are_named(payload, words):
     with pytest.raises(ConfigError) as raised:

@@ -197,6 +197,11 @@ def validate(config: TrainConfig) -> None:
     if config.distill_temperature != 1.0 and config.teacher is None:
         raise ConfigError(f"distill_temperature: {config.distill_temperature} needs a teacher; "
                           "pass --teacher RUN_DIR, or drop it")
+    if config.time_budget is not None and config.distribute == "multiworker":
+        # Each worker would time its own epochs and could stop, or re-plan, at another
+        # epoch than the rest, which would then wait for it in their next all-reduce.
+        raise ConfigError("time_budget: a multi-worker run cannot take one (each worker "
+                          "would stop at its own epoch); drop --time-budget and pass --epochs")
     if not isinstance(config.model_options, dict):
         raise ConfigError(f"model_options: {config.model_options!r} is not an object of "
                           "the model's keyword arguments")
