@@ -222,7 +222,7 @@ def test_a_budgeted_run_shrinks_its_plan_when_its_epochs_run_long():
     assert replanned_epochs([10.0, 10.0, 10.0], 0.0, 35.0, 10) == 3  # no epoch left: stop
 
 
-def test_shortening_the_one_cycle_schedule_keeps_it_annealing_to_zero(real_data_dir):
+def test_shortening_the_one_cycle_schedule_keeps_it_annealing_to_zero():
     from fmnist.recipe import new_model, shorten_onecycle
 
     config = TrainConfig(model="mlp", schedule="onecycle", learning_rate=0.1,

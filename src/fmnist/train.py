@@ -324,15 +324,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.run = run
         self.config = config
-        self.budget_seconds = config.time_budget
-        self.planned_epochs = config.epochs
+        self.planned_epochs = config.epochs  # lowered by a re-plan
         self.steps_per_epoch = steps_per_epoch
         self.stop_after = stop_after
-        self.seed = config.seed
         self.started = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
-        reseed_layers(self.model, self.seed, epoch)
+        reseed_layers(self.model, self.config.seed, epoch)
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -340,18 +338,19 @@ class EpochCheckpoint(keras.callbacks.Callback):
         row.update({key: float(value) for key, value in (logs or {}).items()})
         row["seconds"] = time.perf_counter() - self.started  # training + validation
         seconds = [r["seconds"] for r in self.run.history] + [row["seconds"]]
-        if self.budget_seconds:
-            self._replan(seconds)  # before the checkpoint, which saves the schedule
+        budget = self.config.time_budget
+        if budget:
+            self._replan(seconds, budget)  # before the checkpoint, which saves the schedule
         self.run.checkpoint(self.model.save, row)
         done = len(self.run.history)
-        if self.budget_seconds and (done >= self.planned_epochs or not another_epoch_fits(
-                seconds, _probe_seconds(self.run), self.budget_seconds)):
+        if budget and (done >= self.planned_epochs or not another_epoch_fits(
+                seconds, _probe_seconds(self.run), budget)):
             self.model.stop_training = True
         if self.stop_after is not None and done >= self.stop_after:
             self.model.stop_training = True
 
-    def _replan(self, epoch_seconds: list[float]) -> None:
-        epochs = replanned_epochs(epoch_seconds, _probe_seconds(self.run), self.budget_seconds,
+    def _replan(self, epoch_seconds: list[float], budget: float) -> None:
+        epochs = replanned_epochs(epoch_seconds, _probe_seconds(self.run), budget,
                                   self.planned_epochs)
         if epochs is None or epochs <= len(epoch_seconds):
             return  # nothing to shorten, or no epoch left to anneal in: the guard stops
