@@ -206,6 +206,27 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     assert markdown.index(f"(`{kind}`)") < markdown.index(f"(`{other_kind}`)")
     assert "Not re-measured in the latest bench run" in markdown and "### Time to accuracy" in markdown
     assert cell in readme.read_text()
+    # --resume: a finished seed is taken as it stood, one stopped between its training and
+    # its evaluation is finished, a new seed is trained; none is trained again.
+    seed0, seed1 = (tmp_path / "runs" / summary.run_name(row, seed) for seed in (0, 1))
+    trained_at = (seed0 / "model.keras").stat().st_mtime_ns
+    evaluated = json.loads((seed1 / "metrics.json").read_text())
+    (seed1 / "metrics.json").write_text(json.dumps(
+        {key: value for key, value in evaluated.items() if not key.startswith("test_")}))
+    resumed = run_main(
+        "bench", "train", "--resume", "--models", "mlp", "--seeds", "3",
+        "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "bench.json"),
+        "--markdown", str(tmp_path / "BENCH.md"), "--readme", str(readme),
+        "--data-dir", str(real_data_dir), "--train-arg=--epochs=1", "--train-arg=--train-size=2000",
+        "--train-arg=--val-size=500", "--train-arg=--test-size=500")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "taking the finished run" in resumed.stdout and "resuming" in resumed.stdout
+    (row,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["rows"]
+    assert row["seeds"] == [0, 1, 2] and (seed0 / "model.keras").stat().st_mtime_ns == trained_at
+    assert row["test_accuracy"][1] == evaluated["test_accuracy"]  # the same model, scored again
+    assert row["runs"][0]["peak_rss_mb"] is None and row["runs"][2]["peak_rss_mb"] > 100
+    assert row["peak_rss_mb"] == max(run["peak_rss_mb"] for run in row["runs"][1:])
+    assert len(row["commands"]) == 2 and not row["bench_id"]  # the taken seeds' bench and this
     # The same bench file gains the inference and the serving sections of this machine,
     # from a data folder without test files: only training (its evaluation) reads them.
     common = ["--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
@@ -227,8 +248,8 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
                          *common[:-1], str(real_data_dir))
     assert ensembled.returncode == 0, ensembled.stderr[-2000:]
     (ensemble,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["ensembles"]
-    assert ensemble["seeds"] == [0, 1] and ensemble["class_mismatches"] == 0
-    assert len(ensemble["members_test_accuracy"]) == 2 and 0.5 < ensemble["test_accuracy"] <= 1
+    assert ensemble["seeds"] == [0, 1, 2] and ensemble["class_mismatches"] == 0
+    assert len(ensemble["members_test_accuracy"]) == 3 and 0.5 < ensemble["test_accuracy"] <= 1
     assert "### Ensembles" in (tmp_path / "BENCH.md").read_text()
     served = run_cli("bench", "serve", str(first_run), "--engine", "onnx",
                      "--requests", "150", "--clients", "2", "4", "--burst-seconds", "2", *common)
@@ -246,6 +267,26 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     markdown = (tmp_path / "BENCH.md").read_text()
     assert "### Inference engines" in markdown and "| 4 | 150 |" in markdown
     assert "**Burst**: 8 clients" in markdown
+
+
+def test_bench_resume_refuses_a_run_directory_of_another_seed(tmp_path):
+    from fmnist.bench.runs import bench_seed
+
+    out = tmp_path / "cnn-fast-seed1"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"model": "cnn-fast", "seed": 0}))
+    with pytest.raises(FmnistError, match="holds cnn-fast seed 0, not cnn-fast seed 1"):
+        bench_seed("cnn-fast", 1, out, None, [], resume=True, log=lambda *a, **k: None)
+    assert (out / "config.json").is_file()  # left as it was
+
+
+def test_a_row_of_runs_taken_as_they_stood_shows_no_peak_rss():
+    runs = [{"seed": 0, "params": 1, "epochs": 1, "n_train": 10, "n_test": 10, "train_seconds": 1.0,
+             "steady_epoch_seconds": 1.0, "test_accuracy": 0.9, "val_accuracy": 0.9,
+             "val_crossings": {}, "peak_rss_mb": None}]
+    row = summary.summarize("mlp", runs, 1000.0, 10**6, {"float32": 100.0}, "CPU")
+    assert row["peak_rss_mb"] is None
+    assert render.speed_table([row]).splitlines()[-1].endswith("| — |")
 
 
 def test_render_upgrades_a_format_1_file_and_rewrites_the_reports(tmp_path):

@@ -78,8 +78,12 @@ def speed_table(rows: list[dict]) -> str:
             f"| {model_cell(row)} | {row['device']} | {row.get('precision', 'float32')} | "
             f"{row['forward_mflops']:.2f} | {row['steady_epoch_seconds']:.1f} | "
             f"{'—' if floor is None else f'{floor:.2f}'} | {ratio} | "
-            f"{'—' if achieved is None else f'{achieved:.0f}'} | {row['peak_rss_mb']:.0f} |")
+            f"{'—' if achieved is None else f'{achieved:.0f}'} | {_mb(row.get('peak_rss_mb'))} |")
     return "\n".join(lines)
+
+
+def _mb(megabytes: float | None) -> str:
+    return "—" if megabytes is None else f"{megabytes:.0f}"
 
 
 def crossing_table(rows: list[dict]) -> str:

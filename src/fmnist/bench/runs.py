@@ -24,36 +24,79 @@ from fmnist.bench.targets import BURST_TARGETS, MODEL_ORDER
 from fmnist.errors import FmnistError
 
 
-def run_training(model: str, seed: int, out: Path, data_dir, extra: list[str]) -> dict:
-    """Train one model/seed in a child `fmnist train` process; return its metrics + peak RSS."""
-    command = [sys.executable, "-m", "fmnist.cli", "train", "--model", model, "--seed", str(seed),
-               "--out", str(out), "--tta", "--quiet", *extra]
+def run_training(model: str, seed: int, out: Path, data_dir, extra: list[str],
+                 resume: bool = False) -> dict:
+    """Train one model/seed in a child `fmnist train` process; return its metrics + peak RSS.
+
+    ``resume``: continue the interrupted run in ``out`` (`fmnist train --resume`) instead;
+    its settings come from its config.json, and the peak RSS is that of the rest alone.
+    """
+    command = [sys.executable, "-m", "fmnist.cli", "train", "--tta", "--quiet",
+               *(["--resume", str(out)] if resume else
+                 ["--model", model, "--seed", str(seed), "--out", str(out), *extra])]
     if data_dir:
         command += ["--data-dir", str(data_dir)]
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as stream:
+    with open(log, "a" if resume else "w") as stream:
         child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
         raise FmnistError(f"training {model} seed {seed} failed ({tail[0]}); see {log}")
+    # Linux reports ru_maxrss in KiB.
+    return run_figures(out, peak_rss_mb=usage.ru_maxrss / 1024)
+
+
+def run_figures(out: Path, peak_rss_mb: float | None) -> dict:
+    """What a bench row keeps of the evaluated run in ``out``: its metrics.json, the epochs
+    and seconds at which validation crossed each threshold, its precision and flips."""
     metrics = rundir.read_json(out / rundir.METRICS)
     history = rundir.read_json(out / rundir.HISTORY)
     config = rundir.read_json(out / rundir.CONFIG)
-    # Linux reports ru_maxrss in KiB.
-    metrics["peak_rss_mb"] = usage.ru_maxrss / 1024
+    metrics["peak_rss_mb"] = peak_rss_mb
     metrics["val_crossings"] = crossings(history)
     metrics["precision"] = config.get("precision_used", "float32")
     metrics["flip"] = bool(config.get("flip"))
     return metrics
 
 
+def bench_seed(model: str, seed: int, out: Path, data_dir, extra: list[str], resume: bool,
+               log=print) -> tuple[dict, bool]:
+    """One seed of a bench: its figures, and whether they were taken as they stood.
+
+    Without ``resume`` the run is trained afresh (anything in ``out`` is deleted first).
+    With it, a finished and evaluated run in ``out`` is taken as it is (an hour-long seed
+    whose bench was stopped after its training still counts, without another hour); an
+    interrupted one continues from its last checkpoint; only an empty start is retrained.
+    """
+    if resume and (out / rundir.CONFIG).is_file():
+        rundir.require_unlocked(out)  # another bench still training it: say so, touch nothing
+        config = rundir.read_json(out / rundir.CONFIG)
+        if (config.get("model"), config.get("seed")) != (model, seed):
+            raise FmnistError(f"{out} holds {config.get('model')} seed {config.get('seed')}, not "
+                              f"{model} seed {seed}; move it away or drop --resume")
+        if "test_accuracy" in _metrics_or_empty(out):
+            log(f"bench: {model} seed {seed}: taking the finished run in {out}", flush=True)
+            return run_figures(out, peak_rss_mb=None), True  # RSS: not measured by this bench
+        log(f"bench: {model} seed {seed}: resuming {out} ...", flush=True)
+        return run_training(model, seed, out, data_dir, extra, resume=True), False
+    if out.exists():
+        shutil.rmtree(out)
+    log(f"bench: training {model} seed {seed} ...", flush=True)
+    return run_training(model, seed, out, data_dir, extra), False
+
+
+def _metrics_or_empty(out: Path) -> dict:
+    path = out / rundir.METRICS
+    return rundir.read_json(path) if path.is_file() else {}
+
+
 def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, markdown_path: Path,
               readme_path: Path | None, data_dir=None, extra: list[str] | None = None,
               command: str = "fmnist bench", log=print, seed_start: int = 0,
-              teacher: str | None = None) -> dict:
+              teacher: str | None = None, resume: bool = False) -> dict:
     """Benchmark ``models`` over seeds ``seed_start .. seed_start+seeds-1`` on this
     machine; rewrite the reports.
 
@@ -64,6 +107,8 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     ``extra`` (`fmnist train` arguments: --train-arg) departs from the preset's recipe:
     such runs make rows of their own too (``row["recipe"]``), so seeds of two recipes
     are never summarized together, and run directories of their own (``run_name``).
+    ``resume``: seeds already in their run directories are taken or continued, not
+    retrained (:func:`bench_seed`).
     """
     recipe = recipe_key(extra)
     if teacher is not None:
@@ -81,13 +126,13 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         f"{record['peak_gflops']['float32']:.0f} GFLOP/s, bfloat16 "
         f"{record['peak_gflops']['bfloat16']:.0f}", flush=True)
     for model in models:
-        runs = []
+        runs, taken = [], set()
         for seed in range(seed_start, seed_start + seeds):
             out = out_dir / run_name({"model": model, **naming}, seed)
-            if out.exists():
-                shutil.rmtree(out)
-            log(f"bench: training {model} seed {seed} ...", flush=True)
-            runs.append(run_training(model, seed, out, data_dir, extra))
+            figures, as_they_stood = bench_seed(model, seed, out, data_dir, extra, resume, log)
+            runs.append(figures)
+            if as_they_stood:
+                taken.add(seed)
             tta = runs[-1].get("test_accuracy_tta")
             log(f"bench:   test {runs[-1]['test_accuracy']:.4f}"
                 + (f" (TTA {tta:.4f})" if tta is not None else "")
@@ -107,7 +152,7 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         if recipe:
             row["recipe"] = recipe
         # Which invocations produced the row's runs (a slow model is run a few seeds at a time).
-        kept = {run["seed"] for run in row["runs"]} - {run["seed"] for run in runs}
+        kept = ({run["seed"] for run in row["runs"]} - {run["seed"] for run in runs}) | taken
         row["commands"] = [*old.get("commands", []), command] if old and kept else [command]
         row["bench_id"] = None if kept else bench_id  # all seeds from this invocation
         section["rows"] = [r for r in section["rows"] if r is not old] + [row]

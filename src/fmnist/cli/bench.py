@@ -59,6 +59,10 @@ def add_parser(commands) -> None:
                             "summarized with these, so a slow model can be run a seed at a time")
     train.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
                        help="where the runs go (default: runs/bench)")
+    train.add_argument("--resume", action="store_true",
+                       help="take the seeds whose runs are already finished and evaluated in "
+                            "--runs-dir as they are, continue interrupted ones from their last "
+                            "checkpoint, and train only the rest (default: train every seed afresh)")
     train.add_argument("--teacher", metavar="RUN_DIR",
                        help="train every model distilled from this run, into rows of their own "
                             "(runs named MODEL-distilled-HASH-seedN, HASH from the teacher's path)")
@@ -155,7 +159,8 @@ def _train(args) -> int:
 
     report = run_bench(models, args.seeds, Path(args.runs_dir), Path(args.json), Path(args.markdown),
                        _readme(args), data_dir=args.data_dir, extra=args.train_arg,
-                       command=_command(), seed_start=args.seed_start, teacher=args.teacher)
+                       command=_command(), seed_start=args.seed_start, teacher=args.teacher,
+                       resume=args.resume)
     print(readme_tables(report))
     print(f"wrote {args.markdown} and {args.json}")
     return 0
