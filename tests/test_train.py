@@ -217,13 +217,30 @@ def test_a_budgeted_run_shrinks_its_plan_when_its_epochs_run_long():
     assert replanned_epochs(seconds, 11.6, 3600.0, 133) == 3 + int(
         (3600.0 - 11.6 - sum(seconds)) // (28.8 * REPLAN_MARGIN)) == 120
     assert replanned_epochs(seconds, 11.6, 3600.0, 120) is None  # now it fits: kept
-    assert replanned_epochs(seconds, 11.6, 3600.0, 100) is None  # never lengthened
     assert replanned_epochs(seconds[:2], 11.6, 3600.0, 133) is None  # too early to tell
     assert replanned_epochs([10.0, 10.0, 10.0], 0.0, 35.0, 10) == 3  # no epoch left: stop
 
 
+def test_a_budgeted_run_grows_its_plan_up_to_the_epochs_asked_for():
+    from fmnist.train import REPLAN_GROWTH, replanned_epochs
+
+    # The probe planned 104 epochs of 34 s on a machine still busy; they take 27 s: 128
+    # fit with 3% to spare, so the plan grows to them, or to the 120 asked for.
+    seconds = [33.0, 27.0, 27.0]
+    assert replanned_epochs(seconds, 11.6, 3600.0, 104, ceiling=150) == 128
+    assert replanned_epochs(seconds, 11.6, 3600.0, 104, ceiling=120) == 120
+    assert replanned_epochs(seconds, 11.6, 3600.0, 104) is None  # no ceiling: kept
+    # Growth by fewer than REPLAN_GROWTH epochs is not worth a retrace; nor is none.
+    assert replanned_epochs(seconds, 11.6, 3600.0, 128 - REPLAN_GROWTH + 1, ceiling=150) is None
+    assert replanned_epochs(seconds, 11.6, 3600.0, 128 - REPLAN_GROWTH, ceiling=150) == 128
+    assert replanned_epochs(seconds, 11.6, 3600.0, 128, ceiling=150) is None
+    # Right after a shrink the plan is stable: the margin keeps it from growing back.
+    shrunk = replanned_epochs([33.0, 28.8, 28.8], 11.6, 3600.0, 133, ceiling=150)
+    assert replanned_epochs([33.0, 28.8, 28.8], 11.6, 3600.0, shrunk, ceiling=150) is None
+
+
 def test_shortening_the_one_cycle_schedule_keeps_it_annealing_to_zero():
-    from fmnist.recipe import new_model, shorten_onecycle
+    from fmnist.recipe import new_model, replan_onecycle
 
     config = TrainConfig(model="mlp", schedule="onecycle", learning_rate=0.1,
                          warmup_fraction=0.2)
@@ -231,23 +248,27 @@ def test_shortening_the_one_cycle_schedule_keeps_it_annealing_to_zero():
     schedule = model.optimizer._learning_rate
     rate = lambda step: float(keras.ops.convert_to_numpy(schedule(step)))  # noqa: E731
     assert rate(100) == pytest.approx(0.0, abs=1e-7) and rate(60) > 0.01
-    assert not shorten_onecycle(model, config, 100, 5)  # not shorter: unchanged
+    assert not replan_onecycle(model, config, 100, 5)  # the same plan: unchanged
     # In the warm-up: both phases shrink; the warm-up still peaks at the full rate.
-    assert shorten_onecycle(model, config, 60, 5)
+    assert replan_onecycle(model, config, 60, 5)
     assert schedule.warmup_steps == 12 and schedule.decay_steps == 48
     assert rate(12) == pytest.approx(0.1) and rate(60) == pytest.approx(0.0, abs=1e-7)
     # Past the warm-up: only the decay shrinks; the new plan survives saving.
-    assert shorten_onecycle(model, config, 40, 30)
+    assert replan_onecycle(model, config, 40, 30)
     assert schedule.warmup_steps == 12 and schedule.decay_steps == 28
     saved = keras.optimizers.deserialize(keras.optimizers.serialize(model.optimizer))
     assert saved._learning_rate.decay_steps == 28
+    # Lengthened past the warm-up: the decay stretches and still ends at zero.
+    assert replan_onecycle(model, config, 70, 35)
+    assert schedule.warmup_steps == 12 and schedule.decay_steps == 58
+    assert rate(70) == pytest.approx(0.0, abs=1e-7) and rate(35) > 0.03
     # A constant rate has nothing to shorten.
     constant = TrainConfig(model="mlp")
-    assert not shorten_onecycle(new_model(constant, 100), constant, 50, 5)
+    assert not replan_onecycle(new_model(constant, 100), constant, 50, 5)
 
 
 def test_a_shortened_schedule_reaches_the_traced_training_step():
-    from fmnist.recipe import new_model, shorten_onecycle
+    from fmnist.recipe import new_model, replan_onecycle
 
     config = TrainConfig(model="mlp", schedule="onecycle", learning_rate=0.01)
     model = new_model(config, 100)
@@ -257,7 +278,7 @@ def test_a_shortened_schedule_reaches_the_traced_training_step():
         model.train_on_batch(x, y)
     # Cut to 8 steps at step 5: steps 5-7 anneal, step 8 runs at a rate of 0, so Adam
     # leaves the weights as they were. With the old plan it would be warming up.
-    assert shorten_onecycle(model, config, 8, 5)
+    assert replan_onecycle(model, config, 8, 5)
     for _ in range(3):
         model.train_on_batch(x, y)
     before = [w.copy() for w in model.get_weights()]
@@ -276,14 +297,17 @@ class _TickingClock:
         return self.now
 
 
-def test_a_budgeted_run_whose_probe_was_short_still_anneals(real_data_dir, tmp_path,
-                                                              monkeypatch):
+@pytest.mark.parametrize("probe_epoch_seconds, probe_epochs", [(1e-3, 400), (2.0, 5)],
+                         ids=["probe-too-short", "probe-too-long"])
+def test_a_budgeted_run_whose_probe_was_off_still_anneals(real_data_dir, tmp_path, monkeypatch,
+                                                          probe_epoch_seconds, probe_epochs):
     import fmnist.train
 
-    # A probe that says any number of epochs fits; the run's epochs must correct it. On
-    # the ticking clock the probe reads 8.5 s (17 readings) and every epoch 0.5 s: 20
-    # would fit in 18.5 s, and the re-plan after epoch 3 plans 19 (3% to spare).
-    monkeypatch.setattr(fmnist.train, "estimate_epoch_seconds", lambda *args: 1e-3)
+    # A probe that says any number of epochs fits, or only 5; the run's epochs must
+    # correct it. On the ticking clock the probe reads 8.5 s (17 readings) and every epoch
+    # 0.5 s: 20 would fit in 18.5 s, and the re-plan after epoch 3 plans 19 (3% to spare),
+    # shrinking the plan of 400 or growing that of 5 (up to the 400 asked for).
+    monkeypatch.setattr(fmnist.train, "estimate_epoch_seconds", lambda *args: probe_epoch_seconds)
     monkeypatch.setattr(fmnist.train, "time", _TickingClock())
     config = TrainConfig(model="mlp", epochs=400, time_budget=18.5, train_size=2000,
                          val_size=500, test_size=500, batch_size=128, schedule="onecycle",
@@ -291,10 +315,11 @@ def test_a_budgeted_run_whose_probe_was_short_still_anneals(real_data_dir, tmp_p
     run = train(config, tmp_path / "run", data_dir=real_data_dir, verbose=0)
     saved = json.loads((run / rundir.CONFIG).read_text())
     metrics = json.loads((run / rundir.METRICS).read_text())
-    assert saved["probe_epochs"] == 400 and saved["probe_seconds"] == 8.5
+    assert saved["probe_epochs"] == probe_epochs and saved["probe_seconds"] == 8.5
     assert saved["epochs"] == metrics["epochs"] == 19
     # The last checkpoint's schedule ends with the re-planned epochs, at a rate of zero:
-    # not cut off in the warm-up, where the probe's plan of 400 epochs had it.
+    # not cut off in the warm-up, where the probe's plan of 400 epochs had it, nor ended
+    # after 5 epochs with 13 s of the budget left.
     model = keras.saving.load_model(run / rundir.CHECKPOINTS / "epoch-019.keras")
     schedule = model.optimizer._learning_rate
     steps = steps_per_epoch(2000, 128)

@@ -69,16 +69,17 @@ def compile_for_training(model, config: TrainConfig, total_steps: int):
     return model
 
 
-def shorten_onecycle(model, config: TrainConfig, total_steps: int, step: int) -> bool:
+def replan_onecycle(model, config: TrainConfig, total_steps: int, step: int) -> bool:
     """Lay a compiled model's one-cycle schedule over ``total_steps`` instead, from optimizer
     step ``step`` on, so it still anneals to zero at the end; False (and nothing changed)
-    for a constant rate or ``total_steps`` at or past the current plan.
+    for a constant rate or ``total_steps`` equal to the current plan.
 
-    A warm-up still under way is shortened too, to ``warmup_fraction`` of the new total
-    (never behind ``step``); the rate moves a little at the switch (at epoch 3 of 133 cut
-    to 124: 0.0148 -> 0.0156). The schedule reads its steps when the training step is
-    traced, so the train function is rebuilt; the next checkpoint saves the new schedule,
-    which a resume then continues.
+    A warm-up still under way is moved too, to ``warmup_fraction`` of the new total (never
+    behind ``step``). The rate moves a little at the switch: at epoch 3 of 133 cut to 124,
+    0.0148 -> 0.0156; past the warm-up a longer plan raises it a little, a shorter one
+    lowers it. The schedule reads its steps when the training step is traced, so the train
+    function is rebuilt; the next checkpoint saves the new schedule, which a resume then
+    continues.
     """
     # Keras keeps the schedule object in `_learning_rate` (`learning_rate` is its value).
     schedule = getattr(model.optimizer, "_learning_rate", None)
@@ -86,7 +87,7 @@ def shorten_onecycle(model, config: TrainConfig, total_steps: int, step: int) ->
             or schedule.warmup_target is None:
         return False
     warmup = schedule.warmup_steps
-    if total_steps >= warmup + schedule.decay_steps:
+    if total_steps == warmup + schedule.decay_steps:
         return False
     if step < warmup:
         warmup = max(step, int(config.warmup_fraction * total_steps))

@@ -40,7 +40,7 @@ from fmnist.pipeline import (distributed_batches, fit_targets, steps_per_epoch, 
                              training_batches, validation_batches)
 from fmnist.plots import plot_history  # noqa: E402
 from fmnist.recipe import (announce_precision, configure_determinism, new_model,  # noqa: E402
-                           recorded_precision, shorten_onecycle, warmed)
+                           recorded_precision, replan_onecycle, warmed)
 from fmnist.rundir import RunDir  # noqa: E402
 from fmnist.split import train_val_split  # noqa: E402
 
@@ -230,27 +230,32 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
             patch_keras_for_multiworker(model, strategy)
         if 0 < done < config.epochs:
             # A kill after a re-plan's record but before its checkpoint left the schedule
-            # of the older, longer plan in the checkpoint: lay it over config.json's.
-            shorten_onecycle(model, config, config.epochs * steps, done * steps)
+            # of the older plan in the checkpoint: lay it over config.json's.
+            replan_onecycle(model, config, config.epochs * steps, done * steps)
+        # A budgeted run's re-plan may lengthen its plan up to the epochs asked for: fit
+        # and the stream run to those, and EpochCheckpoint stops training at the plan.
+        ceiling = max(config.epochs, int(run.config.get("epochs_requested") or 0)
+                      if config.time_budget else 0)
         if done < config.epochs:
-            stream = (training_batches(x_train, y_train, config, done, config.epochs, soft_targets)
+            stream = (training_batches(x_train, y_train, config, done, ceiling, soft_targets)
                       if strategy is None else
-                      distributed_batches(strategy, x_train, y_train, config, done, config.epochs,
+                      distributed_batches(strategy, x_train, y_train, config, done, ceiling,
                                           soft_targets))
-            callbacks = [EpochCheckpoint(run, config, steps, stop_after)]
+            checkpoint = EpochCheckpoint(run, config, steps, stop_after, ceiling)
+            callbacks = [checkpoint]
             if config.tensorboard:
                 callbacks = [LogLearningRate(), *callbacks, keras.callbacks.TensorBoard(
                     log_dir=str(run.path / "logs"), update_freq="epoch",
                     histogram_freq=1 if config.tensorboard_histograms else 0)]
             model.fit(
                 stream, steps_per_epoch=steps,
-                epochs=config.epochs, initial_epoch=done,
+                epochs=ceiling, initial_epoch=done,
                 validation_data=validation_batches(x_val, y_val_fit),
                 shuffle=False,  # the stream is already in each epoch's seeded order
                 callbacks=callbacks,
                 verbose=verbose,
             )  # with EMA, fit ends by overwriting the weights with their average
-            if stop_after is not None and len(run.history) < config.epochs:
+            if stop_after is not None and len(run.history) < checkpoint.planned_epochs:
                 return  # interrupted on purpose: the checkpoint is the run's state
         elif model.optimizer.use_ema:
             # Resumed after the last checkpoint: apply the average fit would have applied.
@@ -310,21 +315,24 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """Times each epoch and checkpoints the run after it (:meth:`RunDir.checkpoint`).
 
     With a time budget, the probe's plan is a first guess: it was 4-7% short for the
-    48/96-filter cnn-best on AVX2 and 8-10% either way on the AMX kind, and a machine can
-    slow down mid-run. So after each epoch, when the epochs so far say the planned count
-    will not fit (:func:`replanned_epochs`), the one-cycle schedule is shortened to the
-    count that does (:func:`~fmnist.recipe.shorten_onecycle`) and config.json records it:
-    the rate still anneals to zero instead of being cut off part way down. Last, training
-    stops when another epoch would overrun the budget (:func:`another_epoch_fits`), for a
-    constant rate or a slowdown in the last epochs: a budget is a promise.
+    48/96-filter cnn-best on AVX2 and 8-30% either way on the AMX kind, and a machine can
+    slow down or speed up mid-run (another job starts or ends). So after each epoch, when
+    the epochs so far say the planned count will not fit, or that a few more than planned
+    would, up to ``ceiling`` (the epochs asked for; :func:`replanned_epochs`), the
+    one-cycle schedule is laid over the count that fits
+    (:func:`~fmnist.recipe.replan_onecycle`) and config.json records it: the rate still
+    anneals to zero instead of being cut off part way down. Last, training stops when
+    another epoch would overrun the budget (:func:`another_epoch_fits`), for a constant
+    rate or a slowdown in the last epochs: a budget is a promise.
     """
 
     def __init__(self, run: RunDir, config: TrainConfig, steps_per_epoch: int,
-                 stop_after: int | None = None):
+                 stop_after: int | None = None, ceiling: int | None = None):
         super().__init__()
         self.run = run
         self.config = config
-        self.planned_epochs = config.epochs  # lowered by a re-plan
+        self.planned_epochs = config.epochs  # moved by a re-plan, up to the ceiling
+        self.ceiling = max(config.epochs, ceiling or 0)
         self.steps_per_epoch = steps_per_epoch
         self.stop_after = stop_after
         self.started = time.perf_counter()
@@ -351,36 +359,43 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def _replan(self, epoch_seconds: list[float], budget: float) -> None:
         epochs = replanned_epochs(epoch_seconds, _probe_seconds(self.run), budget,
-                                  self.planned_epochs)
+                                  self.planned_epochs, self.ceiling)
         if epochs is None or epochs <= len(epoch_seconds):
-            return  # nothing to shorten, or no epoch left to anneal in: the guard stops
-        if shorten_onecycle(self.model, self.config, epochs * self.steps_per_epoch,
-                            len(epoch_seconds) * self.steps_per_epoch):
+            return  # the plan fits, or no epoch is left to anneal in: the guard stops
+        if replan_onecycle(self.model, self.config, epochs * self.steps_per_epoch,
+                           len(epoch_seconds) * self.steps_per_epoch):
             self.planned_epochs = epochs
             self.run.record(epochs=epochs)
 
 
 REPLAN_MARGIN = 1.03  # a re-plan budgets each epoch 3% over the typical one: it is rare
+REPLAN_GROWTH = 2  # the fewest epochs a plan grows by: each re-plan retraces the step
 
 
 def replanned_epochs(epoch_seconds: list[float], probe_seconds: float, budget_seconds: float,
-                     planned_epochs: int) -> int | None:
-    """The epoch count a budgeted run should shrink its plan to, or None to keep it.
+                     planned_epochs: int, ceiling: int | None = None) -> int | None:
+    """The epoch count a budgeted run should move its plan to, or None to keep it.
 
     ``epoch_seconds``: each epoch's wall time so far. Waits for two epochs after the first
-    (which traces the graph); then, when the planned epochs of the typical length (the
-    median after the first) would end past the budget, returns the count whose remaining
-    epochs fit with :data:`REPLAN_MARGIN` to spare, so that jitter and the retrace a
-    re-plan costs do not call for another.
+    (which traces the graph). Then the count that fits is the one whose remaining epochs,
+    of the typical length (the median after the first) with :data:`REPLAN_MARGIN` to
+    spare, end within the budget. The plan shrinks to it when the planned epochs of the
+    typical length would end past the budget; it grows to it, up to ``ceiling`` (default:
+    never past the plan), when that adds :data:`REPLAN_GROWTH` epochs or more. Between the
+    two the plan is kept, so jitter and the retrace a re-plan costs do not call for another.
     """
     done = len(epoch_seconds)
     if done < 3 or done >= planned_epochs:
         return None
     left = budget_seconds - probe_seconds - sum(epoch_seconds)
     typical = float(np.median(epoch_seconds[1:]))
-    if typical <= 0 or done + left / typical >= planned_epochs:
+    if typical <= 0:
         return None
-    return max(done, done + int(left // (typical * REPLAN_MARGIN)))
+    fits = max(done, done + int(left // (typical * REPLAN_MARGIN)))
+    if done + left / typical < planned_epochs:
+        return fits
+    grown = min(fits, ceiling or planned_epochs)
+    return grown if grown >= planned_epochs + REPLAN_GROWTH else None
 
 
 def reseed_layers(model, seed: int, epoch: int) -> None:
