@@ -289,6 +289,17 @@ def test_a_row_of_runs_taken_as_they_stood_shows_no_peak_rss():
     assert render.speed_table([row]).splitlines()[-1].endswith("| — |")
 
 
+def test_a_row_whose_seeds_a_budget_gave_different_epochs_shows_their_range():
+    run = {"params": 1, "n_train": 10, "n_test": 10, "train_seconds": 1.0,
+           "steady_epoch_seconds": 1.0, "test_accuracy": 0.9, "val_accuracy": 0.9,
+           "val_crossings": {}, "peak_rss_mb": 500.0}
+    runs = [{**run, "seed": seed, "epochs": epochs} for seed, epochs in enumerate([150, 133, 122])]
+    row = summary.summarize("cnn-best", runs, 1000.0, 10**6, {"float32": 100.0}, "CPU")
+    assert "| 1 | 122-150 |" in render.results_table([row])
+    same = summary.summarize("cnn-best", runs[:1] * 2, 1000.0, 10**6, {"float32": 100.0}, "CPU")
+    assert "| 1 | 150 |" in render.results_table([same])
+
+
 def test_render_upgrades_a_format_1_file_and_rewrites_the_reports(tmp_path):
     path, markdown, readme = tmp_path / "bench.json", tmp_path / "BENCH.md", tmp_path / "README.md"
     path.write_text(json.dumps(FORMAT_1))

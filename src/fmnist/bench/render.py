@@ -57,7 +57,7 @@ def results_table(rows: list[dict]) -> str:
     for row in rows:
         lines.append(
             f"| {model_cell(row)} | {row['device']} | {row.get('precision', 'float32')} | "
-            f"{row['params']:,} | {row['epochs']} | "
+            f"{row['params']:,} | {_epochs_cell(row)} | "
             f"{row['train_seconds_median']:.1f} | {_fmt_acc(row['test_accuracy_mean_std'])} | "
             f"{_tta_cell(row)} | {len(row['seeds'])} | "
             f"{row['predict_images_per_second']:,.0f} |")
@@ -80,6 +80,14 @@ def speed_table(rows: list[dict]) -> str:
             f"{'—' if floor is None else f'{floor:.2f}'} | {ratio} | "
             f"{'—' if achieved is None else f'{achieved:.0f}'} | {_mb(row.get('peak_rss_mb'))} |")
     return "\n".join(lines)
+
+
+def _epochs_cell(row: dict) -> str:
+    """The epochs the row's runs trained: one count, or the range where a time budget
+    gave its seeds different counts."""
+    counts = [run["epochs"] for run in row.get("runs", []) if run.get("epochs") is not None]
+    low, high = min(counts, default=row["epochs"]), max(counts, default=row["epochs"])
+    return f"{low}" if low == high else f"{low}-{high}"
 
 
 def _mb(megabytes: float | None) -> str:
