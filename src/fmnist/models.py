@@ -346,8 +346,8 @@ def cnn_best(stem: str = "conv-s2", stem_width: int = 32, widths14=(64, 64),
     """The accuracy model: a VGG-style batch-norm CNN, two 3x3 convs per resolution.
 
     About 1.8 M parameters, ~47 MFLOP per image. Flips, shifts and random erasing over
-    60 epochs: about 37 minutes on 2 AMD AVX-512 BF16 cores, about 22 (21-23 s an epoch,
-    measured over 150) on 2 Intel AMX ones, both bfloat16; 2.4 hours on 2 AVX2-only ones, where
+    60 epochs: about 37 minutes on 2 AMD AVX-512 BF16 cores, about 22-28 (21-28 s an epoch,
+    from one day to the next) on 2 Intel AMX ones, both bfloat16; 2.4 hours on 2 AVX2-only ones, where
     ``widths14=(32, 32), widths7=(64, 64)`` (half the width, 0.88 M parameters) fits the
     60 epochs in under an hour (target >= 0.950, see BENCHMARKS.md).
     ``residual=True``: each resolution's pair of convs as a residual block.
