@@ -77,7 +77,7 @@ def bench_seed(model: str, seed: int, out: Path, data_dir, extra: list[str], res
         if (config.get("model"), config.get("seed")) != (model, seed):
             raise FmnistError(f"{out} holds {config.get('model')} seed {config.get('seed')}, not "
                               f"{model} seed {seed}; move it away or drop --resume")
-        if "test_accuracy" in _metrics_or_empty(out):
+        if "test_accuracy" in rundir.read_metrics(out):
             log(f"bench: {model} seed {seed}: taking the finished run in {out}", flush=True)
             return run_figures(out, peak_rss_mb=None), True  # RSS: not measured by this bench
         log(f"bench: {model} seed {seed}: resuming {out} ...", flush=True)
@@ -86,11 +86,6 @@ def bench_seed(model: str, seed: int, out: Path, data_dir, extra: list[str], res
         shutil.rmtree(out)
     log(f"bench: training {model} seed {seed} ...", flush=True)
     return run_training(model, seed, out, data_dir, extra), False
-
-
-def _metrics_or_empty(out: Path) -> dict:
-    path = out / rundir.METRICS
-    return rundir.read_json(path) if path.is_file() else {}
 
 
 def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, markdown_path: Path,
