@@ -383,6 +383,52 @@ def test_a_distilled_row_is_its_own_row_checked_against_the_distillation_target(
     assert render.results_table(rows).count("distilled from") == 2
 
 
+def test_a_distilled_best_model_is_checked_against_its_target_with_its_teachers_time_said():
+    plain = _row("cnn-best", 3300.0, 0.949, flip=True, tta=0.951)
+    teacher = {"run": "runs/bench/cnn-best-seed{seed}", "model": "cnn-best", "seconds": 50.0,
+               "train_seconds": 3200.0}
+    taught = dict(_row("cnn-best", 3500.0, 0.952, flip=True, tta=0.953), teacher=teacher)
+    late = dict(_row("cnn-best", 3700.0, 0.953, flip=True), teacher=teacher, recipe="--epochs=200")
+    lines = render.targets_table([plain, taught, late]).splitlines()[2:]
+    assert "distilled" not in lines[0] and lines[0].endswith("| with TTA only |")  # the plain row
+    taught_line = next(line for line in lines if "distilled from" in line and "--epochs" not in line)
+    assert "within 3600 s of its own training" in taught_line
+    assert taught_line.endswith("| yes, after its teacher's 3200 s of training |")
+    assert next(line for line in lines if "--epochs=200" in line).endswith("| **no** |")  # > 1 h
+
+
+def test_each_seed_of_a_teacher_with_a_seed_placeholder_has_its_own_teacher():
+    from fmnist.bench.runs import row_teacher, teacher_for_seed
+
+    template = "runs/bench/cnn-best-seed{seed}"
+    assert teacher_for_seed(template, 2) == "runs/bench/cnn-best-seed2"
+    assert teacher_for_seed("runs/bench/cnn-best-ensemble", 2) == "runs/bench/cnn-best-ensemble"
+    runs = [{"teacher": {"run": f"runs/bench/cnn-best-seed{seed}", "model": "cnn-best",
+                         "test_accuracy": accuracy, "test_accuracy_tta": None,
+                         "train_seconds": seconds, "seconds": 40.0}}
+            for seed, (accuracy, seconds) in enumerate([(0.948, 3000.0), (0.950, 3400.0)])]
+    row = row_teacher(runs, template)
+    # One name for the row (its folders keep it), and the teachers' figures averaged.
+    assert row["run"] == template and row["model"] == "cnn-best"
+    assert row["test_accuracy"] == pytest.approx(0.949) and row["train_seconds"] == 3200.0
+    assert row["test_accuracy_tta"] is None
+    single = row_teacher(runs[:1], "runs/bench/cnn-best-seed0")
+    assert single["run"] == "runs/bench/cnn-best-seed0" and single["test_accuracy"] == 0.948
+    assert row_teacher([{"teacher": None}], None) is None
+
+
+def test_bench_refuses_a_seed_placeholder_teacher_missing_for_one_seed(tmp_path, real_data_dir):
+    (tmp_path / "t-seed0").mkdir()
+    (tmp_path / "t-seed0" / "model.keras").write_bytes(b"not used: the check is before training")
+    result = run_main("bench", "train", "--models", "mlp", "--seeds", "2",
+                      "--teacher", str(tmp_path / "t-seed{seed}"), "--runs-dir", str(tmp_path / "runs"),
+                      "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "B.md"),
+                      "--readme", "", "--data-dir", str(real_data_dir))
+    assert result.returncode == 1
+    assert "t-seed1 does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "b.json").exists()
+
+
 def test_a_row_off_the_preset_recipe_is_its_own_row_and_not_the_reference():
     from fmnist.bench.runs import variant_key
 

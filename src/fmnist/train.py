@@ -332,7 +332,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.run = run
         self.config = config
         self.planned_epochs = config.epochs  # moved by a re-plan, up to the ceiling
-        self.ceiling = max(config.epochs, ceiling or 0)
+        self.ceiling = ceiling or config.epochs  # given as max(plan, epochs asked for)
         self.steps_per_epoch = steps_per_epoch
         self.stop_after = stop_after
         self.started = time.perf_counter()

@@ -103,14 +103,15 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     such runs make rows of their own too (``row["recipe"]``), so seeds of two recipes
     are never summarized together, and run directories of their own (``run_name``).
     ``resume``: seeds already in their run directories are taken or continued, not
-    retrained (:func:`bench_seed`).
+    retrained (:func:`bench_seed`). A ``teacher`` with ``{seed}`` in it gives each seed
+    the teacher of its own seed (:func:`teacher_for_seed`).
     """
     recipe = recipe_key(extra)
     if teacher is not None:
         teacher = teacher_spelling(teacher)
     # What run_name needs of the rows made; the run path as the students record it.
     naming = {"teacher": None if teacher is None else {"run": teacher}, "recipe": recipe}
-    extra = [*(extra or []), *([] if teacher is None else ["--teacher", str(teacher)])]
+    extra = list(extra or [])
     report = load_report(json_path)
     record = machine()  # the matmul peaks first, while nothing else runs
     kind = machine_kind(record)
@@ -124,7 +125,9 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         runs, taken = [], set()
         for seed in range(seed_start, seed_start + seeds):
             out = out_dir / run_name({"model": model, **naming}, seed)
-            figures, as_they_stood = bench_seed(model, seed, out, data_dir, extra, resume, log)
+            taught_by = [] if teacher is None else ["--teacher", teacher_for_seed(teacher, seed)]
+            figures, as_they_stood = bench_seed(model, seed, out, data_dir, [*extra, *taught_by],
+                                                resume, log)
             runs.append(figures)
             if as_they_stood:
                 taken.add(seed)
@@ -137,7 +140,7 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         final_model = out_dir / run_name({"model": model, **naming}, seed_start) / rundir.MODEL
         flops = forward_flops(keras.saving.load_model(final_model, compile=False))
         throughput = predict_throughput(final_model)
-        taught = teacher_of(runs[-1])
+        taught = row_teacher(runs, teacher)
         wanted = variant_key({"teacher": taught, "recipe": recipe})
         old = next((r for r in section["rows"] if (r["model"], r["device"], variant_key(r))
                     == (model, device, wanted)), None)
@@ -212,6 +215,30 @@ def teacher_spelling(teacher: str | os.PathLike) -> str:
     ``summary.run_name``), and the students' records in bench.json hold no path of this
     machine."""
     return os.path.relpath(Path(teacher).resolve())
+
+
+def teacher_for_seed(teacher: str, seed: int) -> str:
+    """The teacher of one seed's student: ``teacher`` with ``{seed}`` replaced by the seed.
+
+    ``runs/bench/cnn-best-seed{seed}`` teaches seed N with cnn-best's seed N: a teacher
+    trained on the student's own split (the split follows ``--seed``), so the student's
+    validation images are held out from its teacher too, and choosing on them stays fair.
+    A teacher without ``{seed}`` teaches every seed."""
+    return teacher.replace("{seed}", str(seed))
+
+
+def row_teacher(runs: list[dict], teacher: str | None) -> dict | None:
+    """What a bench row says of its seeds' teacher (None: not distilled): the teacher's run
+    path as given (``{seed}`` kept, so the row and its run directories keep one name),
+    its model, and its figures averaged over the seeds' teachers (one teacher: its own)."""
+    taught = [teacher_of(run) for run in runs]
+    if teacher is None or None in taught:
+        return teacher_of(runs[-1])
+    row = {"run": teacher, "model": taught[-1]["model"]}
+    for key in ("test_accuracy", "test_accuracy_tta", "train_seconds", "seconds"):
+        values = [t[key] for t in taught if t.get(key) is not None]
+        row[key] = float(np.mean(values)) if len(values) == len(taught) else None
+    return row
 
 
 def teacher_of(metrics: dict) -> dict | None:

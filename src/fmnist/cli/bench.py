@@ -65,7 +65,9 @@ def add_parser(commands) -> None:
                             "checkpoint, and train only the rest (default: train every seed afresh)")
     train.add_argument("--teacher", metavar="RUN_DIR",
                        help="train every model distilled from this run, into rows of their own "
-                            "(runs named MODEL-distilled-HASH-seedN, HASH from the teacher's path)")
+                            "(runs named MODEL-distilled-HASH-seedN, HASH from the teacher's path); "
+                            "{seed} in it is replaced by each seed, so that each student has the "
+                            "teacher of its own seed and split")
     train.add_argument("--train-arg", action="append", default=[], metavar="ARG",
                        help="extra `fmnist train` argument for every run, e.g. --train-arg=--epochs=1 "
                             "(a recipe off the preset: its runs make rows and folders of their own)")
@@ -151,8 +153,10 @@ def _train(args) -> int:
     load_data(args.data_dir)  # verify the data once, before hours of training
     if args.teacher:
         from fmnist import rundir
+        from fmnist.bench.runs import teacher_for_seed
 
-        rundir.require_run_dir(args.teacher, needs=rundir.MODEL)
+        for seed in range(args.seed_start, args.seed_start + args.seeds):
+            rundir.require_run_dir(teacher_for_seed(args.teacher, seed), needs=rundir.MODEL)
 
     from fmnist.bench.render import readme_tables
     from fmnist.bench.runs import run_bench
