@@ -131,15 +131,15 @@ def targets_table(rows: list[dict]) -> str:
                                                        row["test_accuracy_tta_mean_std"]) else None
         spent = row["train_seconds_median"]
         in_time = seconds is None or spent <= seconds
-        if plain >= accuracy and in_time and taught:
-            # Its own training fits the time; its teacher's came first and is said apart.
-            met = f"yes, after its teacher's {taught.get('train_seconds') or 0:.0f} s of training"
-        elif plain >= accuracy and in_time:
+        if plain >= accuracy and in_time:
             met = "yes"
         elif tta is not None and tta >= accuracy and in_time:
             met = "with TTA only"
         else:
             met = "**no**"
+        if taught and met != "**no**":
+            # Its own training fits the time; its teacher's came first and is said apart.
+            met += f", after its teacher's {taught.get('train_seconds') or 0:.0f} s of training"
         target = f">= {accuracy:.3f}" + (f" within {seconds:.0f} s" if seconds else "")
         tta_text = "—" if tta is None else f"{tta:.4f}"
         if taught:
