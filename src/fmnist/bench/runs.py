@@ -145,8 +145,8 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         old = next((r for r in section["rows"] if (r["model"], r["device"], variant_key(r))
                     == (model, device, wanted)), None)
         row = summarize(model, merge_runs(old, runs), throughput, flops, record["peak_gflops"], device)
-        if taught is not None:
-            row["teacher"] = taught
+        if taught is not None:  # over every seed of the row, stored ones included
+            row["teacher"] = row_teacher(row["runs"], teacher)
         if recipe:
             row["recipe"] = recipe
         # Which invocations produced the row's runs (a slow model is run a few seeds at a time).
