@@ -140,12 +140,11 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         final_model = out_dir / run_name({"model": model, **naming}, seed_start) / rundir.MODEL
         flops = forward_flops(keras.saving.load_model(final_model, compile=False))
         throughput = predict_throughput(final_model)
-        taught = row_teacher(runs, teacher)
-        wanted = variant_key({"teacher": taught, "recipe": recipe})
+        wanted = variant_key(naming)  # the teacher's path as given, the recipe
         old = next((r for r in section["rows"] if (r["model"], r["device"], variant_key(r))
                     == (model, device, wanted)), None)
         row = summarize(model, merge_runs(old, runs), throughput, flops, record["peak_gflops"], device)
-        if taught is not None:  # over every seed of the row, stored ones included
+        if teacher is not None:  # over every seed of the row, stored ones included
             row["teacher"] = row_teacher(row["runs"], teacher)
         if recipe:
             row["recipe"] = recipe
@@ -231,9 +230,9 @@ def row_teacher(runs: list[dict], teacher: str | None) -> dict | None:
     """What a bench row says of its seeds' teacher (None: not distilled): the teacher's run
     path as given (``{seed}`` kept, so the row and its run directories keep one name),
     its model, and its figures averaged over the seeds' teachers (one teacher: its own)."""
+    if teacher is None:
+        return None
     taught = [teacher_of(run) for run in runs]
-    if teacher is None or None in taught:
-        return teacher_of(runs[-1])
     row = {"run": teacher, "model": taught[-1]["model"]}
     for key in ("test_accuracy", "test_accuracy_tta", "train_seconds", "seconds"):
         values = [t[key] for t in taught if t.get(key) is not None]
