@@ -582,3 +582,5 @@ def test_the_ensemble_table_names_the_recipe_of_its_members():
               "class_mismatches": 0, "command": "fmnist bench ensemble", "utc": "2026-11-28"}
     table = render.ensembles_section({"ensembles": [result]})
     assert "| `cnn-best` with `--epochs=5` seeds [0, 1, 2] | 0.9500 | — | 0.9400 |" in table
+    # Parity images are the first member's validation split, which the others trained on.
+    assert "1.0e-07 on 60 images of seed 0's validation split |" in table

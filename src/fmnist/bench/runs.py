@@ -49,12 +49,14 @@ def run_training(model: str, seed: int, out: Path, data_dir, extra: list[str],
     return run_figures(out, peak_rss_mb=usage.ru_maxrss / 1024)
 
 
-def run_figures(out: Path, peak_rss_mb: float | None) -> dict:
+def run_figures(out: Path, peak_rss_mb: float | None, config: dict | None = None) -> dict:
     """What a bench row keeps of the evaluated run in ``out``: its metrics.json, the epochs
-    and seconds at which validation crossed each threshold, its precision and flips."""
+    and seconds at which validation crossed each threshold, its precision and flips.
+    ``config``: its config.json, where the caller has read it already."""
     metrics = rundir.read_json(out / rundir.METRICS)
     history = rundir.read_json(out / rundir.HISTORY)
-    config = rundir.read_json(out / rundir.CONFIG)
+    if config is None:
+        config = rundir.read_json(out / rundir.CONFIG)
     metrics["peak_rss_mb"] = peak_rss_mb
     metrics["val_crossings"] = crossings(history)
     metrics["precision"] = config.get("precision_used", "float32")
@@ -79,7 +81,7 @@ def bench_seed(model: str, seed: int, out: Path, data_dir, extra: list[str], res
                               f"{model} seed {seed}; move it away or drop --resume")
         if "test_accuracy" in rundir.read_metrics(out):
             log(f"bench: {model} seed {seed}: taking the finished run in {out}", flush=True)
-            return run_figures(out, peak_rss_mb=None), True  # RSS: not measured by this bench
+            return run_figures(out, peak_rss_mb=None, config=config), True  # RSS: not measured by this bench
         log(f"bench: {model} seed {seed}: resuming {out} ...", flush=True)
         return run_training(model, seed, out, data_dir, extra, resume=True), False
     if out.exists():
