@@ -39,14 +39,14 @@ def right(run: Path, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def main(first: Path, second: Path) -> None:
     from fmnist import rundir
     from fmnist.data import load_data
-    from fmnist.ensemble import SPLIT_KEYS
+    from fmnist.ensemble import shared_split
     from fmnist.split import split_of_run
 
     (x_train, y_train), (x_test, y_test) = load_data()
     configs = [rundir.read_json(run / rundir.CONFIG) for run in (first, second)]
-    if any(configs[0].get(key) != configs[1].get(key) for key in SPLIT_KEYS):
+    if not shared_split(configs):
         sys.exit(f"error: {first} and {second} were trained on different splits; "
-                 "pair runs of the same seed and sizes")
+                 "pair runs of the same split seed and sizes")
     _, val = split_of_run(configs[0], y_train)
     for name, images, labels in (("validation", x_train[val], y_train[val]),
                                  ("test", x_test, y_test)):

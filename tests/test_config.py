@@ -48,6 +48,7 @@ def test_every_preset_is_a_valid_config(model):
     ({"cutmix": -0.1}, "cutmix: -0.1 is not valid; it must be a probability"),
     ({"flip": "yes"}, "flip: 'yes' is not valid; it must be true or false"),
     ({"test_size": 20_000}, "test_size: 20000 is not valid; it must be 1 to 10000"),
+    ({"split_seed": -1}, "split_seed: -1 is not valid; it must be 0 or more, or null"),
     ({"train_size": 59_000}, "train_size + val_size"),
     ({"model_options": [64]}, "model_options: [64] is not an object"),
     ({"time_budget": 60, "distribute": "multiworker"}, "a multi-worker run cannot take one"),

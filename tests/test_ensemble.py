@@ -91,6 +91,31 @@ def test_members_that_held_out_the_same_images_are_scored_on_them(trained_run, s
     assert json.loads((tmp_path / "mixed" / rundir.METRICS).read_text())["val_accuracy"] is None
 
 
+@pytest.mark.slow
+def test_a_run_of_another_seed_on_one_split_seed_validates_and_ensembles_on_its_images(
+        trained_run, real_data_dir, tmp_path):
+    """--split-seed: seed 1's initialization and shuffling, seed 0's validation images (those
+    of ``trained_run``), so the two make an ensemble scored on images neither trained on."""
+    from fmnist.config import TrainConfig
+    from fmnist.data import load_split
+    from fmnist.ensemble import create_ensemble
+    from fmnist.predict import Predictor
+    from fmnist.split import split_of_run
+    from fmnist.train import train
+
+    run = train(TrainConfig(epochs=1, seed=1, split_seed=0, train_size=6000, val_size=1000,
+                            test_size=1000, precision="float32"), tmp_path / "seed1-split0",
+                data_dir=real_data_dir, verbose=0)
+    images, labels = load_split("train", real_data_dir)
+    _, val_idx = split_of_run(json.loads((trained_run / rundir.CONFIG).read_text()), labels)
+    right = Predictor.load(run).probabilities(images[val_idx]).argmax(axis=1) == labels[val_idx]
+    # Training validated on seed 0's images: its own figure is the accuracy on them.
+    assert json.loads((run / rundir.METRICS).read_text())["val_accuracy"] == pytest.approx(right.mean())
+    out = create_ensemble([trained_run, run], tmp_path / "ensemble", train_data=(images, labels))
+    scored = json.loads((out / rundir.METRICS).read_text())
+    assert scored["n_val"] == 1000 and 0.5 < scored["val_accuracy"] <= 1.0
+
+
 def test_an_ensemble_needs_two_distinct_runs(trained_run, tmp_path):
     from fmnist.ensemble import create_ensemble
     from fmnist.errors import FmnistError
@@ -201,6 +226,8 @@ def test_a_distilled_run_records_its_teacher_and_resumes_only_with_it(trained_ru
     assert saved["teacher"] == str(teacher) and saved["teacher_run"]["model"] == "mlp"
     assert len(saved["teacher_run"]["sha256"]) == 64 and saved["teacher_run"]["seconds"] > 0
     assert saved["teacher_run"]["train_seconds"] > 0  # the teacher's own cost, reported apart
+    # Seed 2's student, seed 0's teacher: most of the student's validation images taught it.
+    assert saved["teacher_run"]["shares_split"] is False
     # The teacher changes under a half-trained student: resuming would mix two targets.
     shutil.copy(second_run / rundir.MODEL, teacher / rundir.MODEL)
     with pytest.raises(FmnistError, match="holds another model"):
@@ -253,3 +280,17 @@ def test_a_missing_teacher_is_one_line_before_tensorflow(tmp_path, real_data_dir
                         "--out", str(tmp_path / "s"), "--data-dir", str(tmp_path / "no-data"))
     assert mirrored.returncode == 1 and "not trained with flips" in mirrored.stderr
     assert len(mirrored.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_a_teacher_of_another_split_is_said_to_flatter_validation(tmp_path, trained_run):
+    """Said before the data is read (this data folder does not exist): the teacher is seed
+    0's run on 1,000 validation and 6,000 training images."""
+    other = run_main("train", "--teacher", str(trained_run), "--seed", "1", "--val-size", "1000",
+                     "--train-size", "6000", "--out", str(tmp_path / "s"),
+                     "--data-dir", str(tmp_path / "no-data"))
+    assert "warning: the teacher" in other.stderr and "--split-seed" in other.stderr
+    same = run_main("train", "--teacher", str(trained_run), "--seed", "1", "--split-seed", "0",
+                    "--val-size", "1000", "--train-size", "6000", "--out", str(tmp_path / "s"),
+                    "--data-dir", str(tmp_path / "no-data"))
+    assert same.returncode == other.returncode == 1 and "warning" not in same.stderr
+    assert not (tmp_path / "s").exists()

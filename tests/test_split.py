@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fmnist.split import train_val_split
+from fmnist.split import split_key, split_of_run, train_val_split
 
 LABELS = np.repeat(np.arange(10, dtype=np.uint8), 6000)  # the real training set's balance
 
@@ -27,6 +27,21 @@ def test_same_seed_same_split_other_seed_other_split():
     other = train_val_split(LABELS, seed=8)
     np.testing.assert_array_equal(first[1], again[1])
     assert not np.array_equal(first[1], other[1])
+
+
+def test_a_split_seed_holds_out_that_seeds_images_whatever_the_run_seed():
+    """Runs of seeds 0 and 3 on split 0 hold out the same images; a config without
+    split_seed (every run before it existed) keeps the split of its seed."""
+    base = {"val_size": 1000, "train_size": None}
+    own = split_of_run({**base, "seed": 0}, LABELS)
+    shared = split_of_run({**base, "seed": 3, "split_seed": 0}, LABELS)
+    for ours, theirs in zip(own, shared):
+        np.testing.assert_array_equal(ours, theirs)
+    assert not np.array_equal(split_of_run({**base, "seed": 3}, LABELS)[1], own[1])
+    assert split_key({**base, "seed": 3, "split_seed": 0}) == split_key({**base, "seed": 0})
+    assert split_key({**base, "seed": 3, "split_seed": None}) == split_key({**base, "seed": 3})
+    # The sizes are part of a split: the same seed with another validation size is another.
+    assert split_key({"seed": 0, "val_size": 500}) != split_key({**base, "seed": 0})
 
 
 def test_train_size_keeps_a_stratified_subset_outside_validation():

@@ -64,6 +64,10 @@ class TrainConfig:
     cutmix: float = 0.0
     time_budget: float | None = None  # seconds; caps the number of epochs (see train())
     seed: int = 0
+    # The split's own seed, where runs of several seeds must hold out the same validation
+    # images (the members of an ensemble that is then validated, or taught from); None:
+    # the split follows ``seed``.
+    split_seed: int | None = None
     val_size: int = DEFAULT_VAL_SIZE  # validation images carved from the 60,000
     train_size: int | None = None  # None: all the rest (54,000 by default)
     test_size: int | None = None  # None: all 10,000 test images
@@ -162,6 +166,7 @@ _RULES = {
     "cutmix": ("number", False, lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
     "time_budget": ("number", True, lambda v: v > 0, "above 0 seconds, or null"),
     "seed": ("int", False, lambda v: v >= 0, "0 or more"),
+    "split_seed": ("int", True, lambda v: v >= 0, "0 or more, or null"),
     "val_size": ("int", False, lambda v: 1 <= v < TRAIN_IMAGES, f"1 to {TRAIN_IMAGES - 1}"),
     "train_size": ("int", True, lambda v: v >= 1, "at least 1, or null"),
     "test_size": ("int", True, lambda v: 1 <= v <= TEST_IMAGES, f"1 to {TEST_IMAGES}, or null"),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fmnist import rundir
 from fmnist.errors import FmnistError
+from fmnist.split import split_key
 
 MODEL_NAME = "ensemble"
 
@@ -52,14 +53,11 @@ def build_ensemble(member_paths: list[Path]):
     return keras.Model(pixels, mean, name=MODEL_NAME)
 
 
-SPLIT_KEYS = ("seed", "val_size", "train_size")  # what fixes a run's validation images
-
-
 def shared_split(configs: list[dict]) -> bool:
     """Whether runs with these config.json contents all held out the same validation
     images (same seed and sizes), so that their ensemble can be scored on them: the
     choice between ensembles (a teacher, say) can then stay off the test set."""
-    return len({tuple(config.get(key) for key in SPLIT_KEYS) for config in configs}) == 1
+    return len({split_key(config) for config in configs}) == 1
 
 
 def create_ensemble(run_dirs: list[str | os.PathLike], out: str | os.PathLike,
@@ -83,7 +81,8 @@ def create_ensemble(run_dirs: list[str | os.PathLike], out: str | os.PathLike,
         config = {"model": MODEL_NAME, "members": members,
                   "flip": all(m["flip"] for m in members),
                   # Export checks its ONNX copy on the first member's validation split.
-                  "seed": configs[0].get("seed"), "val_size": configs[0].get("val_size"),
+                  "seed": configs[0].get("seed"), "split_seed": configs[0].get("split_seed"),
+                  "val_size": configs[0].get("val_size"),
                   "train_size": configs[0].get("train_size"),
                   "test_size": min(test_sizes) if test_sizes else None,  # the smallest asked for
                   "precision_used": "float32"}

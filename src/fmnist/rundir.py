@@ -112,6 +112,20 @@ def run_record(run_dir: str | Path) -> dict:
             "test_accuracy_tta": metrics.get("test_accuracy_tta")}
 
 
+def training_splits(run_dir: str | Path) -> set[tuple]:
+    """The splits (:func:`fmnist.split.split_key`) whose training images taught the model
+    in ``run_dir``: its own, or each member's for an ensemble (a member moved away since:
+    the split the ensemble recorded, its first member's)."""
+    from fmnist.split import split_key
+
+    config = read_json(Path(run_dir) / CONFIG)
+    keys = set()
+    for member in config.get("members") or [{"run": None}]:
+        path = None if member["run"] is None else Path(member["run"]) / CONFIG
+        keys.add(split_key(read_json(path) if path is not None and path.is_file() else config))
+    return keys
+
+
 def require_teacher(run_dir: str | Path, tta: bool = False) -> Path:
     """Return a teacher's run directory, or say in one line why it cannot teach: no
     trained model there, or ``tta`` (its mean over each image and its mirror) asked of a

@@ -41,11 +41,26 @@ def train_val_split(labels: np.ndarray, val_size: int = DEFAULT_VAL_SIZE, seed: 
     return np.sort(train_idx).astype(np.int64), np.sort(val_idx).astype(np.int64)
 
 
+def split_seed(config: dict) -> int:
+    """The seed of a run's split: its ``split_seed`` where set, else its ``seed`` (runs
+    before split_seed existed, and every run that did not ask for another split)."""
+    chosen = config.get("split_seed")
+    return int(config.get("seed") or 0) if chosen is None else int(chosen)
+
+
+def split_key(config: dict) -> tuple:
+    """What fixes a run's validation images, from its config.json: two runs with equal
+    keys held out the same images (and trained on the same rest)."""
+    return (split_seed(config), int(config.get("val_size") or DEFAULT_VAL_SIZE),
+            config.get("train_size"))
+
+
 def split_of_run(config: dict, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The (train, validation) indices a run trained with, rebuilt from its ``config.json``.
+    """The (train, validation) indices a run trained with, rebuilt from its ``config.json``
+    (or its TrainConfig as a dict).
 
     ``labels``: the 60,000 training labels (uint8 (60000,)). Export checks an ONNX copy on
     these validation images, so nothing after training reads the test set but ``evaluate``.
     """
-    return train_val_split(labels, int(config.get("val_size") or DEFAULT_VAL_SIZE),
-                           int(config.get("seed") or 0), config.get("train_size"))
+    seed, val_size, train_size = split_key(config)
+    return train_val_split(labels, val_size, seed, train_size)

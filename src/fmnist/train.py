@@ -42,7 +42,7 @@ from fmnist.plots import plot_history  # noqa: E402
 from fmnist.recipe import (announce_precision, configure_determinism, new_model,  # noqa: E402
                            recorded_precision, replan_onecycle, warmed)
 from fmnist.rundir import RunDir  # noqa: E402
-from fmnist.split import train_val_split  # noqa: E402
+from fmnist.split import split_key, split_of_run  # noqa: E402
 
 
 def versions() -> dict:
@@ -183,7 +183,7 @@ def epochs_that_fit(budget_seconds: float, probe_seconds: float, epoch_seconds: 
 def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
          stop_after=None) -> None:
     x, y = train_data  # uint8 (60000, 28, 28), (60000,)
-    train_idx, val_idx = train_val_split(y, config.val_size, config.seed, config.train_size)
+    train_idx, val_idx = split_of_run(dataclasses.asdict(config), y)
     x_train, y_train = x[train_idx], y[train_idx]  # uint8 (n_train, 28, 28), (n_train,)
     x_val, y_val = x[val_idx], y[val_idx]
     y_val_fit = fit_targets(y_val, config)  # in the form the loss takes, during training only
@@ -195,6 +195,10 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
     if config.teacher is not None:  # in float32, before the run's precision is set
         soft_targets, teacher = teacher_targets(config.teacher, x_train, config.distill_tta,
                                                 config.distill_temperature)
+        # A teacher of another split trained on most of this run's validation images, and
+        # the student's validation accuracy then flatters it (its test accuracy does not).
+        teacher["shares_split"] = rundir.training_splits(config.teacher) == {
+            split_key(dataclasses.asdict(config))}
         recorded = run.config.get("teacher_run")
         if recorded is None:
             run.record(teacher_run=teacher)

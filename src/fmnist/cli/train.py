@@ -67,6 +67,10 @@ def add_parser(commands) -> None:
                              "(a teacher trained with flips; one pass more, reported apart)")
     train.add_argument("--seed", type=int_at_least(0),
                        help="fixes split, initialization and shuffling (default: 0)")
+    train.add_argument("--split-seed", type=int_at_least(0), metavar="N",
+                       help="hold out seed N's validation images instead of --seed's: runs of "
+                            "several seeds on one split, so that their ensemble, or a student "
+                            "taught by it, validates on images none of them trained on")
     add_split_sizes(train, "use a stratified subset of this many training images (quick runs)")
     train.add_argument("--test-size", type=int_at_least(1),
                        help="evaluate on the first N test images only (quick runs)")
@@ -115,6 +119,7 @@ def run(args) -> int:
         config = _config_from(args)
         if config.teacher is not None:
             rundir.require_teacher(config.teacher, config.distill_tta)
+            _say_if_teacher_saw_validation(config)
     # Check every input before TensorFlow is imported: errors come in a second, on one
     # line, and a bad test file is caught before training rather than after it.
     from fmnist.data import load_data
@@ -151,10 +156,27 @@ def run(args) -> int:
     return 0
 
 
+def _say_if_teacher_saw_validation(config) -> None:
+    """Warn (stderr) when the teacher, or a member of it, trained on another split: most of
+    this run's validation images were its training images, so the student's validation
+    accuracy (and any choice made on it) is flattered; test accuracy is not."""
+    import dataclasses
+    import sys
+
+    from fmnist import rundir
+    from fmnist.split import split_key
+
+    if rundir.training_splits(config.teacher) != {split_key(dataclasses.asdict(config))}:
+        print(f"fmnist: warning: the teacher {config.teacher} trained on another split than this "
+              "run's, so on most of its validation images: validation accuracy will flatter the "
+              "student; for a fair one, train the teacher (each member) and the student with "
+              "one --split-seed", file=sys.stderr)
+
+
 # Flags that define a run; with --resume they come from the run's config.json instead.
 _RUN_FLAGS = ("model", "model_options", "epochs", "time_budget", "batch_size", "optimizer",
               "learning_rate", "schedule", "weight_decay", "label_smoothing", "ema",
-              "precision", "flip", "translate", "erase", "cutmix", "seed", "val_size",
+              "precision", "flip", "translate", "erase", "cutmix", "seed", "split_seed", "val_size",
               "train_size", "test_size", "distribute", "cpu_replicas", "tensorboard",
               "tensorboard_histograms", "teacher", "distill_weight", "distill_tta", "distill_temperature", "out")
 
