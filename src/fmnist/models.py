@@ -253,7 +253,9 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
 
     ``stem``: "patch" (2x2 stride-2 conv), "conv-s2" (3x3 stride-2 conv: overlapping
     windows for the same small cost) or "conv" (3x3 conv at full 28x28, then 2x2
-    max-pool: 28x28 maps are memory-bound here and about twice as slow per epoch). ``widths14`` / ``widths7``: filters
+    max-pool: its 28x28 maps are memory-bound, about twice as slow per epoch in the first
+    float32 measurements, but within the day-to-day spread of cnn-best's epochs in
+    bfloat16 on the AMX kind, at half the inference speed). ``widths14`` / ``widths7``: filters
     of the 3x3 convs at 14x14 and at 7x7. ``head``: "gap" (global average pool) or
     "flatten" (the 7x7 map as is: garments' layout matters); then an optional
     Dense(``dense``)-BatchNorm-ReLU block. ``separable``: depthwise-separable 3x3 convs

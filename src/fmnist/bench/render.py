@@ -214,9 +214,9 @@ def ensembles_section(section: dict) -> str:
             f"{result['class_mismatches']} |")
     lines += ["", "- One Keras model averaging the members' probabilities (`fmnist ensemble`), "
                   "evaluated on the test set like a run and exported as one ONNX graph under "
-                  "the same parity check, on the first member's validation images (the other members "
-                  "trained on some of them: parity does not care, accuracy would); img/s as in the "
-                  "inference table.",
+                  "the same parity check, on the first member's validation images (members of other "
+                  "seeds trained on most of them: parity does not care, accuracy would); img/s as in "
+                  "the inference table.",
               commands_line(results)]
     return "\n".join(lines)
 
