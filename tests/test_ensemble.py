@@ -62,7 +62,7 @@ def test_an_ensemble_averages_its_members_and_is_a_run_like_any(trained_run, sec
 @pytest.mark.slow
 def test_members_that_held_out_the_same_images_are_scored_on_them(trained_run, second_run,
                                                                     real_data_dir, tmp_path):
-    """Same seed and split sizes (here another recipe than ``trained_run``): the ensemble
+    """Same seed and validation size (here another recipe than ``trained_run``): the ensemble
     gets a validation accuracy, the mean of the members' probabilities on that split; a
     member of another seed held out other images, and the ensemble gets none."""
     from fmnist.data import load_split

@@ -40,8 +40,12 @@ def test_a_split_seed_holds_out_that_seeds_images_whatever_the_run_seed():
     assert not np.array_equal(split_of_run({**base, "seed": 3}, LABELS)[1], own[1])
     assert split_key({**base, "seed": 3, "split_seed": 0}) == split_key({**base, "seed": 0})
     assert split_key({**base, "seed": 3, "split_seed": None}) == split_key({**base, "seed": 3})
-    # The sizes are part of a split: the same seed with another validation size is another.
+    # Another validation size is another split; a training subset holds out the same images.
     assert split_key({"seed": 0, "val_size": 500}) != split_key({**base, "seed": 0})
+    subset = split_of_run({**base, "seed": 0, "train_size": 2000}, LABELS)
+    np.testing.assert_array_equal(subset[1], own[1])
+    assert len(subset[0]) == 2000 and np.isin(subset[0], own[0]).all()
+    assert split_key({**base, "seed": 0, "train_size": 2000}) == split_key({**base, "seed": 0})
 
 
 def test_train_size_keeps_a_stratified_subset_outside_validation():

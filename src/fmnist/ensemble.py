@@ -55,7 +55,7 @@ def build_ensemble(member_paths: list[Path]):
 
 def shared_split(configs: list[dict]) -> bool:
     """Whether runs with these config.json contents all held out the same validation
-    images (same seed and sizes), so that their ensemble can be scored on them: the
+    images (same split seed and validation size), so that their ensemble can be scored on them: the
     choice between ensembles (a teacher, say) can then stay off the test set."""
     return len({split_key(config) for config in configs}) == 1
 

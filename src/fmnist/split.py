@@ -50,9 +50,9 @@ def split_seed(config: dict) -> int:
 
 def split_key(config: dict) -> tuple:
     """What fixes a run's validation images, from its config.json: two runs with equal
-    keys held out the same images (and trained on the same rest)."""
-    return (split_seed(config), int(config.get("val_size") or DEFAULT_VAL_SIZE),
-            config.get("train_size"))
+    keys held out the same images, so neither trained on the other's. ``train_size`` is
+    not in it: it only subsets the rest (:func:`train_val_split`)."""
+    return split_seed(config), int(config.get("val_size") or DEFAULT_VAL_SIZE)
 
 
 def split_of_run(config: dict, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,5 +62,5 @@ def split_of_run(config: dict, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     ``labels``: the 60,000 training labels (uint8 (60000,)). Export checks an ONNX copy on
     these validation images, so nothing after training reads the test set but ``evaluate``.
     """
-    seed, val_size, train_size = split_key(config)
-    return train_val_split(labels, val_size, seed, train_size)
+    return train_val_split(labels, int(config.get("val_size") or DEFAULT_VAL_SIZE),
+                           split_seed(config), config.get("train_size"))
