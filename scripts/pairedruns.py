@@ -3,7 +3,7 @@
 usage: FMNIST_DATA_DIR=... python scripts/pairedruns.py RUN_A RUN_B
 
 Rebuilds RUN_A's validation split from its config.json (RUN_B must share it: same
-seed and sizes), predicts it and the test set with both models, and prints for each
+split seed and validation size), predicts it and the test set with both models, and prints for each
 how many images only one of the two got right, and the two-sided exact McNemar p-value
 (a binomial test on those disagreements). Two runs of one recipe disagreed on 128-162
 of 6,000 validation images, so a 0.002 difference in accuracy is noise; README
@@ -46,7 +46,7 @@ def main(first: Path, second: Path) -> None:
     configs = [rundir.read_json(run / rundir.CONFIG) for run in (first, second)]
     if not shared_split(configs):
         sys.exit(f"error: {first} and {second} were trained on different splits; "
-                 "pair runs of the same split seed and sizes")
+                 "pair runs of the same split seed and validation size")
     _, val = split_of_run(configs[0], y_train)
     for name, images, labels in (("validation", x_train[val], y_train[val]),
                                  ("test", x_test, y_test)):

@@ -42,7 +42,7 @@ from fmnist.plots import plot_history  # noqa: E402
 from fmnist.recipe import (announce_precision, configure_determinism, new_model,  # noqa: E402
                            recorded_precision, replan_onecycle, warmed)
 from fmnist.rundir import RunDir  # noqa: E402
-from fmnist.split import split_key, split_of_run  # noqa: E402
+from fmnist.split import split_of_run  # noqa: E402
 
 
 def versions() -> dict:
@@ -197,8 +197,8 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
                                                 config.distill_temperature)
         # A teacher of another split trained on most of this run's validation images, and
         # the student's validation accuracy then flatters it (its test accuracy does not).
-        teacher["shares_split"] = rundir.training_splits(config.teacher) == {
-            split_key(dataclasses.asdict(config))}
+        teacher["shares_split"] = rundir.teacher_shares_split(config.teacher,
+                                                              dataclasses.asdict(config))
         recorded = run.config.get("teacher_run")
         if recorded is None:
             run.record(teacher_run=teacher)

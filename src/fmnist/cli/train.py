@@ -164,9 +164,8 @@ def _say_if_teacher_saw_validation(config) -> None:
     import sys
 
     from fmnist import rundir
-    from fmnist.split import split_key
 
-    if rundir.training_splits(config.teacher) != {split_key(dataclasses.asdict(config))}:
+    if not rundir.teacher_shares_split(config.teacher, dataclasses.asdict(config)):
         print(f"fmnist: warning: the teacher {config.teacher} trained on another split than this "
               "run's, so on most of its validation images: validation accuracy will flatter the "
               "student; for a fair one, train the teacher (each member) and the student with "
