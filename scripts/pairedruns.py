@@ -1,13 +1,20 @@
-"""Compare two runs trained on the same split, image by image (exact McNemar test).
+"""Compare runs trained on the same split, image by image (exact McNemar test).
 
-usage: FMNIST_DATA_DIR=... python scripts/pairedruns.py RUN_A RUN_B
+usage: FMNIST_DATA_DIR=... python scripts/pairedruns.py RUN_A RUN_B [RUN_A2 RUN_B2 ...]
 
-Rebuilds RUN_A's validation split from its config.json (RUN_B must share it: same
-split seed and validation size), predicts it and the test set with both models, and prints for each
-how many images only one of the two got right, and the two-sided exact McNemar p-value
-(a binomial test on those disagreements). Two runs of one recipe disagreed on 128-162
-of 6,000 validation images, so a 0.002 difference in accuracy is noise; README
-"cnn-best" quotes what this gave for the born-again students against their teachers.
+For each pair: rebuilds RUN_A's validation split from its config.json (RUN_B must share
+it: same split seed and validation size), predicts it and the test set with both models,
+and prints for each how many images only one of the two got right, and the two-sided
+exact McNemar p-value (a binomial test on those disagreements). Two runs of one recipe
+disagreed on 128-162 of 6,000 validation images, so a 0.002 difference in accuracy is
+noise on one seed; README "cnn-best" quotes what this gave for its levers.
+
+With several pairs (one per seed, say), the validation disagreements are also pooled
+into one test: each seed's validation images are its own split's, so its disagreements
+are other images' than another seed's but for the overlap of two random splits (about
+one image in ten at the default 6,000 of 60,000), which the pooled test counts as
+independent. The test set is the same 10,000 images for every pair, so its
+disagreements are not pooled: that would count each image once per pair.
 """
 
 from __future__ import annotations
@@ -26,6 +33,17 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def disagreements(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """(right only in ``a``, right only in ``b``) of two bool (n,) arrays of hits."""
+    return int((a & ~b).sum()), int((b & ~a).sum())
+
+
+def pooled(counts: list[tuple[int, int]]) -> tuple[int, int, float]:
+    """Disagreements of several pairs summed, and the exact McNemar p-value of the sum."""
+    only_a, only_b = (sum(side) for side in zip(*counts))
+    return only_a, only_b, mcnemar_p(only_a, only_b)
+
+
 def right(run: Path, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """bool (n,): where ``run``'s model predicts the label."""
     import keras
@@ -36,28 +54,43 @@ def right(run: Path, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return predict_proba(model, images).argmax(axis=1) == labels
 
 
-def main(first: Path, second: Path) -> None:
+def compare(first: Path, second: Path, train, test) -> tuple[int, int]:
+    """Print one pair's validation and test comparison; return its validation
+    disagreements. ``train`` and ``test``: (uint8 (n, 28, 28), int (n,)) as loaded."""
     from fmnist import rundir
-    from fmnist.data import load_data
     from fmnist.ensemble import shared_split
     from fmnist.split import split_of_run
 
-    (x_train, y_train), (x_test, y_test) = load_data()
+    (x_train, y_train), (x_test, y_test) = train, test
     configs = [rundir.read_json(run / rundir.CONFIG) for run in (first, second)]
     if not shared_split(configs):
         sys.exit(f"error: {first} and {second} were trained on different splits; "
                  "pair runs of the same split seed and validation size")
     _, val = split_of_run(configs[0], y_train)
+    validation_counts = None
     for name, images, labels in (("validation", x_train[val], y_train[val]),
                                  ("test", x_test, y_test)):
         a, b = right(first, images, labels), right(second, images, labels)
-        only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
-        p = mcnemar_p(only_a, only_b)
+        only_a, only_b = disagreements(a, b)
         print(f"{name}: {first.name} {a.mean():.4f}, {second.name} {b.mean():.4f}; right only "
-              f"in the first {only_a}, only in the second {only_b}; exact McNemar p = {p:.3f}")
+              f"in the first {only_a}, only in the second {only_b}; exact McNemar p = "
+              f"{mcnemar_p(only_a, only_b):.3f}")
+        validation_counts = validation_counts or (only_a, only_b)
+    return validation_counts
+
+
+def main(runs: list[Path]) -> None:
+    from fmnist.data import load_data
+
+    train, test = load_data()
+    counts = [compare(first, second, train, test) for first, second in zip(runs[::2], runs[1::2])]
+    if len(counts) > 1:
+        only_a, only_b, p = pooled(counts)
+        print(f"validation, pooled over {len(counts)} pairs: right only in the first runs "
+              f"{only_a}, only in the second {only_b}; exact McNemar p = {p:.3f}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) < 3 or len(sys.argv) % 2 == 0:
         sys.exit(__doc__.split("\n\n")[1])
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main([Path(arg) for arg in sys.argv[1:]])
