@@ -44,19 +44,18 @@ def pooled(counts: list[tuple[int, int]]) -> tuple[int, int, float]:
     return only_a, only_b, mcnemar_p(only_a, only_b)
 
 
-def right(run: Path, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """bool (n,): where ``run``'s model predicts the label."""
-    import keras
-
+def right(model, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """bool (n,): where ``model`` predicts the label."""
     from fmnist.metrics import predict_proba
 
-    model = keras.saving.load_model(run / "model.keras", compile=False)
     return predict_proba(model, images).argmax(axis=1) == labels
 
 
 def compare(first: Path, second: Path, train, test) -> tuple[int, int]:
     """Print one pair's validation and test comparison; return its validation
     disagreements. ``train`` and ``test``: (uint8 (n, 28, 28), int (n,)) as loaded."""
+    import keras
+
     from fmnist import rundir
     from fmnist.ensemble import shared_split
     from fmnist.split import split_of_run
@@ -67,16 +66,17 @@ def compare(first: Path, second: Path, train, test) -> tuple[int, int]:
         sys.exit(f"error: {first} and {second} were trained on different splits; "
                  "pair runs of the same split seed and validation size")
     _, val = split_of_run(configs[0], y_train)
-    validation_counts = None
+    model_a, model_b = (keras.saving.load_model(run / rundir.MODEL, compile=False)
+                        for run in (first, second))
+    counts = {}
     for name, images, labels in (("validation", x_train[val], y_train[val]),
                                  ("test", x_test, y_test)):
-        a, b = right(first, images, labels), right(second, images, labels)
-        only_a, only_b = disagreements(a, b)
+        a, b = right(model_a, images, labels), right(model_b, images, labels)
+        only_a, only_b = counts[name] = disagreements(a, b)
         print(f"{name}: {first.name} {a.mean():.4f}, {second.name} {b.mean():.4f}; right only "
               f"in the first {only_a}, only in the second {only_b}; exact McNemar p = "
               f"{mcnemar_p(only_a, only_b):.3f}")
-        validation_counts = validation_counts or (only_a, only_b)
-    return validation_counts
+    return counts["validation"]
 
 
 def main(runs: list[Path]) -> None:
@@ -93,4 +93,9 @@ def main(runs: list[Path]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 3 or len(sys.argv) % 2 == 0:
         sys.exit(__doc__.split("\n\n")[1])
-    main([Path(arg) for arg in sys.argv[1:]])
+    from fmnist.errors import FmnistError
+
+    try:
+        main([Path(arg) for arg in sys.argv[1:]])
+    except FmnistError as error:  # a path that is no run directory, a damaged one
+        sys.exit(f"error: {error}")

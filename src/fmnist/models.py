@@ -255,7 +255,7 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
     windows for the same small cost) or "conv" (3x3 conv at full 28x28, then 2x2
     max-pool: its 28x28 maps are memory-bound, about twice as slow per epoch in the first
     float32 measurements, but within the day-to-day spread of cnn-best's epochs in
-    bfloat16 on the AMX kind, at half the inference speed). ``widths14`` / ``widths7``: filters
+    bfloat16 on the AMX kind, at a fifth less inference speed). ``widths14`` / ``widths7``: filters
     of the 3x3 convs at 14x14 and at 7x7. ``head``: "gap" (global average pool) or
     "flatten" (the 7x7 map as is: garments' layout matters); then an optional
     Dense(``dense``)-BatchNorm-ReLU block. ``separable``: depthwise-separable 3x3 convs
@@ -354,7 +354,7 @@ def cnn_best(stem: str = "conv-s2", stem_width: int = 32, widths14=(64, 64),
     60 epochs in under an hour (target >= 0.950, see BENCHMARKS.md).
     ``residual=True``: each resolution's pair of convs as a residual block.
     ``stem="conv"`` (the first conv at 28x28) validated 0.0015 higher over 3 hour-long
-    seeds on the AMX kind, within noise (pooled McNemar p = 0.28), at half the
+    seeds on the AMX kind, within noise (pooled McNemar p = 0.28), at a fifth less
     inference speed: kept as an option, not the preset (README, "cnn-best").
     """
     return _convnet("cnn_best", stem, stem_width, widths14, widths7, head, dense, dropout,
