@@ -1,11 +1,12 @@
 #!/bin/bash
-# The GPU rows of BENCHMARKS.md on a CUDA machine that has JAX but no TensorFlow (the
-# shape of the GPU machines lent here), in one command within a time limit:
+# The GPU rows of the benchmarks page on a CUDA machine that has JAX but no TensorFlow,
+# in one command within a time limit:
 #   1. a 2-epoch smoke run (Keras on JAX; torch if JAX fails);
 #   2. `fmnist bench train --models cnn-best` one seed at a time, each writing the report;
 #   3. if time is left, cnn-best twice as wide for up to 100 epochs in the time left.
 # Needs, beside the checkout: .gpu/whl (Keras 3 and the two dependencies JAX images
-# lack: namex, optree) and .gpu/data (the four Fashion-MNIST .gz files); see README, "GPU".
+# lack: namex, optree) and .gpu/data (the four Fashion-MNIST .gz files); docs/scaling.md,
+# "A GPU", says how to fill them.
 # Results go to $OUT (default: gpu-out/): bench.json, BENCHMARKS.md, wide-*.json.
 set -u
 START=$(date +%s); LIMIT=${LIMIT:-530}; OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -24,7 +25,7 @@ for seed in 0 1 2; do
   [ "$(left)" -lt 150 ] && { echo "stop before seed $seed: $(left) s left"; break; }
   timeout $(( $(left) - 20 )) python3 -m fmnist.cli bench train --models cnn-best --seeds 1 \
     --seed-start $seed --json "$OUT/bench.json" --markdown "$OUT/BENCHMARKS.md" \
-    --readme "$SCRATCH/README.md" --runs-dir "$SCRATCH/runs"
+    --runs-dir "$SCRATCH/runs"
   echo "seed $seed done; $(left) s left"
 done
 if [ "$(left)" -gt 200 ]; then

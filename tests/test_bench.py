@@ -122,7 +122,7 @@ def test_a_format_1_bench_file_is_filed_under_the_kind_its_peaks_show(tmp_path):
     assert list(store.load_report(path)["machines"]) == ["cpu-avx2-2cores"]
 
 
-def test_each_machine_kind_gets_its_own_section_and_readme_table(tmp_path):
+def test_each_machine_kind_gets_its_own_section_and_a_presets_row(tmp_path):
     avx2 = {"machine": {"cpu": "AMD EPYC", "cpu_kind": "avx2", "cores": 2, "device": "CPU",
                         "cpu_flags": ["avx2", "fma"], "peak_gflops": {"float32": 92.0,
                                                                       "bfloat16": 9.0}},
@@ -137,13 +137,9 @@ def test_each_machine_kind_gets_its_own_section_and_readme_table(tmp_path):
     assert markdown.index("Not re-measured in the latest bench run") > second
     # Rendered later without a bench run: the latest run's kind is still the one measured.
     assert render.render_markdown(report) == markdown
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{render.README_START}\nold\n{render.README_END}\noutro\n")
-    assert render.update_readme(readme, report, current="cpu-avx2-2cores")
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
-    assert "x86-64 AVX2, no AVX-512, no native bfloat16, 2 cores" in text
-    assert "x86-64 AVX-512 with native bfloat16" in text
+    assert "x86-64 AVX2, no AVX-512, no native bfloat16, 2 cores" in markdown
+    table = render.presets_table(report)
+    assert "| `cnn-fast` | AVX2 | float32 |" in table and "| `mlp` | AVX-512 BF16 |" in table
 
 
 def test_forward_flops_of_the_seed_mlp():
@@ -162,9 +158,11 @@ def test_forward_flops_count_convolutions():
 
 
 @pytest.mark.slow
-def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_data_dir, tmp_path):
+def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_data_dir, tmp_path,
+                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a README.md in the current folder is never the bench's to write
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{render.README_START}\n{render.README_END}\n")
+    readme.write_text("# x\n")
     # Figures of another kind of machine are already in the file: they must survive.
     other = store.upgrade(FORMAT_1)
     (other_kind,) = other["machines"]
@@ -175,7 +173,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     result = run_cli(
         "bench", "train", "--models", "mlp", "--seeds", "2", "--runs-dir", str(tmp_path / "runs"),
         "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
-        "--readme", str(readme), "--data-dir", str(real_data_dir),
+        "--data-dir", str(real_data_dir),
         "--train-arg=--epochs=1", "--train-arg=--train-size=2000", "--train-arg=--val-size=500",
         "--train-arg=--test-size=500", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -205,7 +203,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     assert cell in markdown and record["cpu"] in markdown
     assert markdown.index(f"(`{kind}`)") < markdown.index(f"(`{other_kind}`)")
     assert "Not re-measured in the latest bench run" in markdown and "### Time to accuracy" in markdown
-    assert cell in readme.read_text()
+    assert readme.read_text() == "# x\n"
     # --resume: a finished seed is taken as it stood, one stopped between its training and
     # its evaluation is finished, a new seed is trained; none is trained again.
     seed0, seed1 = (tmp_path / "runs" / summary.run_name(row, seed) for seed in (0, 1))
@@ -216,7 +214,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     resumed = run_main(
         "bench", "train", "--resume", "--models", "mlp", "--seeds", "3",
         "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "bench.json"),
-        "--markdown", str(tmp_path / "BENCH.md"), "--readme", str(readme),
+        "--markdown", str(tmp_path / "BENCH.md"),
         "--data-dir", str(real_data_dir), "--train-arg=--epochs=1", "--train-arg=--train-size=2000",
         "--train-arg=--val-size=500", "--train-arg=--test-size=500")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -230,7 +228,7 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     # The same bench file gains the inference and the serving sections of this machine,
     # from a data folder without test files: only training (its evaluation) reads them.
     common = ["--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "BENCH.md"),
-              "--readme", "", "--data-dir", str(train_only_data_dir)]
+              "--data-dir", str(train_only_data_dir)]
     inference = run_main("bench", "inference", "--runs-dir", str(tmp_path / "runs"), *common)
     assert inference.returncode == 0, inference.stderr[-2000:]
     (engines,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["inference"]
@@ -301,19 +299,16 @@ def test_a_row_whose_seeds_a_budget_gave_different_epochs_shows_their_range():
 
 
 def test_render_upgrades_a_format_1_file_and_rewrites_the_reports(tmp_path):
-    path, markdown, readme = tmp_path / "bench.json", tmp_path / "BENCH.md", tmp_path / "README.md"
+    path, markdown = tmp_path / "bench.json", tmp_path / "BENCH.md"
     path.write_text(json.dumps(FORMAT_1))
-    readme.write_text(f"# x\n{render.README_START}\n{render.README_END}\n")
-    result = run_cli("bench", "render", "--json", str(path), "--markdown", str(markdown),
-                     "--readme", str(readme))
+    result = run_cli("bench", "render", "--json", str(path), "--markdown", str(markdown))
     assert result.returncode == 0, result.stderr
     assert "upgraded" in result.stdout
     upgraded = json.loads(path.read_text())
     assert upgraded["format"] == store.FORMAT and "cpu-avx512-bf16-2cores" in upgraded["machines"]
     assert "(`cpu-avx512-bf16-2cores`)" in markdown.read_text()
-    assert "| `mlp` | CPU | float32 |" in readme.read_text()
-    again = run_cli("bench", "render", "--json", str(path), "--markdown", str(markdown),
-                    "--readme", "")
+    assert "| `mlp` | CPU | float32 |" in markdown.read_text()
+    again = run_cli("bench", "render", "--json", str(path), "--markdown", str(markdown))
     assert again.returncode == 0 and "upgraded" not in again.stdout
     assert json.loads(path.read_text()) == upgraded
 
@@ -348,12 +343,11 @@ def test_a_serve_only_bench_file_renders(tmp_path):
                    "warmup_requests": 10, "memory": {"after_start_mb": 90.0, "after_warmup_mb": 95.0,
                                                      "after_all_mb": 96.0, "growth_percent": 1.0},
                    "levels": []}]}}}
-    markdown, readme = tmp_path / "B.md", tmp_path / "README.md"
-    readme.write_text(f"{render.README_START}\n{render.README_END}\n")
-    render.render(serve_only, markdown, readme)
+    markdown = tmp_path / "B.md"
+    render.render(serve_only, markdown)
     text = markdown.read_text()
     assert "fmnist bench serve m" in text and "Not measured yet: `fmnist bench inference`" in text
-    assert "no benchmark yet" in readme.read_text()
+    assert render.presets_table(serve_only).count("\n") == 1  # the header alone
 
 
 def test_rendering_imports_no_tensorflow():
@@ -374,13 +368,14 @@ def test_a_distilled_row_is_its_own_row_checked_against_the_distillation_target(
                 teacher={"run": "runs/other", "model": "cnn-best", "seconds": 9.0})
     rows = [_row("cnn-tfdocs", 600.0, 0.915), plain, taught, slow]
     table = render.targets_table(rows)
-    assert "`cnn-fast` distilled from `runs/bench/cnn-best-seed0` (cnn-best)" in table
-    lines = [line for line in table.splitlines() if "distilled from" in line]
+    assert "`cnn-fast` (teacher: one `cnn-best` run)" in table
+    assert "runs/bench" not in table  # a teacher is named in words, not by its run's path
+    lines = [line for line in table.splitlines() if "teacher:" in line]
     assert lines[0].endswith("| yes |") and lines[1].endswith("| **no** |")  # 400 s > 1.1 x 300 s
     assert "teacher's pass: 9.0 s more" in lines[0]
     # The plain row stays the one the default model's target is measured by.
     assert summary.default_target(rows)["accuracy"] == 0.930
-    assert render.results_table(rows).count("distilled from") == 2
+    assert render.results_table(rows).count("teacher:") == 2
 
 
 def test_a_distilled_best_model_is_checked_against_its_target_with_its_teachers_time_said():
@@ -390,8 +385,9 @@ def test_a_distilled_best_model_is_checked_against_its_target_with_its_teachers_
     taught = dict(_row("cnn-best", 3500.0, 0.952, flip=True, tta=0.953), teacher=teacher)
     late = dict(_row("cnn-best", 3700.0, 0.953, flip=True), teacher=teacher, recipe="--epochs=200")
     lines = render.targets_table([plain, taught, late]).splitlines()[2:]
-    assert "distilled" not in lines[0] and lines[0].endswith("| with TTA only |")  # the plain row
-    taught_line = next(line for line in lines if "distilled from" in line and "--epochs" not in line)
+    assert "teacher" not in lines[0] and lines[0].endswith("| with TTA only |")  # the plain row
+    taught_line = next(line for line in lines if "teacher:" in line and "--epochs" not in line)
+    assert "teacher: `cnn-best` of the student's own seed and split" in taught_line
     assert "within 3600 s of its own training" in taught_line
     assert taught_line.endswith("| yes, after its teacher's 3200 s of training |")
     assert next(line for line in lines if "--epochs=200" in line).endswith("| **no** |")  # > 1 h
@@ -426,7 +422,7 @@ def test_bench_refuses_a_seed_placeholder_teacher_missing_for_one_seed(tmp_path,
     result = run_main("bench", "train", "--models", "mlp", "--seeds", "2",
                       "--teacher", str(tmp_path / "t-seed{seed}"), "--runs-dir", str(tmp_path / "runs"),
                       "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "B.md"),
-                      "--readme", "", "--data-dir", str(real_data_dir))
+                      "--data-dir", str(real_data_dir))
     assert result.returncode == 1
     assert "t-seed1 does not exist" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() and not (tmp_path / "b.json").exists()
@@ -493,14 +489,14 @@ def test_the_tta_table_names_the_recipe_its_runs_departed_from_the_preset_with()
 def test_bench_tta_needs_a_benchmarked_model(tmp_path, real_data_dir):
     (tmp_path / "bench.json").write_text(json.dumps({"format": 3, "machines": {}}))
     result = run_main("bench", "tta", "--model", "cnn-fast", "--json", str(tmp_path / "bench.json"),
-                      "--markdown", str(tmp_path / "B.md"), "--readme", "",
+                      "--markdown", str(tmp_path / "B.md"),
                       "--data-dir", str(real_data_dir))
     assert result.returncode == 1
     assert "no row of cnn-fast with two or more seeds" in result.stderr
     assert "fmnist bench train --models cnn-fast" in result.stderr
     named = run_main("bench", "ensemble", "--model", "cnn-fast", "--train-arg=--epochs=20",
                      "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "B.md"),
-                     "--readme", "", "--data-dir", str(real_data_dir))
+                     "--data-dir", str(real_data_dir))
     assert named.returncode == 1 and "trained with `--epochs=20`" in named.stderr
     for command in ("tta", "ensemble"):  # a name that is no model: a usage error naming them
         unknown = run_main("bench", command, "--model", "nosuch", "--json", str(tmp_path / "bench.json"))
@@ -582,5 +578,6 @@ def test_the_ensemble_table_names_the_recipe_of_its_members():
               "class_mismatches": 0, "command": "fmnist bench ensemble", "utc": "2026-11-28"}
     table = render.ensembles_section({"ensembles": [result]})
     assert "| `cnn-best` with `--epochs=5` seeds [0, 1, 2] | 0.9500 | — | 0.9400 |" in table
+    assert "runs/bench" not in table
     # Parity images are the first member's validation split, which the others trained on.
     assert "1.0e-07 on 60 images of seed 0's validation split |" in table

@@ -8,7 +8,7 @@ Modules, in the order data flows:
     runs      the benches: child `fmnist train` processes, inference, serving; stores figures
     summary   per-model rows from per-seed runs (pure)
     store     bench.json's layout, machine kinds, migrations (pure)
-    render    BENCHMARKS.md and the README tables (pure: no TensorFlow)
+    render    the benchmarks page and the presets table (pure: no TensorFlow)
 
 Each training run is a separate `fmnist train` process, as a user would run it, so no
 run inherits another's warm caches or memory, and each process's peak memory is its
@@ -17,6 +17,7 @@ own (``os.wait4`` returns the rusage of exactly that child).
 Figures are kept per machine kind (the CPU's instruction set as far as training speed
 goes, its cores, or the GPU): a bench on one kind replaces rows of that kind only, so an
 AVX2 laptop's numbers never overwrite those of an AVX-512 BF16 server. bench.json holds
-them all; BENCHMARKS.md (one section per kind) and the README's results tables are
-regenerated from it every time, never edited by hand.
+them all; the benchmarks page (one section per kind) is regenerated from it every time,
+never edited by hand. The bench writes only those two files, never the repository's
+README (whose presets table `make readme` fills from bench.json).
 """

@@ -1,6 +1,8 @@
-"""BENCHMARKS.md and the README's results tables, from a bench report.
+"""The benchmarks page and the presets table, from a bench report.
 
-Pure: strings from dicts, importing no TensorFlow, so reports are regenerated anywhere."""
+Pure: strings from dicts, importing no TensorFlow, so reports are regenerated anywhere.
+Nothing here writes outside the page it is given: the repository's README block is
+filled by its own make target (`make readme`), from :func:`presets_table`."""
 
 from __future__ import annotations
 
@@ -11,23 +13,41 @@ from fmnist import hardware
 from fmnist.bench.store import machine_label
 from fmnist.bench.summary import default_target, is_plain, mean_std
 from fmnist.bench.targets import (BURST_TARGETS, DEFAULT_MODEL, DEFAULT_TARGET, DISTILL_TARGET,
-                                  GPU_TARGETS, ONNX_TARGET, REFERENCE_MODEL, SERVE_TARGETS,
-                                  TARGETS, VAL_THRESHOLDS)
-
-
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+                                  GPU_TARGETS, MODEL_ORDER, ONNX_TARGET, REFERENCE_MODEL,
+                                  SERVE_TARGETS, TARGETS, VAL_THRESHOLDS)
 
 
 def model_cell(row: dict) -> str:
-    """The model of a row, its teacher when it was distilled, and the training arguments
-    that departed from its preset."""
+    """The model of a row, its teacher in words when it was distilled, and the training
+    arguments that departed from its preset."""
     teacher = row.get("teacher")
     cell = f"`{row['model']}`"
     if teacher:
-        cell += f" distilled from `{teacher['run']}` ({teacher.get('model')})"
+        cell += f" ({teacher_label(teacher)})"
     if row.get("recipe"):
         cell += f" with `{row['recipe']}`"
     return cell
+
+
+def teacher_label(teacher: dict) -> str:
+    """A teacher as a reader knows it, from what the student recorded of it: its model
+    (or an ensemble's size and members), its test accuracy and its training time; never
+    the path of its run directory on the bench machine."""
+    model = str(teacher.get("model") or "?")
+    seconds = teacher.get("train_seconds")
+    if "{seed}" in str(teacher.get("run", "")):
+        return f"teacher: `{model}` of the student's own seed and split"
+    if model.startswith("ensemble of "):
+        members = model.removeprefix("ensemble of ").split(", ")
+        if len(members) > 1 and len(set(members)) == 1:
+            model = f"ensemble of {len(members)} {members[0]}"
+        text = f"teacher: {model}"
+        time = "" if seconds is None else f", {seconds:,.0f} s of training in all"
+    else:
+        text = f"teacher: one `{model}` run"
+        time = "" if seconds is None else f", {seconds:,.0f} s of training"
+    accuracy = teacher.get("test_accuracy")
+    return text + ("" if accuracy is None else f" (test {accuracy:.4f}{time})")
 
 
 def _seeds(row: dict) -> str:
@@ -35,20 +55,22 @@ def _seeds(row: dict) -> str:
     return f"{count} seed{'' if count == 1 else 's'}"
 
 
-def _fmt_acc(pair) -> str:
+def _fmt_acc(pair, seeds: int | None = None) -> str:
+    """``mean ± std``; the mean alone for one seed, whose spread was not measured."""
     if not pair:
         return "—"
     mean, std = pair
-    return f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.4f}" if seeds == 1 else f"{mean:.4f} ± {std:.4f}"
 
 
 def _tta_cell(row: dict) -> str:
     """Flip TTA only means something for models trained with flips (evaluate.tta_applies)."""
-    return _fmt_acc(row.get("test_accuracy_tta_mean_std")) if row.get("flip") else "—"
+    return (_fmt_acc(row.get("test_accuracy_tta_mean_std"), len(row["seeds"])) if row.get("flip")
+            else "—")
 
 
 def results_table(rows: list[dict]) -> str:
-    """The Markdown table of one machine kind, shared by BENCHMARKS.md and the README."""
+    """The Markdown table of rows of one machine kind."""
     lines = [
         "| model | device | precision | params | epochs | train s (median) | "
         "test acc (mean ± std) | with flip TTA | seeds | predict img/s (batch 1024) |",
@@ -58,7 +80,8 @@ def results_table(rows: list[dict]) -> str:
         lines.append(
             f"| {model_cell(row)} | {row['device']} | {row.get('precision', 'float32')} | "
             f"{row['params']:,} | {_epochs_cell(row)} | "
-            f"{row['train_seconds_median']:.1f} | {_fmt_acc(row['test_accuracy_mean_std'])} | "
+            f"{row['train_seconds_median']:.1f} | "
+            f"{_fmt_acc(row['test_accuracy_mean_std'], len(row['seeds']))} | "
             f"{_tta_cell(row)} | {len(row['seeds'])} | "
             f"{row['predict_images_per_second']:,.0f} |")
     return "\n".join(lines)
@@ -80,6 +103,24 @@ def speed_table(rows: list[dict]) -> str:
             f"{'—' if floor is None else f'{floor:.2f}'} | {ratio} | "
             f"{'—' if achieved is None else f'{achieved:.0f}'} | {_mb(row.get('peak_rss_mb'))} |")
     return "\n".join(lines)
+
+
+def variants_part(rows: list[dict]) -> list[str]:
+    """The rows off the presets, grouped by study: a model's other recipes, then the
+    model distilled from teachers; each group a table of its own."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        title = (f"`{row['model']}` distilled from a teacher" if row.get("teacher")
+                 else f"`{row['model']}`: other recipes")
+        groups.setdefault(title, []).append(row)
+    if not groups:
+        return []
+    lines = ["### Variants", "",
+             "Recipes and teachers tried beside the presets; what each study concluded is "
+             "in its experiment note.", ""]
+    for title, members in groups.items():
+        lines += [f"#### {title}", "", results_table(members), ""]
+    return lines
 
 
 def _epochs_cell(row: dict) -> str:
@@ -197,15 +238,15 @@ def ensembles_section(section: dict) -> str:
     results = section.get("ensembles")
     if not results:
         return "Not measured yet: `fmnist bench ensemble --model MODEL`."
-    lines = ["| ensemble | members | test acc | with flip TTA | members' test acc (mean) | "
+    lines = ["| members | test acc | with flip TTA | members' test acc (mean) | "
              "train s (members, summed) | Keras img/s | onnxruntime img/s | ONNX vs Keras max "
              "abs diff | class differences |",
-             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: |"]
+             "| --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: |"]
     for result in results:
         members = [a for a in result["members_test_accuracy"] if a is not None]
         tta = result.get("test_accuracy_tta")
         lines.append(
-            f"| `{result['run']}` | {model_cell(result)} seeds {result['seeds']} | "
+            f"| {model_cell(result)} seeds {result['seeds']} | "
             f"{result['test_accuracy']:.4f} | {'—' if tta is None else f'{tta:.4f}'} | "
             f"{sum(members) / len(members):.4f} | {result['train_seconds']:.1f} | "
             f"{result['keras_images_per_second']:,.0f} | {result['onnx_images_per_second']:,.0f} | "
@@ -386,14 +427,11 @@ def latest_kind(report: dict) -> str | None:
     return max(trained)[1] if trained else None
 
 
-def render(report: dict, markdown_path: Path, readme_path: Path | None,
-           current: str | None = None) -> None:
-    """Write BENCHMARKS.md (and the README's tables) from a bench report; ``current``:
-    the machine kind measured by this invocation (default: the latest bench run's)."""
+def render(report: dict, markdown_path: Path, current: str | None = None) -> None:
+    """Write the benchmarks page from a bench report; ``current``: the machine kind
+    measured by this invocation (default: the latest bench run's)."""
     current = current or latest_kind(report)
     markdown_path.write_text(render_markdown(report, current))
-    if readme_path is not None:
-        update_readme(readme_path, report, current)
 
 
 # How a machine record's matmul peak was taken, by Keras backend (JAX runs a float32
@@ -463,8 +501,10 @@ def section_markdown(kind: str, section: dict, current: str | None) -> str:
         parts += [status, ""]
     if rows:
         peaks = record.get("peak_gflops") or {}
+        size = record.get("peak_matmul_size", 2048)
         parts += [
-            "### Accuracy and time", "", results_table(rows), "",
+            "### Presets", "", results_table(presets := preset_rows(rows)), "",
+            *variants_part([row for row in rows if row not in presets]),
             "- *train s*: wall time of the training epochs (training plus the per-epoch "
             "validation pass), median over seeds; start-up, data loading and the test "
             "evaluation excluded.",
@@ -488,7 +528,7 @@ def section_markdown(kind: str, section: dict, current: str | None) -> str:
             "### How close each epoch gets to its compute floor", "", speed_table(rows), "",
             "- *forward MFLOP/image*: 2 x multiply-adds of the Conv2D and Dense layers.",
             "- *epoch floor*: 3 x forward FLOPs x training images (forward + backward), divided "
-            "by the peak of a 2048x2048 matmul on this machine in the precision the model "
+            f"by the peak of a {size}x{size} matmul on this machine in the precision the model "
             f"trained in ({peaks.get('float32', 0):.0f} GFLOP/s float32, "
             f"{peaks.get('bfloat16', 0):.0f} bfloat16). *epoch / floor*: how many times slower "
             "than that floor the steady epoch (median of epochs 2 onwards) runs; it includes "
@@ -544,27 +584,43 @@ def per_seed_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def readme_tables(report: dict, current: str | None = None) -> str:
-    """One results table per machine kind, each under the kind's name and date."""
-    blocks = []
-    for kind, section in ordered_sections(report, current):
-        if not section.get("rows"):
-            continue
-        record = section.get("machine", {})
-        blocks.append(f"**{machine_label(record)}** (`{kind}`; {record.get('cpu', '?')}), "
-                      f"measured {str(section.get('updated_utc', '?'))[:10]}:\n\n"
-                      f"{results_table(section['rows'])}")
-    return "\n\n".join(blocks) or "(no benchmark yet: run `fmnist bench train`)"
+def preset_rows(rows: list[dict]) -> list[dict]:
+    """One row per preset model of a machine kind, in table order: the preset as
+    registered, or, for a model benchmarked only under a schedule of its own (cnn-best
+    within an hour: ``--epochs``/``--time-budget`` and nothing else), that row."""
+    chosen = []
+    for model in MODEL_ORDER:
+        plain = [row for row in rows if row["model"] == model and is_plain(row)]
+        timed = [row for row in rows if row["model"] == model and not row.get("teacher")
+                 and row.get("recipe") and all(word.split("=")[0] in SCHEDULE_FLAGS
+                                               for word in row["recipe"].split())]
+        candidates = plain or sorted(timed, key=lambda row: -len(row["seeds"]))
+        chosen += candidates[:1]
+    return chosen
 
 
-def update_readme(readme: Path, report: dict, current: str | None = None) -> bool:
-    """Replace the README's block between the bench markers with the results tables."""
-    if not readme.exists():
-        return False
-    text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        return False
-    block = f"{README_START}\n{readme_tables(report, current)}\n{README_END}"
-    readme.write_text(text[:start] + block + text[end + len(README_END):])
-    return True
+# Flags that change how long a preset trains, not what it is.
+SCHEDULE_FLAGS = ("--epochs", "--time-budget")
+
+
+def presets_table(report: dict) -> str:
+    """The presets on every machine kind, as one Markdown table (the README's)."""
+    lines = ["| model | machine kind | precision | epochs | train s (median) | "
+             "test acc (mean ± std) | seeds | predict img/s |",
+             "| --- | --- | --- | ---: | ---: | --- | ---: | ---: |"]
+    for kind, section in ordered_sections(report, None):
+        for row in preset_rows(section.get("rows", [])):
+            label = _KIND_WORDS.get(section.get("machine", {}).get("cpu_kind"), kind)
+            if row.get("device", "CPU") != "CPU":
+                label = row["device"].removeprefix("GPU: ")
+            lines.append(
+                f"| {model_cell(row)} | {label} | {row.get('precision', 'float32')} | "
+                f"{_epochs_cell(row)} | {row['train_seconds_median']:,.1f} | "
+                f"{_fmt_acc(row['test_accuracy_mean_std'], len(row['seeds']))} | {len(row['seeds'])} | "
+                f"{row['predict_images_per_second']:,.0f} |")
+    return "\n".join(lines)
+
+
+# Short names of the CPU kinds, for a table's cells (machine_label says them in full).
+_KIND_WORDS = {"amx-bf16": "AMX (Intel Xeon)", "avx512-bf16": "AVX-512 BF16",
+               "avx512": "AVX-512", "avx2": "AVX2", "other": "other CPU"}

@@ -91,7 +91,7 @@ def bench_seed(model: str, seed: int, out: Path, data_dir, extra: list[str], res
 
 
 def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, markdown_path: Path,
-              readme_path: Path | None, data_dir=None, extra: list[str] | None = None,
+              data_dir=None, extra: list[str] | None = None,
               command: str = "fmnist bench", log=print, seed_start: int = 0,
               teacher: str | None = None, resume: bool = False) -> dict:
     """Benchmark ``models`` over seeds ``seed_start .. seed_start+seeds-1`` on this
@@ -160,11 +160,11 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
                                         variant_key(r)))
     section.update({"machine": record, "command": command, "updated_utc": _now()})
     rundir.write_json(json_path, report)
-    render(report, markdown_path, readme_path, current=kind)
+    render(report, markdown_path, current=kind)
     return report
 
 
-def run_inference_bench(json_path: Path, markdown_path: Path, readme_path: Path | None,
+def run_inference_bench(json_path: Path, markdown_path: Path,
                         runs_dir: Path, train_data, command: str, log=print) -> dict:
     """Add Keras/onnxruntime throughput and ONNX parity for this machine's stored rows."""
     if not json_path.is_file():
@@ -182,12 +182,12 @@ def run_inference_bench(json_path: Path, markdown_path: Path, readme_path: Path 
     section["inference_command"] = command
     section["inference_utc"] = _now()
     rundir.write_json(json_path, report)
-    render(report, markdown_path, readme_path, current=kind)
+    render(report, markdown_path, current=kind)
     return report
 
 
 def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_path: Path,
-                    readme_path: Path | None, images: np.ndarray, requests: int, clients: list[int],
+                    images: np.ndarray, requests: int, clients: list[int],
                     command: str, log=print, workers: int = 1, burst_seconds: float = 30.0) -> dict:
     """Load-test `fmnist serve MODEL`, then run the burst scenario against it; store both
     under this machine's kind."""
@@ -206,7 +206,7 @@ def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_pa
                         if (old["engine"], old.get("workers", 1)) != (result["engine"], workers)]
     section["serve"].append(result)
     rundir.write_json(json_path, report)
-    render(report, markdown_path, readme_path, current=kind)
+    render(report, markdown_path, current=kind)
     return result
 
 
@@ -268,7 +268,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_path: Path | None,
+def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path,
                        runs_dir: Path, train_data, test_data, command: str,
                        train_args: list[str] | None = None, log=print) -> dict:
     """The ensemble of ``model``'s benchmarked seeds on this machine: built from their
@@ -309,11 +309,11 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path, readme_
     section = report["machines"].setdefault(kind, {"machine": record, "rows": []})
     section["ensembles"] = _replacing(section.get("ensembles", []), result)
     rundir.write_json(json_path, report)
-    render(report, markdown_path, readme_path, current=kind)
+    render(report, markdown_path, current=kind)
     return result
 
 
-def run_tta_bench(model: str, json_path: Path, markdown_path: Path, readme_path: Path | None,
+def run_tta_bench(model: str, json_path: Path, markdown_path: Path,
                   runs_dir: Path, train_data, test_data, command: str, shift: int = 1,
                   train_args: list[str] | None = None, log=print) -> dict:
     """Each test-time augmentation (plain, flip, flip + ``shift``-pixel shifts) of
@@ -345,7 +345,7 @@ def run_tta_bench(model: str, json_path: Path, markdown_path: Path, readme_path:
     section = report["machines"][kind]
     section["tta"] = _replacing(section.get("tta", []), result)
     rundir.write_json(json_path, report)
-    render(report, markdown_path, readme_path, current=kind)
+    render(report, markdown_path, current=kind)
     return result
 
 

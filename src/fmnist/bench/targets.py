@@ -1,4 +1,4 @@
-"""The product's targets, which BENCHMARKS.md checks the measured figures against.
+"""The product's targets, which the benchmarks page checks the measured figures against.
 
 Data only. Accuracy targets are on the test set (mean over seeds, no TTA); time targets
 are ratios against a reference measured in the same bench run, or limits in seconds.

@@ -1,7 +1,9 @@
-"""`fmnist bench train|inference|serve|render`: measure on this machine, write the reports.
+"""`fmnist bench train|inference|serve|ensemble|tta|render`: measure on this machine.
 
-Each subcommand takes only its own flags; all of them rewrite BENCHMARKS.md (and the
-README's tables) from bench.json, where figures are kept per machine kind.
+Each subcommand takes only its own flags; all of them store their figures in bench.json,
+per machine kind, and rewrite the benchmarks page (BENCHMARKS.md) from it. Both files
+go to the current folder unless --json and --markdown say otherwise; nothing else is
+written.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ def add_parser(commands) -> None:
 
     bench = commands.add_parser(
         "bench", help="benchmark models, engines and the server; writes BENCHMARKS.md and bench.json",
-        description="Measure on this machine and regenerate BENCHMARKS.md, bench.json and the "
-                    "README's results table. Figures are kept per machine kind: a bench "
+        description="Measure on this machine, store the figures in bench.json and regenerate "
+                    "the benchmarks page from it. Figures are kept per machine kind: a bench "
                     "replaces its own kind's rows and keeps the others.")
     kinds = bench.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=Parser)
     kinds.required = True
@@ -29,9 +31,7 @@ def add_parser(commands) -> None:
         """The report files every subcommand rewrites, and (measuring ones) --data-dir."""
         parser.add_argument("--json", default="bench.json", metavar="FILE", help="(default: bench.json)")
         parser.add_argument("--markdown", default="BENCHMARKS.md", metavar="FILE",
-                            help="(default: BENCHMARKS.md)")
-        parser.add_argument("--readme", default="README.md", metavar="FILE",
-                            help="README whose bench block to refresh (default: README.md; '' for none)")
+                            help="the benchmarks page to write (default: BENCHMARKS.md)")
         parser.set_defaults(subparser=parser)
         if data_dir:
             add_data_dir(parser)
@@ -123,7 +123,7 @@ def add_parser(commands) -> None:
 
     render = kinds.add_parser(
         "render", help="measure nothing: regenerate the reports from bench.json",
-        description="Regenerate BENCHMARKS.md and the README table from the stored bench.json "
+        description="Regenerate the benchmarks page from the stored bench.json "
                     "(upgrading an older layout in place).")
     reports(render, data_dir=False)
 
@@ -131,10 +131,6 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     return {"train": _train, "inference": _inference, "serve": _serve, "ensemble": _ensemble,
             "tta": _tta, "render": _render}[args.bench_command](args)
-
-
-def _readme(args) -> Path | None:
-    return Path(args.readme) if args.readme else None
 
 
 def _command() -> str:
@@ -158,14 +154,14 @@ def _train(args) -> int:
         for seed in range(args.seed_start, args.seed_start + args.seeds):
             rundir.require_run_dir(teacher_for_seed(args.teacher, seed), needs=rundir.MODEL)
 
-    from fmnist.bench.render import readme_tables
+    from fmnist.bench.render import presets_table
     from fmnist.bench.runs import run_bench
 
     report = run_bench(models, args.seeds, Path(args.runs_dir), Path(args.json), Path(args.markdown),
-                       _readme(args), data_dir=args.data_dir, extra=args.train_arg,
+                       data_dir=args.data_dir, extra=args.train_arg,
                        command=_command(), seed_start=args.seed_start, teacher=args.teacher,
                        resume=args.resume)
-    print(readme_tables(report))
+    print(presets_table(report))
     print(f"wrote {args.markdown} and {args.json}")
     return 0
 
@@ -177,7 +173,7 @@ def _inference(args) -> int:
 
     from fmnist.bench.runs import run_inference_bench
 
-    run_inference_bench(Path(args.json), Path(args.markdown), _readme(args), Path(args.runs_dir),
+    run_inference_bench(Path(args.json), Path(args.markdown), Path(args.runs_dir),
                         train_data, _command())
     print(f"wrote {args.markdown} and {args.json}")
     return 0
@@ -192,7 +188,7 @@ def _serve(args) -> int:
 
     from fmnist.bench.runs import run_serve_bench
 
-    run_serve_bench(args.model, args.engine, Path(args.json), Path(args.markdown), _readme(args),
+    run_serve_bench(args.model, args.engine, Path(args.json), Path(args.markdown),
                     images[:1000], args.requests, args.clients, _command(), workers=args.workers,
                     burst_seconds=args.burst_seconds)
     print(f"wrote {args.markdown} and {args.json}")
@@ -218,7 +214,7 @@ def _ensemble(args) -> int:
 
     from fmnist.bench.runs import run_ensemble_bench
 
-    result = run_ensemble_bench(args.model, Path(args.json), Path(args.markdown), _readme(args),
+    result = run_ensemble_bench(args.model, Path(args.json), Path(args.markdown),
                                 Path(args.runs_dir), train_data, test_data, _command(),
                                 args.train_arg)
     print(f"ensemble of {args.model} seeds {result['seeds']}: test accuracy "
@@ -236,7 +232,7 @@ def _tta(args) -> int:
 
     from fmnist.bench.runs import run_tta_bench
 
-    result = run_tta_bench(args.model, Path(args.json), Path(args.markdown), _readme(args),
+    result = run_tta_bench(args.model, Path(args.json), Path(args.markdown),
                            Path(args.runs_dir), train_data, test_data, _command(), args.shift,
                            args.train_arg)
     for name, figures in result["sets"].items():
@@ -261,6 +257,6 @@ def _render(args) -> int:
     if report != stored:
         rundir.write_json(Path(args.json), report)  # an older layout, upgraded once
         print(f"upgraded {args.json} to the current layout")
-    render(report, Path(args.markdown), _readme(args))
+    render(report, Path(args.markdown))
     print(f"wrote {args.markdown} from {args.json}")
     return 0
