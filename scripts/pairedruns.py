@@ -6,8 +6,8 @@ For each pair: rebuilds RUN_A's validation split from its config.json (RUN_B mus
 it: same split seed and validation size), predicts it and the test set with both models,
 and prints for each how many images only one of the two got right, and the two-sided
 exact McNemar p-value (a binomial test on those disagreements). Two runs of one recipe
-disagreed on 128-162 of 6,000 validation images, so a 0.002 difference in accuracy is
-noise on one seed; README "cnn-best" quotes what this gave for its levers.
+disagree on a hundred or more of 6,000 validation images, so a difference of a few
+tenths of a point is noise on one seed; the experiment notes quote what this gave.
 
 With several pairs (one per seed, say), the validation disagreements are also pooled
 into one test: each seed's validation images are its own split's, so its disagreements

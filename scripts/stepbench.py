@@ -6,8 +6,8 @@ usage: python scripts/stepbench.py {keras,fused,none} [MODEL [KEY=JSON ...]]
 ``none``: the model built with ``batch_norm=false`` (only the cnn factories have it), the
 floor the fused kernel could reach. Prints one JSON line: median, mean and 90th
 percentile of 55 steps at batch 256 on random images, after 5 warm-up steps. Run each
-variant in its own process on an idle machine; README "Batch norm on TensorFlow's fused
-kernel" lists what it gave on the AVX2 and AMX kinds.
+variant in its own process on an idle machine; the experiment note on the fused batch
+norm lists what it gave on the AVX2 and AMX kinds.
 """
 
 from __future__ import annotations

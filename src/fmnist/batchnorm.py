@@ -3,8 +3,8 @@
 Keras 3's ``BatchNormalization`` computes the batch moments, the normalization and their
 gradients as a dozen separate ops (keras-team/keras-core#225: "BatchNorm is slow");
 TensorFlow's ``FusedBatchNormV3`` does the forward pass in one oneDNN kernel and the
-backward pass in another. README "Batch norm on TensorFlow's fused kernel" gives what it saves
-per training step (`scripts/stepbench.py`).
+backward pass in another. What that saves per training step is measured by
+`scripts/stepbench.py`, and recorded in the experiment note on the fused batch norm.
 
 The models' factories build Keras' layer, so ``fmnist.models`` stays backend-neutral and
 every saved model loads in plain Keras. Training swaps it for :class:`FusedBatchNorm`

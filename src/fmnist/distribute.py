@@ -87,7 +87,7 @@ def make_strategy(kind: str, cpu_replicas: int = 1):
     if kind == "multiworker":
         if tf_config() is None:
             raise FmnistError("--distribute multiworker needs TF_CONFIG describing the cluster "
-                              "(see README, 'Scale out')")
+                              "(see the Scaling page of the docs)")
         if cpu_replicas > 1:
             split_cpu(cpu_replicas)
         return tf.distribute.MultiWorkerMirroredStrategy()

@@ -209,8 +209,8 @@ def mlp(hidden_units: int = 128):
 def mlp_plus(hidden_units=(512, 256), dropout: float = 0.2):
     """The best dense-only network here: Dense-BatchNorm-ReLU-Dropout blocks (512, 256).
 
-    535,818 parameters. AdamW one-cycle, label smoothing. See BENCHMARKS.md for its
-    measured accuracy (target >= 0.900 within 30 s of training on 2 CPU cores).
+    535,818 parameters. AdamW one-cycle, label smoothing. Target >= 0.900 test accuracy
+    within 30 s of training on 2 CPU cores; the benchmarks page has what it measures.
     """
     import keras
     from keras import layers
@@ -253,9 +253,8 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
 
     ``stem``: "patch" (2x2 stride-2 conv), "conv-s2" (3x3 stride-2 conv: overlapping
     windows for the same small cost) or "conv" (3x3 conv at full 28x28, then 2x2
-    max-pool: its 28x28 maps are memory-bound, about twice as slow per epoch in the first
-    float32 measurements, but within the day-to-day spread of cnn-best's epochs in
-    bfloat16 on the AMX kind, at a fifth less inference speed). ``widths14`` / ``widths7``: filters
+    max-pool: 28x28 maps are memory-bound, so it costs time per epoch, most in float32,
+    and inference speed; the experiment notes measure it). ``widths14`` / ``widths7``: filters
     of the 3x3 convs at 14x14 and at 7x7. ``head``: "gap" (global average pool) or
     "flatten" (the 7x7 map as is: garments' layout matters); then an optional
     Dense(``dense``)-BatchNorm-ReLU block. ``separable``: depthwise-separable 3x3 convs
@@ -318,10 +317,9 @@ def cnn_fast(stem: str = "conv-s2", stem_width: int = 32, widths14=(32, 32), wid
 
     Conv(32, 3x3, stride 2) -> 2 x Conv(32, 3x3) at 14x14 -> MaxPool -> Dense(128) on the
     7x7 map -> Dense(10); 221,610 parameters, 7.7 MFLOP per image. Nesterov SGD
-    one-cycle (peak 0.2) over 10 epochs, label smoothing 0.1, flips and 1-pixel shifts;
-    about 65 s on 2 cores of an Intel AMX CPU and 100 s on an AMD AVX-512 BF16 one
-    (bfloat16), about 5 minutes on 2 AVX2 cores (float32). Target >= 0.930; measured per
-    machine kind in BENCHMARKS.md.
+    one-cycle (peak 0.2) over 10 epochs, batch 256, weight decay 5e-4, label smoothing
+    0.1, flips and 1-pixel shifts. Target >= 0.930 test accuracy; its time and accuracy
+    per machine kind are on the benchmarks page.
     """
     return _convnet("cnn_fast", stem, stem_width, widths14, widths7, head, dense, dropout,
                     separable, batch_norm, residual)
@@ -347,15 +345,15 @@ def cnn_best(stem: str = "conv-s2", stem_width: int = 32, widths14=(64, 64),
              dropout: float = 0.2, residual: bool = False):
     """The accuracy model: a VGG-style batch-norm CNN, two 3x3 convs per resolution.
 
-    About 1.8 M parameters, ~47 MFLOP per image. Flips, shifts and random erasing over
-    60 epochs: about 37 minutes on 2 AMD AVX-512 BF16 cores, about 22-28 (21-28 s an epoch,
-    from one day to the next) on 2 Intel AMX ones, both bfloat16; 2.4 hours on 2 AVX2-only ones, where
-    ``widths14=(32, 32), widths7=(64, 64)`` (half the width, 0.88 M parameters) fits the
-    60 epochs in under an hour (target >= 0.950, see BENCHMARKS.md).
+    About 1.9 M parameters, ~47 MFLOP per image. Nesterov SGD one-cycle (peak 0.1) over
+    60 epochs, batch 256, weight decay 5e-4, label smoothing 0.1, dropout 0.2, flips,
+    2-pixel shifts and random erasing (p = 0.5). Target >= 0.950 test accuracy within an
+    hour of training (``--epochs 150 --time-budget 3600`` fits the schedule to the hour).
+    Where an epoch costs much more (float32 on AVX2-only CPUs),
+    ``widths14=(32, 32), widths7=(64, 64)`` halves the width (0.88 M parameters).
     ``residual=True``: each resolution's pair of convs as a residual block.
-    ``stem="conv"`` (the first conv at 28x28) validated 0.0015 higher over 3 hour-long
-    seeds on the AMX kind, within noise (pooled McNemar p = 0.28), at a fifth less
-    inference speed: kept as an option, not the preset (README, "cnn-best").
+    ``stem="conv"``: the first conv at 28x28; an option, not the preset, because its
+    gain was within noise and it costs inference speed (see the experiment notes).
     """
     return _convnet("cnn_best", stem, stem_width, widths14, widths7, head, dense, dropout,
                     residual=residual)

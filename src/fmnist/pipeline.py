@@ -75,8 +75,8 @@ def training_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
 
     epoch_ids = np.arange(first_epoch, epochs, dtype=np.int64)
     # No prefetch and no autotuning: a batch is a slice of a ready tensor, and on a
-    # 2-core CPU a prefetch thread competes with oneDNN's threads (in a scratch timing
-    # here it was never faster, and up to 10% slower, within run-to-run noise).
+    # 2-core CPU a prefetch thread competes with oneDNN's threads for the same cores
+    # without hiding any input work.
     options = tf.data.Options()
     options.autotune.enabled = False
     return (tf.data.Dataset.from_tensor_slices((epoch_ids, orders)).flat_map(one_epoch)

@@ -27,8 +27,8 @@ def configure_tensorflow_environment(environ=None, x86: bool | None = None) -> N
 
     - ``TF_ENABLE_ONEDNN_OPTS=1`` on x86: TensorFlow turns its oneDNN kernels on by
       default only on CPUs with AVX512_VNNI/BF16 or AMX; on AVX2 CPUs it falls back to
-      Eigen, and a cnn-fast epoch ran 40.2 s instead of 31.8 on an AVX2 EPYC (README,
-      "Looking for speed on an AVX2 CPU").
+      Eigen, whose convolutions are slower (the experiment note on AVX2 speed measures
+      it on a cnn-fast epoch).
     - ``TF_CPP_MIN_LOG_LEVEL=2``: hide TensorFlow's C++ info and warning lines; errors
       still show.
 

@@ -318,9 +318,9 @@ def _fix_epochs_to_budget(run: RunDir, config: TrainConfig, x_train, y_train, n_
 class EpochCheckpoint(keras.callbacks.Callback):
     """Times each epoch and checkpoints the run after it (:meth:`RunDir.checkpoint`).
 
-    With a time budget, the probe's plan is a first guess: it was 4-7% short for the
-    48/96-filter cnn-best on AVX2 and 8-30% either way on the AMX kind, and a machine can
-    slow down or speed up mid-run (another job starts or ends). So after each epoch, when
+    With a time budget, the probe's plan is a first guess: the probe times steps, not
+    what an epoch spends between them, and a machine can slow down or speed up mid-run
+    (another job starts or ends). So after each epoch, when
     the epochs so far say the planned count will not fit, or that a few more than planned
     would, up to ``ceiling`` (the epochs asked for; :func:`replanned_epochs`), the
     one-cycle schedule is laid over the count that fits
