@@ -127,7 +127,7 @@ def run(args) -> int:
 
     if (config.distribute if config else args.distribute) == "multiworker" and tf_config() is None:
         raise FmnistError("--distribute multiworker needs TF_CONFIG describing the cluster "
-                          "(see README, 'Scale out')")
+                          "(see the Scaling page of the docs)")
 
     if args.resume:
         rundir.require_run_dir(args.resume)
@@ -153,7 +153,22 @@ def run(args) -> int:
     print(f"validation accuracy: {metrics['val_accuracy']:.4f}  "
           f"training: {metrics['train_seconds']:.1f} s, {metrics['epochs']} epochs")
     print_test_metrics(metrics)
+    if not args.quiet:
+        print(next_steps(run_dir))
     return 0
+
+
+def next_steps(run_dir) -> str:
+    """What to try with a finished run, its directory filled in, one command a line."""
+    import shlex
+
+    run = shlex.quote(str(run_dir))
+    steps = [(f"fmnist predict {run} photo.jpg", "classify an image file of your own"),
+             (f"python -m webbrowser {run}/report.html", "the report: curves, confusion, mistakes"),
+             (f"fmnist serve {run}", "REST API and web page on http://127.0.0.1:8000/"),
+             (f"fmnist export {run}", "ONNX, to serve without TensorFlow")]
+    width = max(len(command) for command, _ in steps)
+    return "\n".join(["next:", *(f"  {command:<{width}}  # {why}" for command, why in steps)])
 
 
 def _say_if_teacher_saw_validation(config) -> None:
