@@ -14,7 +14,7 @@ RUN_ARGS ?=
 FUZZ_SECONDS ?= 600
 FUZZ_DIR ?= runs/fuzz
 
-.PHONY: run test test-fast fuzz install install-test clean
+.PHONY: run test test-fast fuzz install install-test clean docs docs-serve readme notes benchmarks-page
 
 run: $(VENV)/.installed
 	$(BIN)/fmnist train --model $(MODEL) --tta $(RUN_ARGS)
@@ -43,6 +43,25 @@ fuzz: $(VENV)/.installed-test
 		FMNIST_FUZZ_EXAMPLES=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
 			-k schemathesis --hypothesis-seed=$$RANDOM || exit 1; done
 
+# The documentation site (mkdocs.yml): built strictly into site/, or previewed with reload.
+docs: $(VENV)/.installed-test
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed-test
+	$(BIN)/mkdocs serve
+
+# Generated text, each from its one source: the README's presets table and the benchmarks
+# page from bench.json, the experiment notes' tables from their results files. The suite
+# fails when any of them disagrees with its source.
+readme: $(VENV)/.installed
+	$(BIN)/python scripts/readme_results.py
+
+benchmarks-page: $(VENV)/.installed
+	$(BIN)/fmnist bench render --json bench.json --markdown docs/benchmarks.md
+
+notes:
+	$(PYTHON) scripts/notes_tables.py
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
@@ -60,4 +79,4 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.created
 	touch $@ $(VENV)/.installed
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build dist site *.egg-info src/*.egg-info

@@ -69,19 +69,33 @@ def test_each_missing_module_names_its_extra():
 
 
 @pytest.mark.slow
-def test_a_core_install_serves_an_exported_model_without_tensorflow(exported_run, tmp_path):
-    """`pip install fmnist` (no extra) into a fresh venv: no TensorFlow or Keras arrives, and
-    it predicts and serves the ONNX file `fmnist export` wrote."""
+def test_the_release_builds_and_its_core_wheel_serves_without_tensorflow(exported_run, tmp_path):
+    """The release builds and checks, and its wheel installed with no extra into a fresh
+    venv brings no TensorFlow or Keras, answers `fmnist --help`, and predicts and serves
+    the ONNX file `fmnist export` wrote."""
     source = tmp_path / "source"  # a copy: building a wheel writes build files beside it
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".venv", "runs", ".git", ".ci", "*.egg-info", "build", "__pycache__", ".pytest_cache",
-        ".hypothesis", "notebooks", "tests"))
+        ".venv", "runs", ".git", ".ci", "*.egg-info", "build", "dist", "site", "__pycache__",
+        ".pytest_cache", ".hypothesis", "notebooks", "tests"))
+    # The release artifacts: an sdist and a wheel whose long description (the README)
+    # renders, as `python -m build` and `twine check` make and judge them.
+    dist = tmp_path / "dist"
+    built = subprocess.run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir",
+                            str(dist), str(source)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    (wheel,) = dist.glob("fmnist-*.whl")
+    checked = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, dist.iterdir())],
+                             capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0 and checked.stdout.count("PASSED") == 2, checked.stdout + checked.stderr
+
     venv = tmp_path / "core"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python, fmnist = venv / "bin" / "python", venv / "bin" / "fmnist"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(source)],
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel)],
                              capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
+    helped = subprocess.run([str(fmnist), "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "predict" in helped.stdout, helped.stderr
     installed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"],
                                capture_output=True, text=True, check=True).stdout
     names = {package["name"].lower() for package in json.loads(installed)}
