@@ -50,7 +50,8 @@ def test_every_preset_is_a_valid_config(model):
     ({"test_size": 20_000}, "test_size: 20000 is not valid; it must be 1 to 10000"),
     ({"split_seed": -1}, "split_seed: -1 is not valid; it must be 0 or more, or null"),
     ({"train_size": 59_000}, "train_size + val_size"),
-    ({"model_options": [64]}, "model_options: [64] is not an object"),
+    ({"model_options": [64]}, "model_options: [64] is not valid; it must be an object"),
+    ({"distill_tta": True}, "distill_tta: true needs a teacher"),
     ({"time_budget": 60, "distribute": "multiworker"}, "a multi-worker run cannot take one"),
 ])
 def test_unknown_keys_and_bad_values_are_named(payload, words):
@@ -60,9 +61,53 @@ def test_unknown_keys_and_bad_values_are_named(payload, words):
 
 
 def test_a_runs_own_config_json_is_accepted_back():
-    saved = {**vars(TrainConfig()), **{key: 1 for key in RECORDED_KEYS}}
-    saved.update(mixed_precision=False, versions={"fmnist": "0.1.0"})
+    saved = {**TrainConfig().to_dict(), **{key: 1 for key in RECORDED_KEYS}}
+    saved.update(versions={"fmnist": "0.1.0"})
     assert TrainConfig.resolve("mlp", saved).model == "mlp"
+
+
+def test_every_setting_has_a_flag_and_every_flag_is_a_setting_or_run_control():
+    """A setting lives in one place: TrainConfig. `fmnist train`'s flags derive from it;
+    the only others steer the invocation and are named as such."""
+    from fmnist.cli import build_parser
+    from fmnist.cli.train import RUN_CONTROL
+
+    commands = next(action for action in build_parser()._actions if action.dest == "command")
+    train = commands.choices["train"]
+    flags = {action.dest: action for action in train._actions if action.dest != "help"}
+    settings = set(TrainConfig.model_fields)
+    assert settings <= set(flags), f"settings without a flag: {settings - set(flags)}"
+    assert set(flags) - settings - {"subparser"} == set(RUN_CONTROL)
+    assert not settings & set(RUN_CONTROL)
+    for name in settings:  # the help is the field's description, and no flag has a default
+        assert flags[name].help == TrainConfig.model_fields[name].description
+        assert flags[name].default is None, name
+
+
+def test_every_setting_is_described_and_grouped():
+    from fmnist.config import GROUPS
+
+    for name, field in TrainConfig.model_fields.items():
+        assert field.description and field.json_schema_extra["group"] in GROUPS, name
+
+
+def test_a_searched_config_keeps_the_model_and_recipe_and_drops_the_run():
+    from fmnist.config import searched_settings
+
+    config = TrainConfig.for_model("cnn-fast", seed=3, train_size=500, tensorboard=True,
+                                   split_seed=1, time_budget=60.0)
+    kept = searched_settings(config)
+    assert kept["model"] == "cnn-fast" and kept["learning_rate"] == 0.2 and kept["flip"]
+    assert not {"seed", "split_seed", "train_size", "val_size", "test_size", "time_budget",
+                "distribute", "cpu_replicas", "tensorboard", "tensorboard_histograms"} & set(kept)
+    assert TrainConfig.from_json(kept, strict=True).seed == 0  # a valid config, run anew
+
+
+def test_a_config_is_replaced_through_its_checks():
+    config = TrainConfig(epochs=3)
+    assert config.replace(epochs=5).epochs == 5 and config.epochs == 3
+    with pytest.raises(ConfigError, match="epochs: 0 is not valid"):
+        config.replace(epochs=0)
 
 
 def test_the_config_module_imports_no_keras():

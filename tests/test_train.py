@@ -53,6 +53,12 @@ def test_run_directory_holds_everything_to_rebuild_and_audit(real_data_dir, tmp_
     saved = json.loads((run / rundir.CONFIG).read_text())
     assert TrainConfig.from_json(saved) == config
     assert {"python", "keras", "tensorflow", "numpy", "fmnist"} <= set(saved["versions"])
+    # Every key is a setting or a documented record of the run, and the record is valid.
+    from fmnist.config import RunRecord
+
+    settings = set(TrainConfig.model_fields)
+    assert set(saved) <= settings | set(RunRecord.model_fields), set(saved) - settings
+    RunRecord.model_validate({key: value for key, value in saved.items() if key not in settings})
 
     history = json.loads((run / rundir.HISTORY).read_text())
     assert [row["epoch"] for row in history] == [1, 2]
@@ -99,19 +105,21 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(real_data_dir, tmp_pat
     killed = tmp_path / "killed"
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in sizes.items()]
     env = {**os.environ, "FMNIST_DATA_DIR": str(real_data_dir)}
+    # Killed right after epoch 2's checkpoint, where fmnist.faults holds it: not after a
+    # guessed sleep.
+    signal_file = tmp_path / "reached"
     process = subprocess.Popen(
         [sys.executable, "-m", "fmnist.cli", "train", "--model", "mlp", *flags,
          "--out", str(killed), "--quiet"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / rundir.STATE
+        env={**env, "FMNIST_FAULT": "after-checkpoint:2", "FMNIST_FAULT_SIGNAL": str(signal_file)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
+    while not signal_file.exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "training never reached epoch 2's checkpoint"
         time.sleep(0.02)
-    time.sleep(0.2)  # into the next epoch
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = json.loads(state.read_text())["epochs_done"]
-    assert 1 <= done < 4, "the run should have been killed before its last epoch"
+    assert json.loads((killed / rundir.STATE).read_text())["epochs_done"] == 2
     assert not (killed / rundir.METRICS).exists()
 
     resumed = subprocess.run(
@@ -436,14 +444,11 @@ def test_explicit_bfloat16_on_an_emulating_cpu_warns_once(real_data_dir, tmp_pat
     assert len(err) == 1 and "many times slower" in err[0]
 
 
-def test_runs_made_before_precision_existed_resume_in_their_precision():
+def test_a_run_resumes_in_the_precision_it_recorded():
     from fmnist.recipe import recorded_precision
 
-    old = {"model": "cnn-fast", "mixed_precision": True}
-    assert TrainConfig.from_json(old).precision == "bfloat16"
-    assert recorded_precision(old) == "bfloat16"
-    assert recorded_precision({"mixed_precision": False}) == "float32"
     assert recorded_precision({"precision": "auto", "precision_used": "float32"}) == "float32"
+    assert recorded_precision({"precision": "auto", "precision_used": "bfloat16"}) == "bfloat16"
     assert recorded_precision({"precision": "auto"}) is None
 
 

@@ -1,25 +1,32 @@
 """The training configuration: what decides a run's result, checked before anything runs.
 
-:class:`TrainConfig` is saved as a run's ``config.json``. Its values come, each one
-overriding the last, from the defaults below (the seed notebook's recipe), the model's
-registered preset (``models.register``), a ``--config`` JSON file, and command-line flags.
+:class:`TrainConfig` is the one home of every training setting: a field with its type,
+its bounds, its default and what it means. Everything else derives from it: the flags of
+`fmnist train` (``cli/train.py`` reads the fields), strict ``--config`` loading, the keys
+a run records in its ``config.json``, the settings `fmnist tune` leaves out of a found
+model, and the check of every point of a search space. Adding a setting is adding a
+field here and the code that uses it.
 
-The configuration is strict: an unknown key (a typo in a file or a preset) or a value
-outside what fmnist can run is a :class:`~fmnist.errors.ConfigError` naming the key and
-what it accepts, raised before a run directory exists. This module imports no Keras, so
-the CLI checks a configuration in milliseconds.
+Its values come, each one overriding the last, from the defaults below (the seed
+notebook's recipe), the model's registered preset (``models.register``), a ``--config``
+JSON file, and command-line flags. The configuration is strict: an unknown key (a typo
+in a file or a preset) or a value outside what fmnist can run is a
+:class:`~fmnist.errors.ConfigError` of one line naming the key and what it accepts,
+raised before a run directory exists. This module imports no Keras, so the CLI checks a
+configuration in milliseconds.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fmnist.distribute import STRATEGIES
 from fmnist.errors import ConfigError
 from fmnist.hardware import PRECISIONS
-from fmnist.models import model_names, model_preset
+from fmnist.models import DEFAULT_MODEL, model_names, model_preset
 from fmnist.split import DEFAULT_VAL_SIZE, TRAIN_POOL
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -27,89 +34,179 @@ SCHEDULES = ("constant", "onecycle")
 # `fmnist tune --tuner`: KerasTuner's searches (fmnist.tune builds them; Keras-free here).
 TUNERS = ("hyperband", "random", "bayesian")
 TRAIN_IMAGES, TEST_IMAGES = TRAIN_POOL, 10_000
-# Keys a run's config.json records besides the settings (versions, derived values, the
-# legacy mixed_precision flag), so a run's config.json can be passed back as --config.
-RECORDED_KEYS = frozenset({"versions", "created_utc", "precision_used", "precision_reason",
-                           "replicas", "global_batch_size", "scaled_learning_rate",
-                           "epochs_requested", "probe_epochs", "probe_seconds", "probe_epoch_seconds",
-                           "mixed_precision",
-                           "teacher_run"})
+
+# What a field's ``group`` says: where its flag shows in `fmnist train --help`, and
+# whether a model found by `fmnist tune` keeps it. "model" and "recipe" make the model;
+# "run" (seed, split, sizes, budget) and "scale" (how it is spread and tracked) describe
+# one run of it, so a search's best config leaves them out.
+GROUPS = {"model": None, "recipe": "recipe (defaults: the model's preset, see `fmnist models`)",
+          "run": "the run: seed, split and sizes", "scale": "scale and tracking"}
+NOT_SEARCHED_GROUPS = ("run", "scale")
 
 
-@dataclass
-class TrainConfig:
-    """Everything that decides a run's result; saved as the run's config.json."""
+def setting(default: Any = None, description: str = "", *, group: str, must: str = "",
+            metavar: str | None = None, flag: str | None = None, **bounds) -> Any:
+    """A TrainConfig field: its default, its bounds (pydantic's ``ge``, ``lt``...), and
+    what the CLI needs of it: the help ``group``, ``must`` (what a bad value is told it
+    must be), a ``metavar``, and ``flag`` where it is not ``--`` plus the dashed name."""
+    extra = {"group": group, "must": must, "metavar": metavar, "flag": flag}
+    if callable(default):
+        return Field(default_factory=default, description=description, json_schema_extra=extra,
+                     **bounds)
+    return Field(default, description=description, json_schema_extra=extra, **bounds)
 
-    model: str = "mlp"
-    model_options: dict = field(default_factory=dict)  # keyword arguments of the factory
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"  # "adam", "adamw", or "sgd" (Nesterov momentum)
-    learning_rate: float = 1e-3  # the peak rate when a schedule is used
-    schedule: str = "constant"  # "constant" or "onecycle" (linear warmup, cosine decay)
-    warmup_fraction: float = 0.2  # onecycle: share of all steps spent warming up
-    weight_decay: float = 0.0  # decoupled weight decay (AdamW-style), per unit of LR
-    momentum: float = 0.9  # sgd only
-    label_smoothing: float = 0.0
-    ema: float | None = None  # momentum of an exponential moving average of the weights
-    # "auto": bfloat16 where the hardware computes it natively, else float32 (see
-    # hardware.py); "bfloat16": mixed precision (bfloat16 compute, float32 weights and
-    # outputs); "float32". What a run used is recorded as config.json's precision_used.
-    precision: str = "auto"
-    flip: bool = False  # augmentation: random left-right flips
-    translate: int = 0  # augmentation: random shifts of up to N pixels
-    erase: float = 0.0  # augmentation: probability of random erasing
-    # CutMix: the probability that a training image gets a box pasted from another image
-    # of its batch, its target mixed by the box's share of the pixels.
-    cutmix: float = 0.0
-    time_budget: float | None = None  # seconds; caps the number of epochs (see train())
-    seed: int = 0
-    # The split's own seed, where runs of several seeds must hold out the same validation
-    # images (the members of an ensemble that is then validated, or taught from); None:
-    # the split follows ``seed``.
-    split_seed: int | None = None
-    val_size: int = DEFAULT_VAL_SIZE  # validation images carved from the 60,000
-    train_size: int | None = None  # None: all the rest (54,000 by default)
-    test_size: int | None = None  # None: all 10,000 test images
-    distribute: str = "none"  # "none", "mirrored" or "multiworker" (see distribute.py)
-    cpu_replicas: int = 1  # without GPUs: logical CPU devices for the mirrored replicas
-    tensorboard: bool = False  # write TensorBoard logs into RUN_DIR/logs
-    tensorboard_histograms: bool = False  # ...with weight histograms every epoch
-    # Distillation: a trained run directory whose probabilities on the training images
-    # become soft targets beside the true labels; the loss (recipe.DistillationLoss) is
-    # (1 - w) * CE(label, student) + w * T^2 * KL(teacher at T || student at T).
-    teacher: str | None = None
-    distill_weight: float = 0.5  # w, the teacher's share of the loss
-    # The teacher's probabilities on each image, or their mean over the image and its
-    # mirror (flip TTA, for a teacher trained with flips): a pass more, a better teacher.
-    distill_tta: bool = False
-    # T: above 1 softens both distributions, so the teacher's ranking of the wrong
-    # classes weighs more; 1 matches the student to the teacher's probabilities as they are.
-    distill_temperature: float = 1.0
+
+class TrainConfig(BaseModel):
+    """Everything that decides a run's result; saved as the run's ``config.json``.
+
+    Build one with :meth:`resolve` (defaults < preset < file < flags) or directly, as
+    ``TrainConfig(model="cnn-fast", epochs=3)``: unknown keys and bad values raise
+    :class:`~fmnist.errors.ConfigError`.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True,
+                              protected_namespaces=(), validate_default=True)
+
+    model: str = setting("mlp", f"registered model name (`fmnist train` trains {DEFAULT_MODEL} "
+                                "unless told; `fmnist models` lists them)",
+                         group="model", must="a registered model name", min_length=1)
+    model_options: dict[str, Any] = setting(
+        dict, "factory argument of the model, VALUE as JSON (repeatable), e.g. 'widths14=[32,32]'",
+        group="model", must="an object of the model's keyword arguments", metavar="KEY=VALUE",
+        flag="--model-option")
+    epochs: int = setting(10, "epochs to train (an upper bound with --time-budget)",
+                          group="recipe", must="at least 1", ge=1)
+    batch_size: int = setting(128, "images per step", group="recipe", must="at least 1", ge=1)
+    optimizer: Literal[*OPTIMIZERS] = setting("adam", "adam, adamw, or sgd (Nesterov momentum)",
+                                              group="recipe")
+    learning_rate: float = setting(1e-3, "(peak) learning rate", group="recipe",
+                                   must="above 0", gt=0)
+    schedule: Literal[*SCHEDULES] = setting(
+        "constant", "constant, or onecycle (linear warm-up, cosine decay to zero)", group="recipe")
+    warmup_fraction: float = setting(0.2, "onecycle: the share of all steps spent warming up",
+                                     group="recipe", must="from 0 up to, not including, 1",
+                                     ge=0, lt=1)
+    weight_decay: float = setting(0.0, "decoupled weight decay (AdamW-style), per unit of rate",
+                                  group="recipe", must="0 or more", ge=0)
+    momentum: float = setting(0.9, "sgd's momentum", group="recipe",
+                              must="from 0 up to, not including, 1", ge=0, lt=1)
+    label_smoothing: float = setting(0.0, "share of each target spread over the other classes",
+                                     group="recipe", must="from 0 up to, not including, 1",
+                                     ge=0, lt=1)
+    ema: float | None = setting(None, "average the weights with this momentum (e.g. 0.999)",
+                                group="recipe", must="between 0 and 1, or null", metavar="MOMENTUM",
+                                gt=0, lt=1)
+    precision: Literal[*PRECISIONS] = setting(
+        "auto", "auto (every preset): bfloat16 where the hardware computes it natively (CPUs "
+                "with avx512_bf16 or amx_bf16, GPUs of compute capability >= 8.0), float32 "
+                "elsewhere; bfloat16 is mixed precision, float32 weights and outputs",
+        group="recipe")
+    flip: bool = setting(False, "augment with random left-right flips", group="recipe",
+                         must="true or false")
+    translate: int = setting(0, "augment with random shifts of up to PIXELS", group="recipe",
+                             must="0 to 27 pixels", metavar="PIXELS", ge=0, le=27)
+    erase: float = setting(0.0, "augment with random erasing, probability P", group="recipe",
+                           must="a probability from 0 to 1", metavar="P", ge=0, le=1)
+    cutmix: float = setting(0.0, "CutMix: paste a box of another image of the batch into each "
+                                 "image with probability P, mixing their targets by its area",
+                            group="recipe", must="a probability from 0 to 1", metavar="P",
+                            ge=0, le=1)
+    teacher: str | None = setting(
+        None, "distil: train against this run's probabilities on the training images mixed "
+              "with the true labels (its cost is reported apart)",
+        group="recipe", must="a run directory path, or null", metavar="RUN_DIR", min_length=1)
+    distill_weight: float = setting(0.5, "w, the teacher's share of the loss, 0..1",
+                                    group="recipe", must="a share from 0 to 1", metavar="W",
+                                    ge=0, le=1)
+    distill_temperature: float = setting(
+        1.0, "T: soften teacher and student by T in the teacher's share of the loss, scaled by "
+             "T^2 (Hinton's distillation); 1 keeps the teacher's probabilities as they are",
+        group="recipe", must="from 0.1 to 100", metavar="T", ge=0.1, le=100)
+    distill_tta: bool = setting(
+        False, "the teacher's probabilities averaged over each image and its mirror (a teacher "
+               "trained with flips; one pass more, reported apart)",
+        group="recipe", must="true or false")
+    time_budget: float | None = setting(
+        None, "fit the training into this many seconds: a short speed probe picks the epoch "
+              "count, and the schedule is laid over it",
+        group="run", must="above 0 seconds, or null", metavar="SECONDS", gt=0)
+    seed: int = setting(0, "fixes split, initialization, shuffling and augmentation",
+                        group="run", must="0 or more", ge=0)
+    split_seed: int | None = setting(
+        None, "hold out seed N's validation images instead of --seed's: runs of several seeds "
+              "on one split, so that their ensemble, or a student taught by it, validates on "
+              "images none of them trained on",
+        group="run", must="0 or more, or null", metavar="N", ge=0)
+    val_size: int = setting(DEFAULT_VAL_SIZE, "validation images carved from the 60,000",
+                            group="run", must=f"1 to {TRAIN_IMAGES - 1}", ge=1, lt=TRAIN_IMAGES)
+    train_size: int | None = setting(
+        None, "use a stratified subset of this many training images (quick runs; default: "
+              "all the rest)", group="run", must="at least 1, or null", ge=1)
+    test_size: int | None = setting(
+        None, "evaluate on the first N test images only (quick runs; default: all 10,000)",
+        group="run", must=f"1 to {TEST_IMAGES}, or null", ge=1, le=TEST_IMAGES)
+    distribute: Literal[*STRATEGIES] = setting(
+        "none", "data-parallel training: mirrored (local GPUs, or --cpu-replicas), "
+                "multiworker (one process per worker, cluster in TF_CONFIG)", group="scale")
+    cpu_replicas: int = setting(1, "without GPUs, split the CPU into N logical devices for the "
+                                   "mirrored replicas", group="scale", must="at least 1",
+                                metavar="N", ge=1)
+    tensorboard: bool = setting(False, "write TensorBoard logs (losses, accuracy, learning "
+                                       "rate) to RUN_DIR/logs", group="scale",
+                                must="true or false")
+    tensorboard_histograms: bool = setting(False, "with --tensorboard, also weight histograms "
+                                                  "every epoch", group="scale",
+                                           must="true or false")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        """Checks that span several settings; each names the fix."""
+        if self.distill_tta and self.teacher is None:
+            raise ConfigError("distill_tta: true needs a teacher; pass --teacher RUN_DIR, or drop it")
+        if self.distill_temperature != 1.0 and self.teacher is None:
+            raise ConfigError(f"distill_temperature: {self.distill_temperature} needs a teacher; "
+                              "pass --teacher RUN_DIR, or drop it")
+        if self.time_budget is not None and self.distribute == "multiworker":
+            # Each worker would time its own epochs and could stop, or re-plan, at another
+            # epoch than the rest, which would then wait for it in their next all-reduce.
+            raise ConfigError("time_budget: a multi-worker run cannot take one (each worker "
+                              "would stop at its own epoch); drop --time-budget and pass --epochs")
+        if self.train_size is not None and self.train_size + self.val_size > TRAIN_IMAGES:
+            raise ConfigError(f"train_size + val_size: {self.train_size} + {self.val_size} is "
+                              f"more than the {TRAIN_IMAGES:,} training images")
+        return self
+
+    def __init__(self, **settings):
+        try:
+            super().__init__(**settings)
+        except ValidationError as error:
+            raise ConfigError(_one_line(error)) from None
 
     @property
     def one_hot_targets(self) -> bool:
         """Whether training targets are (10,) float vectors rather than class indices."""
         return self.label_smoothing > 0 or self.teacher is not None or self.cutmix > 0
 
-    def __post_init__(self):
-        validate(self)
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with ``changes``, checked like any new config."""
+        return TrainConfig(**{**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict:
+        """The settings as JSON-ready values, in field order (what config.json records)."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_json(cls, payload: dict, source: str = "the configuration",
                   strict: bool = True) -> "TrainConfig":
-        """A config from a JSON object; keys a run's config.json records besides the
-        settings are ignored, any other unknown key is a ConfigError naming ``source``
-        (``strict=False``: ignored too, for config.json files of older versions)."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        """A config from a JSON object; the keys a run's config.json records besides the
+        settings (:class:`RunRecord`) are ignored, any other unknown key is a ConfigError
+        naming ``source`` (``strict=False``: ignored too)."""
+        names = set(cls.model_fields)
         unknown = sorted(set(payload) - names - RECORDED_KEYS)
         if unknown and strict:
             raise ConfigError(f"{source}: unknown setting {unknown[0]!r}"
                               f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}; "
                               f"the settings are: {', '.join(sorted(names))}")
-        payload = dict(payload)
-        if "precision" not in payload and legacy_precision(payload):
-            payload["precision"] = legacy_precision(payload)
         return cls(**{key: value for key, value in payload.items() if key in names})
 
     @classmethod
@@ -133,83 +230,71 @@ class TrainConfig:
         return cls.resolve(model, flags=overrides)
 
 
-def legacy_precision(saved: dict) -> str | None:
-    """The precision of a config.json written before --precision replaced the boolean
-    --mixed-precision (None: not such a config)."""
-    if "mixed_precision" not in saved:
-        return None
-    return "bfloat16" if saved["mixed_precision"] else "float32"
+class RunRecord(BaseModel):
+    """What a run's config.json records beside its settings: measured or derived when the
+    run was made, so that it can be rebuilt and audited, and never an input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    versions: dict[str, str] = Field(description="Python, fmnist, Keras, its backend, NumPy")
+    created_utc: str = Field(description="when the run directory was made, ISO 8601")
+    precision_used: str = Field(description="what --precision auto chose, or the precision asked")
+    precision_reason: str = Field(description="why, in words")
+    replicas: int | None = Field(None, description="tf.distribute replicas in sync")
+    global_batch_size: int | None = Field(None, description="batch_size x replicas")
+    scaled_learning_rate: float | None = Field(None, description="learning_rate x replicas")
+    epochs_requested: int | None = Field(None, description="--epochs before a time budget "
+                                                           "re-planned it")
+    probe_epochs: int | None = Field(None, description="the epochs the budget probe planned")
+    probe_seconds: float | None = Field(None, description="the budget probe's own seconds")
+    probe_epoch_seconds: float | None = Field(None, description="the probe's estimate of an epoch")
+    teacher_run: dict | None = Field(None, description="the teacher's record: path, SHA-256, "
+                                                       "model, split")
 
 
-def _kind(value, kind: str) -> bool:
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "number":
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value))
-    return isinstance(value, bool)
+RECORDED_KEYS = frozenset(RunRecord.model_fields)
 
 
-# field -> (kind, optional, check, what the check says)
-_RULES = {
-    "epochs": ("int", False, lambda v: v >= 1, "at least 1"),
-    "batch_size": ("int", False, lambda v: v >= 1, "at least 1"),
-    "learning_rate": ("number", False, lambda v: v > 0, "above 0"),
-    "warmup_fraction": ("number", False, lambda v: 0 <= v < 1, "from 0 up to, not including, 1"),
-    "weight_decay": ("number", False, lambda v: v >= 0, "0 or more"),
-    "momentum": ("number", False, lambda v: 0 <= v < 1, "from 0 up to, not including, 1"),
-    "label_smoothing": ("number", False, lambda v: 0 <= v < 1, "from 0 up to, not including, 1"),
-    "ema": ("number", True, lambda v: 0 < v < 1, "between 0 and 1, or null"),
-    "flip": ("bool", False, lambda v: True, "true or false"),
-    "translate": ("int", False, lambda v: 0 <= v <= 27, "0 to 27 pixels"),
-    "erase": ("number", False, lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
-    "cutmix": ("number", False, lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
-    "time_budget": ("number", True, lambda v: v > 0, "above 0 seconds, or null"),
-    "seed": ("int", False, lambda v: v >= 0, "0 or more"),
-    "split_seed": ("int", True, lambda v: v >= 0, "0 or more, or null"),
-    "val_size": ("int", False, lambda v: 1 <= v < TRAIN_IMAGES, f"1 to {TRAIN_IMAGES - 1}"),
-    "train_size": ("int", True, lambda v: v >= 1, "at least 1, or null"),
-    "test_size": ("int", True, lambda v: 1 <= v <= TEST_IMAGES, f"1 to {TEST_IMAGES}, or null"),
-    "cpu_replicas": ("int", False, lambda v: v >= 1, "at least 1"),
-    "tensorboard": ("bool", False, lambda v: True, "true or false"),
-    "tensorboard_histograms": ("bool", False, lambda v: True, "true or false"),
-    "distill_weight": ("number", False, lambda v: 0 <= v <= 1, "a share from 0 to 1"),
-    "distill_tta": ("bool", False, lambda v: True, "true or false"),
-    "distill_temperature": ("number", False, lambda v: 0.1 <= v <= 100, "from 0.1 to 100"),
-}
-_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS,
-            "distribute": STRATEGIES}
+def flag_of(name: str) -> str:
+    """The `fmnist train` flag of a TrainConfig field."""
+    extra = TrainConfig.model_fields[name].json_schema_extra
+    return extra["flag"] or "--" + name.replace("_", "-")
 
 
-def validate(config: TrainConfig) -> None:
-    """Raise :class:`ConfigError` for the first setting fmnist cannot run, naming it."""
-    for name, choices in _CHOICES.items():
-        value = getattr(config, name)
-        if value not in choices:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
-    for name, (kind, optional, check, words) in _RULES.items():
-        value = getattr(config, name)
-        if value is None and optional:
-            continue
-        if not _kind(value, kind) or not check(value):
-            raise ConfigError(f"{name}: {value!r} is not valid; it must be {words}")
-    if not isinstance(config.model, str) or not config.model:
-        raise ConfigError(f"model: {config.model!r} is not a model name")
-    if config.teacher is not None and (not isinstance(config.teacher, str) or not config.teacher):
-        raise ConfigError(f"teacher: {config.teacher!r} is not a run directory path, or null")
-    if config.distill_tta and config.teacher is None:
-        raise ConfigError("distill_tta: true needs a teacher; pass --teacher RUN_DIR, or drop it")
-    if config.distill_temperature != 1.0 and config.teacher is None:
-        raise ConfigError(f"distill_temperature: {config.distill_temperature} needs a teacher; "
-                          "pass --teacher RUN_DIR, or drop it")
-    if config.time_budget is not None and config.distribute == "multiworker":
-        # Each worker would time its own epochs and could stop, or re-plan, at another
-        # epoch than the rest, which would then wait for it in their next all-reduce.
-        raise ConfigError("time_budget: a multi-worker run cannot take one (each worker "
-                          "would stop at its own epoch); drop --time-budget and pass --epochs")
-    if not isinstance(config.model_options, dict):
-        raise ConfigError(f"model_options: {config.model_options!r} is not an object of "
-                          "the model's keyword arguments")
-    if config.train_size is not None and config.train_size + config.val_size > TRAIN_IMAGES:
-        raise ConfigError(f"train_size + val_size: {config.train_size} + {config.val_size} is "
-                          f"more than the {TRAIN_IMAGES:,} training images")
+def field_kind(name: str) -> tuple[type, tuple | None, bool]:
+    """(base type, the choices of a Literal or None, whether None is allowed) of a field."""
+    annotation = TrainConfig.model_fields[name].annotation
+    optional = False
+    if get_origin(annotation) not in (None, Literal, dict) and type(None) in get_args(annotation):
+        optional = True
+        annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    if get_origin(annotation) is Literal:
+        return str, get_args(annotation), optional
+    return (get_origin(annotation) or annotation), None, optional
+
+
+def searched_settings(config: TrainConfig) -> dict:
+    """A config's model and recipe settings, without those of the run that found it."""
+    return {name: value for name, value in config.to_dict().items()
+            if TrainConfig.model_fields[name].json_schema_extra["group"] not in NOT_SEARCHED_GROUPS}
+
+
+def _one_line(error: ValidationError) -> str:
+    """The first problem of a validation error as fmnist says it: the setting, the value,
+    and what it must be."""
+    problem = error.errors()[0]
+    name = str(problem["loc"][0]) if problem["loc"] else "?"
+    value = problem.get("input")
+    if problem["type"] == "value_error":  # a ConfigError of _consistent: already one line
+        return str(problem["ctx"]["error"])
+    if problem["type"] == "extra_forbidden":
+        return (f"unknown setting {name!r}; the settings are: "
+                f"{', '.join(sorted(TrainConfig.model_fields))}")
+    field = TrainConfig.model_fields.get(name)
+    if field is None:
+        return problem["msg"]
+    _, choices, _ = field_kind(name)
+    if choices:
+        return f"{name}: {value!r} is not one of {', '.join(choices)}"
+    shown = repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return f"{name}: {shown} is not valid; it must be {field.json_schema_extra['must']}"

@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fmnist.batchnorm import fused_for_training  # noqa: E402
-from fmnist.config import TrainConfig, legacy_precision  # noqa: E402
+from fmnist.config import TrainConfig  # noqa: E402
 from fmnist.data import NUM_CLASSES  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
 from fmnist.hardware import PRECISIONS, PrecisionChoice  # noqa: E402
@@ -167,9 +167,7 @@ def new_model(config: TrainConfig, total_steps: int):
 
 def recorded_precision(saved: dict) -> str | None:
     """The precision a run's config.json says it trained in (None: not recorded)."""
-    if saved.get("precision_used") in PRECISIONS[1:]:
-        return saved["precision_used"]
-    return legacy_precision(saved)
+    return saved["precision_used"] if saved.get("precision_used") in PRECISIONS[1:] else None
 
 
 def announce_precision(choice: PrecisionChoice, log=print) -> None:

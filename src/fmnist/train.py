@@ -15,7 +15,6 @@ same metrics as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import platform
 import shutil
 import time
@@ -29,7 +28,7 @@ prepare_tensorflow()  # before Keras' first import: backend and oneDNN defaults
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist import __version__, rundir  # noqa: E402
+from fmnist import __version__, faults, rundir  # noqa: E402
 from fmnist.batchnorm import with_keras_layers  # noqa: E402
 from fmnist.config import TrainConfig  # noqa: E402,F401  (TrainConfig: re-exported for callers)
 from fmnist.data import load_split  # noqa: E402
@@ -80,7 +79,7 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, data_dir=None,
             locked = True
             rundir.require_new_run_dir(run_dir)  # again, now that no one else can be writing it
             run = RunDir.create(run_dir, {
-                **dataclasses.asdict(config),
+                **config.to_dict(),
                 "precision_used": choice.precision,
                 "precision_reason": choice.reason,
                 "versions": versions(),
@@ -183,7 +182,7 @@ def epochs_that_fit(budget_seconds: float, probe_seconds: float, epoch_seconds: 
 def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
          stop_after=None) -> None:
     x, y = train_data  # uint8 (60000, 28, 28), (60000,)
-    train_idx, val_idx = split_of_run(dataclasses.asdict(config), y)
+    train_idx, val_idx = split_of_run(config.to_dict(), y)
     x_train, y_train = x[train_idx], y[train_idx]  # uint8 (n_train, 28, 28), (n_train,)
     x_val, y_val = x[val_idx], y[val_idx]
     y_val_fit = fit_targets(y_val, config)  # in the form the loss takes, during training only
@@ -198,7 +197,7 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
         # A teacher of another split trained on most of this run's validation images, and
         # the student's validation accuracy then flatters it (its test accuracy does not).
         teacher["shares_split"] = rundir.teacher_shares_split(config.teacher,
-                                                              dataclasses.asdict(config))
+                                                              config.to_dict())
         recorded = run.config.get("teacher_run")
         if recorded is None:
             run.record(teacher_run=teacher)
@@ -209,7 +208,7 @@ def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
     try:
         replicas = strategy.num_replicas_in_sync if strategy else 1
         if replicas > 1:  # linear scaling rule: replicas x the batch, replicas x the rate
-            config = dataclasses.replace(config, learning_rate=config.learning_rate * replicas)
+            config = config.replace(learning_rate=config.learning_rate * replicas)
         steps = (steps_per_epoch(len(y_train), config.batch_size) if strategy is None
                  else len(y_train) // (config.batch_size * replicas))
         if steps == 0:
@@ -312,7 +311,7 @@ def _fix_epochs_to_budget(run: RunDir, config: TrainConfig, x_train, y_train, n_
     # The estimate is kept beside the epochs' real times, so a short probe shows.
     run.record(epochs=epochs, epochs_requested=config.epochs, probe_epochs=epochs,
                probe_seconds=probe_seconds, probe_epoch_seconds=epoch_seconds)
-    return dataclasses.replace(config, epochs=epochs)
+    return config.replace(epochs=epochs)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -355,6 +354,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             self._replan(seconds, budget)  # before the checkpoint, which saves the schedule
         self.run.checkpoint(self.model.save, row)
         done = len(self.run.history)
+        faults.reached("after-checkpoint", done)
         if budget and (done >= self.planned_epochs or not another_epoch_fits(
                 seconds, _probe_seconds(self.run), budget)):
             self.model.stop_training = True

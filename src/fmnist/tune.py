@@ -18,7 +18,6 @@ search directory.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import time
@@ -37,14 +36,11 @@ from fmnist.errors import ConfigError
 from fmnist.models import get_search_space
 from fmnist.split import DEFAULT_VAL_SIZE, train_val_split
 from fmnist.hardware import choose_precision, dtype_policy
-from fmnist.config import TrainConfig
+from fmnist.config import TrainConfig, searched_settings
 from fmnist.pipeline import fit_targets, steps_per_epoch, training_batches, validation_batches
 from fmnist.recipe import new_model
 
 PROJECT = "search"
-# Settings that describe the data a search used rather than the model it found.
-NOT_IN_BEST_CONFIG = ("seed", "train_size", "val_size", "test_size", "time_budget",
-                      "distribute", "cpu_replicas", "tensorboard", "tensorboard_histograms")
 
 
 def trial_config(family: str, hp, seed: int, epochs: int) -> TrainConfig:
@@ -206,7 +202,7 @@ def write_summary(tuner, hypermodel: SearchSpace, directory: Path, search: dict)
         raise RuntimeError("no trial finished; see the tuner's directory for the errors")
     best = tuner.oracle.get_best_trials(1)[0]
     config = hypermodel.config(best.hyperparameters)
-    best_config = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IN_BEST_CONFIG}
+    best_config = searched_settings(config)  # the model it found, not the run that found it
     rundir.write_json(directory / "best_config.json", best_config)
     summary = {**search, "trials": len(rows), "finished_trials": len(finished),
                "best_trial": best.trial_id, "best_val_accuracy": best.score,

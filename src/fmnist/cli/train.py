@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from fmnist.cli.args import (add_data_dir, add_split_sizes, int_at_least, key_value,
-                             non_negative_float, positive_float)
+from fmnist.cli.args import add_data_dir, float_where, int_at_least, key_value
 from fmnist.cli.evaluate import print_test_metrics, say_if_tta_does_not_apply
-from fmnist.config import OPTIMIZERS, SCHEDULES
-from fmnist.distribute import STRATEGIES
+from fmnist.config import GROUPS, TrainConfig, field_kind, flag_of
 from fmnist.errors import FmnistError
-from fmnist.hardware import PRECISIONS
 from fmnist.models import DEFAULT_MODEL
+
+# The flags that steer this invocation rather than define the run; every other flag of
+# `fmnist train` is a TrainConfig field (add_setting_flags), and a test holds both lists
+# to that.
+RUN_CONTROL = ("out", "resume", "config", "tta", "quiet", "data_dir")
 
 
 def add_parser(commands) -> None:
@@ -21,59 +23,11 @@ def add_parser(commands) -> None:
     train = commands.add_parser(
         "train", help="train a model and evaluate it on the test set",
         description="Train on a seeded split of the 60,000 training images, validate on the "
-                    "held-out part, then evaluate once on the test set. Writes a run directory.",
+                    "held-out part, then evaluate once on the test set. Writes a run directory. "
+                    "Every setting can also come from a --config JSON file; flags override it.",
         epilog=f"models: {models_help}",
     )
-    train.add_argument("--model", help=f"registered model name (default: {DEFAULT_MODEL})")
-    train.add_argument("--model-option", metavar="KEY=VALUE", action="append", type=key_value,
-                       dest="model_options", help="factory argument, VALUE as JSON (repeatable)")
-    recipe = train.add_argument_group("recipe (defaults: the model's preset, see `fmnist models`)")
-    recipe.add_argument("--epochs", type=int_at_least(1), help="epochs to train (an upper "
-                        "bound with --time-budget)")
-    recipe.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
-                        help="fit the training into this many seconds: a short speed probe "
-                             "picks the epoch count, and the schedule is laid over it")
-    recipe.add_argument("--batch-size", type=int_at_least(1), help="images per step")
-    recipe.add_argument("--optimizer", choices=OPTIMIZERS)
-    recipe.add_argument("--learning-rate", type=positive_float, help="(peak) learning rate")
-    recipe.add_argument("--schedule", choices=SCHEDULES)
-    recipe.add_argument("--weight-decay", type=non_negative_float)
-    recipe.add_argument("--label-smoothing", type=non_negative_float)
-    recipe.add_argument("--ema", type=positive_float, metavar="MOMENTUM",
-                        help="average the weights with this momentum (e.g. 0.999)")
-    recipe.add_argument("--precision", choices=PRECISIONS,
-                        help="auto (every preset): bfloat16 where the hardware computes it "
-                             "natively (CPUs with avx512_bf16 or amx_bf16, GPUs of compute "
-                             "capability >= 8.0), float32 elsewhere")
-    recipe.add_argument("--flip", action=argparse.BooleanOptionalAction,
-                        help="augment with random left-right flips")
-    recipe.add_argument("--translate", type=int_at_least(0), metavar="PIXELS",
-                        help="augment with random shifts of up to PIXELS")
-    recipe.add_argument("--erase", type=non_negative_float, metavar="P",
-                        help="augment with random erasing, probability P")
-    recipe.add_argument("--cutmix", type=non_negative_float, metavar="P",
-                        help="CutMix: paste a box of another image into each image with "
-                             "probability P, mixing their targets by area")
-    recipe.add_argument("--teacher", metavar="RUN_DIR",
-                        help="distil: train against this run's probabilities on the training "
-                             "images mixed with the true labels (its cost is reported apart)")
-    recipe.add_argument("--distill-weight", type=non_negative_float, metavar="W",
-                        help="the teacher's share of the loss, 0..1 (default: 0.5)")
-    recipe.add_argument("--distill-temperature", type=positive_float, metavar="T",
-                        help="soften teacher and student by T in the teacher's share of the "
-                             "loss, scaled by T^2 (Hinton's distillation; default: 1)")
-    recipe.add_argument("--distill-tta", action=argparse.BooleanOptionalAction,
-                        help="the teacher's probabilities averaged over each image and its mirror "
-                             "(a teacher trained with flips; one pass more, reported apart)")
-    train.add_argument("--seed", type=int_at_least(0),
-                       help="fixes split, initialization and shuffling (default: 0)")
-    train.add_argument("--split-seed", type=int_at_least(0), metavar="N",
-                       help="hold out seed N's validation images instead of --seed's: runs of "
-                            "several seeds on one split, so that their ensemble, or a student "
-                            "taught by it, validates on images none of them trained on")
-    add_split_sizes(train, "use a stratified subset of this many training images (quick runs)")
-    train.add_argument("--test-size", type=int_at_least(1),
-                       help="evaluate on the first N test images only (quick runs)")
+    add_setting_flags(train)
     train.add_argument("--out", metavar="DIR",
                        help="run directory to create (default: runs/MODEL-seedN-TIMESTAMP)")
     train.add_argument("--resume", metavar="DIR",
@@ -82,21 +36,52 @@ def add_parser(commands) -> None:
     train.add_argument("--config", metavar="FILE",
                        help="start from the settings in this JSON file (e.g. the best_config.json "
                             "of `fmnist tune`, or a run's config.json); flags override it")
-    scale = train.add_argument_group("scale and tracking")
-    scale.add_argument("--distribute", choices=STRATEGIES,
-                       help="data-parallel training: mirrored (local GPUs, or --cpu-replicas), "
-                            "multiworker (one process per worker, cluster in TF_CONFIG)")
-    scale.add_argument("--cpu-replicas", type=int_at_least(1), metavar="N",
-                       help="without GPUs, split the CPU into N logical devices for the replicas")
-    scale.add_argument("--tensorboard", action="store_const", const=True,
-                       help="write TensorBoard logs (losses, accuracy, learning rate) to RUN_DIR/logs")
-    scale.add_argument("--tensorboard-histograms", action="store_const", const=True,
-                       help="with --tensorboard, also weight histograms every epoch")
     train.add_argument("--tta", action="store_true",
                        help="also evaluate with test-time augmentation (image + mirror)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(subparser=train)  # lets the command report usage errors found later
     add_data_dir(train)
+
+
+def add_setting_flags(parser) -> None:
+    """One flag per TrainConfig field, in the help group its field names, with the field's
+    description as help. Every default is None (not given): the config's precedence, not
+    argparse, decides what an absent flag means. A flag's type checks what can be checked
+    before the config is built (a number, its lower bound, a choice); the config checks
+    the rest, with the same one-line errors."""
+    groups = {name: parser.add_argument_group(title) if title else parser
+              for name, title in GROUPS.items()}
+    for name, field in TrainConfig.model_fields.items():
+        extra = field.json_schema_extra
+        kind, choices, _ = field_kind(name)
+        options = {"dest": name, "default": None, "help": field.description,
+                   "metavar": extra["metavar"]}
+        if kind is bool:
+            options.update(action=argparse.BooleanOptionalAction)
+            options.pop("metavar")
+        elif kind is dict:
+            options.update(action="append", type=key_value)
+        elif choices:
+            options.update(choices=choices)
+            options.pop("metavar")
+        elif kind in (int, float):
+            options.update(type=_number_type(kind, field.metadata))
+        groups[extra["group"]].add_argument(flag_of(name), **options)
+
+
+def _number_type(kind: type, metadata: list):
+    """An argparse type for a numeric field: its lower bound, checked at parse time."""
+    bounds = {key: getattr(item, key) for item in metadata for key in ("ge", "gt")
+              if getattr(item, key, None) is not None}
+    if kind is int:
+        return int_at_least(bounds.get("ge", 0) if "gt" not in bounds else bounds["gt"] + 1)
+    if "gt" in bounds:
+        return float_where(lambda value: value > bounds["gt"],
+                           "must be a positive number" if bounds["gt"] == 0
+                           else f"must be above {bounds['gt']}")
+    low = bounds.get("ge", float("-inf"))
+    return float_where(lambda value: value >= low,
+                       "must be a number >= 0" if low == 0 else f"must be at least {low}")
 
 
 def run(args) -> int:
@@ -107,7 +92,8 @@ def run(args) -> int:
     train_parser = args.subparser
     config = None
     if args.resume:
-        given = [f"--{name.replace('_', '-')}" for name in _RUN_FLAGS if getattr(args, name) is not None]
+        given = [flag_of(name) for name in TrainConfig.model_fields if getattr(args, name) is not None]
+        given += ["--out"] if args.out is not None else []
         if given:
             train_parser.error(f"--resume takes the run's settings from its config.json; "
                                f"drop {', '.join(given)}")
@@ -175,24 +161,15 @@ def _say_if_teacher_saw_validation(config) -> None:
     """Warn (stderr) when the teacher, or a member of it, trained on another split: most of
     this run's validation images were its training images, so the student's validation
     accuracy (and any choice made on it) is flattered; test accuracy is not."""
-    import dataclasses
     import sys
 
     from fmnist import rundir
 
-    if not rundir.teacher_shares_split(config.teacher, dataclasses.asdict(config)):
+    if not rundir.teacher_shares_split(config.teacher, config.to_dict()):
         print(f"fmnist: warning: the teacher {config.teacher} trained on another split than this "
               "run's, so on most of its validation images: validation accuracy will flatter the "
               "student; for a fair one, train the teacher (each member) and the student with "
               "one --split-seed", file=sys.stderr)
-
-
-# Flags that define a run; with --resume they come from the run's config.json instead.
-_RUN_FLAGS = ("model", "model_options", "epochs", "time_budget", "batch_size", "optimizer",
-              "learning_rate", "schedule", "weight_decay", "label_smoothing", "ema",
-              "precision", "flip", "translate", "erase", "cutmix", "seed", "split_seed", "val_size",
-              "train_size", "test_size", "distribute", "cpu_replicas", "tensorboard",
-              "tensorboard_histograms", "teacher", "distill_weight", "distill_tta", "distill_temperature", "out")
 
 
 def _read_config_file(path: str) -> dict:
@@ -220,13 +197,12 @@ def _config_from(args):
     """
     import inspect
 
-    from fmnist.config import TrainConfig
     from fmnist.models import get_factory
 
     train_parser = args.subparser
     file = _read_config_file(args.config) if args.config else {}
     model = args.model or file.get("model") or DEFAULT_MODEL
-    flags = {name: getattr(args, name) for name in _RUN_FLAGS[1:-1]}
+    flags = {name: getattr(args, name) for name in TrainConfig.model_fields if name != "model"}
     if flags["model_options"] is not None:
         flags["model_options"] = dict(flags["model_options"])
     try:
