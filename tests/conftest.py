@@ -84,11 +84,61 @@ def _real_data_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
-    """The real Fashion-MNIST folder (FMNIST_DATA_DIR); tests needing it skip without it."""
+    """The real Fashion-MNIST folder (FMNIST_DATA_DIR). Without it the tests needing it
+    skip, except where FMNIST_REQUIRE_DATA=1 (CI): there they fail, so that a green run
+    cannot hide them."""
     found = _real_data_dir()
     if found is None:
-        pytest.skip("real Fashion-MNIST not available: set FMNIST_DATA_DIR")
+        message = (f"real Fashion-MNIST not found at FMNIST_DATA_DIR="
+                   f"{os.environ.get('FMNIST_DATA_DIR', '(unset)')}: point it at the folder "
+                   "holding the four .gz files")
+        if os.environ.get("FMNIST_REQUIRE_DATA") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     return found
+
+
+# Fixtures that read the real data, directly or through another: a test using one of
+# them gets the `realdata` marker here, so no test file can forget it
+# (`pytest -m "not realdata"` runs exactly the tests that need no data).
+DATA_FIXTURES = {"real_data_dir", "train_only_data_dir", "trained_run", "exported_run",
+                 "test_images"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.realdata)
+
+
+# The only skips a run with FMNIST_REQUIRE_DATA=1 accepts, by a word of their reason, and
+# why each may happen on a machine that is otherwise complete. Any other skip fails it.
+ALLOWED_SKIPS = {
+    "atheris": "atheris builds only for x86-64 Linux; the schemathesis fuzzer still runs",
+    "offline": "the machine reaches no package index, so no wheel's dependencies install",
+}
+_unexpected_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not any(word in reason for word in ALLOWED_SKIPS):
+            _unexpected_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("FMNIST_REQUIRE_DATA") == "1" and _unexpected_skips and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _unexpected_skips:
+        terminalreporter.section("skips outside ALLOWED_SKIPS (tests/conftest.py)")
+        for line in _unexpected_skips:
+            terminalreporter.write_line(line)
+        if os.environ.get("FMNIST_REQUIRE_DATA") == "1":
+            terminalreporter.write_line("FMNIST_REQUIRE_DATA=1: these fail the run")
 
 
 @pytest.fixture(scope="session")
