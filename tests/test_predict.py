@@ -253,46 +253,62 @@ def test_int8_quantization_is_checked_and_loadable(exported, test_images, real_d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.int8.onnx.json"]
 
 
-@pytest.mark.parametrize("thread_safe", [False, True])
-def test_predictor_serializes_only_engines_that_need_it(thread_safe, tmp_path):
-    """Keras is called by one thread at a time; onnxruntime sessions run concurrently."""
-    import threading
-    import time
-
+def _engine_and_predictor(tmp_path, thread_safe: bool, call):
     from fmnist.predict import ModelFiles
 
-    class CountingEngine:
-        name = "counting"
+    class Engine:
+        name = "signalling"
 
         def __init__(self):
             self.thread_safe = thread_safe
-            self.inside = self.most = 0
-            self.guard = threading.Lock()
 
         def __call__(self, pixels):
-            with self.guard:
-                self.inside += 1
-                self.most = max(self.most, self.inside)
-            time.sleep(0.05)
-            with self.guard:
-                self.inside -= 1
+            call(predictor)
             return np.full((len(pixels), 10), 0.1, np.float32)
 
-    engine = CountingEngine()
     (tmp_path / "weights").write_bytes(b"any model file")
-    predictor = Predictor(engine, ModelFiles(tmp_path / "weights", "counting"))
-    barrier = threading.Barrier(6)
+    predictor = Predictor(Engine(), ModelFiles(tmp_path / "weights", "signalling"))
+    return predictor
+
+
+def test_predictor_calls_a_thread_safe_engine_concurrently(tmp_path):
+    """onnxruntime sessions run concurrently: two calls meet inside the engine at once,
+    which a barrier of two only lets through if neither waits for the other."""
+    import threading
+
+    meeting = threading.Barrier(2, timeout=30)
+    predictor = _engine_and_predictor(tmp_path, True, lambda predictor: meeting.wait())
+    errors = []
 
     def call():
-        barrier.wait()
-        predictor.predict(np.zeros((2, 28, 28), np.uint8))
+        try:
+            predictor.predict(np.zeros((2, 28, 28), np.uint8))
+        except threading.BrokenBarrierError as error:  # serialized: the barrier never filled
+            errors.append(error)
 
-    threads = [threading.Thread(target=call) for _ in range(6)]
+    threads = [threading.Thread(target=call) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(10)
-    assert (engine.most == 1) if not thread_safe else (engine.most > 1)
+        thread.join(60)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+
+
+def test_predictor_serializes_an_engine_that_is_not_thread_safe(tmp_path):
+    """Keras is called by one thread at a time: inside the engine, the predictor's lock is
+    held, so every other caller waits for it."""
+    import threading
+
+    held = []
+    predictor = _engine_and_predictor(tmp_path, False,
+                                      lambda predictor: held.append(predictor._engine_lock.locked()))
+    threads = [threading.Thread(target=predictor.predict, args=(np.zeros((2, 28, 28), np.uint8),))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert held == [True] * 6
 
 
 @pytest.mark.slow
