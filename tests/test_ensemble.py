@@ -163,7 +163,7 @@ def _loss_and_gradient(loss, targets, logits):
 def test_distillation_loss_is_hintons_and_at_temperature_1_the_mixed_cross_entropy():
     import keras
 
-    from fmnist.recipe import DistillationLoss
+    from fmnist.distill import DistillationLoss
 
     rng = np.random.default_rng(2)
     logits = rng.normal(0, 2, (6, 10)).astype(np.float32)
@@ -194,7 +194,7 @@ def test_distillation_loss_is_hintons_and_at_temperature_1_the_mixed_cross_entro
 def test_warmed_probabilities_keep_their_order_and_flatten_with_temperature():
     from fmnist.config import TrainConfig
     from fmnist.errors import ConfigError
-    from fmnist.recipe import warmed
+    from fmnist.distill import warmed
 
     p = np.random.default_rng(3).dirichlet(np.ones(10) * 0.3, 50).astype(np.float32)
     p[0] = np.eye(10)[3]  # a hard 0/1 answer must stay finite
@@ -249,7 +249,7 @@ def test_teacher_tta_averages_each_image_and_its_mirror_for_a_teacher_trained_wi
     from fmnist.errors import ConfigError, FmnistError
     from fmnist.metrics import mirrored
     from fmnist.predict import Predictor
-    from fmnist.train import teacher_targets
+    from fmnist.distill import teacher_targets
 
     x = test_images[0][:64]
     with pytest.raises(FmnistError, match="not trained with flips"):  # mirrors it never saw

@@ -39,7 +39,7 @@ def fit_targets(y: np.ndarray, config: TrainConfig) -> np.ndarray:
     """Labels uint8 (n,) as the loss of ``config`` takes them, for validation: as they are;
     one-hot float32 (n, 10) under label smoothing or CutMix; with a teacher, float32
     (n, 20), one-hot then zeros (no teacher for these images: the loss is the label's
-    cross-entropy alone; see recipe.DistillationLoss)."""
+    cross-entropy alone; see distill.DistillationLoss)."""
     if not config.one_hot_targets:
         return y
     one_hot = np.eye(NUM_CLASSES, dtype=np.float32)[y]

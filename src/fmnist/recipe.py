@@ -15,11 +15,10 @@ from fmnist.runtime import prepare_tensorflow
 prepare_tensorflow()  # before Keras' first import: backend and oneDNN defaults
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from fmnist.batchnorm import fused_for_training  # noqa: E402
 from fmnist.config import TrainConfig  # noqa: E402
-from fmnist.data import NUM_CLASSES  # noqa: E402
+from fmnist.distill import DistillationLoss, label_accuracy  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
 from fmnist.hardware import PRECISIONS, PrecisionChoice  # noqa: E402
 from fmnist.models import get_factory  # noqa: E402
@@ -55,7 +54,7 @@ def compile_for_training(model, config: TrainConfig, total_steps: int):
                                          weight_decay=config.weight_decay or None, **common)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; use adam, adamw or sgd")
-    if config.teacher is not None:  # targets (B, 20): the label, then the teacher's
+    if config.teacher is not None:  # targets (B, 20): the label, then the teacher's (distill)
         loss = DistillationLoss(config.distill_weight, config.distill_temperature,
                                 config.label_smoothing)
         accuracy = keras.metrics.MeanMetricWrapper(label_accuracy, name="accuracy")
@@ -95,63 +94,6 @@ def replan_onecycle(model, config: TrainConfig, total_steps: int, step: int) -> 
     schedule.decay_steps = max(1, total_steps - warmup)
     model.make_train_function(force=True)
     return True
-
-
-@keras.saving.register_keras_serializable(package="fmnist")
-class DistillationLoss(keras.losses.Loss):
-    """Knowledge distillation (Hinton et al., 2015) on targets packed as float32 (B, 20):
-
-    ``y_true[:, :10]`` the label as a distribution (one-hot, or mixed by CutMix), smoothed
-    by ``label_smoothing``; ``y_true[:, 10:]`` the teacher's probabilities at temperature
-    ``T``, or all zero where an image has no teacher (the validation split). ``y_pred``:
-    the student's probabilities (B, 10). Per image,
-
-        (1 - w) * CE(label, p) + w * T^2 * KL(teacher_T || softmax(log p / T))
-
-    (log p are the student's logits up to a constant, so ``softmax(log p / T)`` is its
-    distribution at temperature T; T^2 keeps the gradients' scale as T changes). An image
-    without a teacher gets the cross-entropy alone. At T = 1 the gradient is that of the
-    cross-entropy against ``(1 - w) * label + w * teacher``.
-    """
-
-    def __init__(self, weight: float = 0.5, temperature: float = 1.0,
-                 label_smoothing: float = 0.0, name: str = "distillation", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.weight, self.temperature = float(weight), float(temperature)
-        self.label_smoothing = float(label_smoothing)
-
-    def call(self, y_true, y_pred):
-        ops = keras.ops
-        labels, teacher = y_true[..., :NUM_CLASSES], y_true[..., NUM_CLASSES:]
-        if self.label_smoothing:
-            labels = labels * (1.0 - self.label_smoothing) + self.label_smoothing / NUM_CLASSES
-        log_p = ops.log(ops.clip(y_pred, keras.config.epsilon(), 1.0))
-        cross_entropy = -ops.sum(labels * log_p, axis=-1)
-        log_p_warm = ops.log_softmax(log_p / self.temperature, axis=-1)
-        log_teacher = ops.log(ops.clip(teacher, keras.config.epsilon(), 1.0))
-        divergence = ops.sum(teacher * (log_teacher - log_p_warm), axis=-1)
-        weight = self.weight * ops.sum(teacher, axis=-1)  # w, or 0 without a teacher
-        return ((1.0 - weight) * cross_entropy
-                + weight * self.temperature ** 2 * divergence)
-
-    def get_config(self):
-        return {**super().get_config(), "weight": self.weight, "temperature": self.temperature,
-                "label_smoothing": self.label_smoothing}
-
-
-def warmed(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities (n, 10) at temperature T: ``softmax(log p / T)``, float32; T = 1
-    leaves them as they are, a higher T flattens them toward uniform, keeping their order."""
-    if temperature == 1.0:
-        return probabilities.astype(np.float32)
-    logits = np.log(np.clip(probabilities, 1e-12, 1.0)).astype(np.float32) / temperature
-    return keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1)).astype(np.float32)
-
-
-@keras.saving.register_keras_serializable(package="fmnist")
-def label_accuracy(y_true, y_pred):
-    """Accuracy against the label part of distillation targets (see DistillationLoss)."""
-    return keras.metrics.categorical_accuracy(y_true[..., :NUM_CLASSES], y_pred)
 
 
 def new_model(config: TrainConfig, total_steps: int):

@@ -112,19 +112,6 @@ def run_record(run_dir: str | Path) -> dict:
             "test_accuracy_tta": metrics.get("test_accuracy_tta")}
 
 
-def teacher_shares_split(teacher: str | Path, student: dict) -> bool:
-    """Whether the model in ``teacher`` trained on the split of ``student`` (a config as a
-    dict), so held out the same validation images: the teacher's own split, or each
-    member's for an ensemble (a member moved away since: the split the ensemble recorded,
-    its first member's). Otherwise the student's validation accuracy flatters it."""
-    from fmnist.split import split_key
-
-    config = read_json(Path(teacher) / CONFIG)
-    members = [Path(member["run"]) / CONFIG for member in config.get("members", [])]
-    taught_by = [read_json(path) if path.is_file() else config for path in members] or [config]
-    return {split_key(c) for c in taught_by} == {split_key(student)}
-
-
 def require_teacher(run_dir: str | Path, tta: bool = False) -> Path:
     """Return a teacher's run directory, or say in one line why it cannot teach: no
     trained model there, or ``tta`` (its mean over each image and its mirror) asked of a

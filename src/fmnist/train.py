@@ -2,8 +2,9 @@
 
 The test set is not loaded here. `fmnist train` calls evaluate.evaluate_run afterwards.
 This module is imported only by the commands that train (it imports Keras). The input
-pipeline is :mod:`fmnist.pipeline`, the compiled model :mod:`fmnist.recipe`; this is the
-loop around them, and :class:`fmnist.rundir.RunDir` keeps the run's files.
+pipeline is :mod:`fmnist.pipeline`, the compiled model :mod:`fmnist.recipe`, the time
+budget's arithmetic :mod:`fmnist.budget`, a teacher's targets :mod:`fmnist.distill`; this
+is the loop around them, and :class:`fmnist.rundir.RunDir` keeps the run's files.
 
 Determinism and resume work together: the seed fixes the split and the initial weights,
 and epoch ``e`` visits the training images in an order that does not depend on what ran
@@ -28,7 +29,7 @@ prepare_tensorflow()  # before Keras' first import: backend and oneDNN defaults
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist import __version__, faults, rundir  # noqa: E402
+from fmnist import __version__, budget, distill, faults, rundir  # noqa: E402
 from fmnist.batchnorm import with_keras_layers  # noqa: E402
 from fmnist.config import TrainConfig  # noqa: E402,F401  (TrainConfig: re-exported for callers)
 from fmnist.data import load_split  # noqa: E402
@@ -39,7 +40,7 @@ from fmnist.pipeline import (distributed_batches, fit_targets, steps_per_epoch, 
                              training_batches, validation_batches)
 from fmnist.plots import plot_history  # noqa: E402
 from fmnist.recipe import (announce_precision, configure_determinism, new_model,  # noqa: E402
-                           recorded_precision, replan_onecycle, warmed)
+                           recorded_precision, replan_onecycle)
 from fmnist.rundir import RunDir  # noqa: E402
 from fmnist.split import split_of_run  # noqa: E402
 
@@ -127,10 +128,6 @@ def resume(run_dir: str | Path, data_dir=None, verbose: int | str = "auto",
     return run_dir
 
 
-PROBE_STEPS = 36  # steps timed to fit --time-budget; the first few (tracing) are dropped
-WARMUP_STEPS = 4  # of those, left out of the timing: tracing and the first calls' warm-up
-
-
 def _epochs_within_budget(config: TrainConfig, x_train, y_train, n_val: int,
                           soft_targets=None) -> tuple[int, float, float]:
     """Time a few training steps; return (epochs that fit, probe seconds, epoch estimate).
@@ -146,147 +143,111 @@ def _epochs_within_budget(config: TrainConfig, x_train, y_train, n_val: int,
     stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: stamps.append(time.perf_counter()))
     # The very steps the run takes: with a teacher, its targets and the distillation loss.
     model.fit(training_batches(x_train, y_train, config, 0, 1, soft_targets),
-              steps_per_epoch=min(PROBE_STEPS, steps),
+              steps_per_epoch=min(budget.PROBE_STEPS, steps),
               epochs=1, verbose=0, shuffle=False, callbacks=[stamp])
-    epoch_seconds = estimate_epoch_seconds(np.diff(stamps), steps,
-                                           steps_per_epoch(n_val, config.batch_size))
+    epoch_seconds = budget.estimate_epoch_seconds(np.diff(stamps), steps,
+                                                  steps_per_epoch(n_val, config.batch_size))
     probe_seconds = time.perf_counter() - started
-    epochs = epochs_that_fit(config.time_budget, probe_seconds, epoch_seconds, config.epochs)
+    epochs = budget.epochs_that_fit(config.time_budget, probe_seconds, epoch_seconds, config.epochs)
     return epochs, probe_seconds, epoch_seconds
-
-
-def estimate_epoch_seconds(step_seconds, train_steps: int, val_steps: int) -> float:
-    """An epoch's wall time from the probe's step times (seconds, 1-D float array).
-
-    The mean of the steps after the warm-up, not the median: an epoch pays for its slow
-    steps too. Validation is a forward pass over ``val_steps`` batches, about a third of
-    a training step each. Still a little short: what an epoch spends between its steps
-    is not timed (half-width cnn-best on 2 AVX2 cores: 48.2 s an epoch; estimated 46.7
-    from the mean, 45.8 from the median), which the budget guard absorbs
-    (:func:`another_epoch_fits`) and the re-plan (:func:`replanned_epochs`).
-    """
-    step_seconds = np.asarray(step_seconds, dtype=float)
-    steady = step_seconds[WARMUP_STEPS:] if len(step_seconds) > WARMUP_STEPS + 2 else step_seconds
-    step = float(np.mean(steady)) if len(steady) else 0.1
-    return step * (train_steps + val_steps / 3)
-
-
-def epochs_that_fit(budget_seconds: float, probe_seconds: float, epoch_seconds: float,
-                    max_epochs: int) -> int:
-    """Whole epochs of ``epoch_seconds`` that fit in what the probe left of the budget,
-    at least 1 and at most ``max_epochs``."""
-    fits = int((budget_seconds - probe_seconds) // epoch_seconds) if epoch_seconds > 0 else max_epochs
-    return max(1, min(max_epochs, fits))
 
 
 def _fit(run: RunDir, config: TrainConfig, train_data, verbose, precision: str,
          stop_after=None) -> None:
-    x, y = train_data  # uint8 (60000, 28, 28), (60000,)
-    train_idx, val_idx = split_of_run(config.to_dict(), y)
-    x_train, y_train = x[train_idx], y[train_idx]  # uint8 (n_train, 28, 28), (n_train,)
-    x_val, y_val = x[val_idx], y[val_idx]
-    y_val_fit = fit_targets(y_val, config)  # in the form the loss takes, during training only
-
+    """Train the run from where it stands (nothing, or its last checkpoint) to its end,
+    then save its model and metrics; ``stop_after``: leave it after that many epochs."""
+    (x_train, y_train), validation = _split(config, train_data)
     from fmnist.distribute import make_strategy
 
     strategy = make_strategy(config.distribute, config.cpu_replicas)  # before any TF op
-    soft_targets = None
-    if config.teacher is not None:  # in float32, before the run's precision is set
-        soft_targets, teacher = teacher_targets(config.teacher, x_train, config.distill_tta,
-                                                config.distill_temperature)
-        # A teacher of another split trained on most of this run's validation images, and
-        # the student's validation accuracy then flatters it (its test accuracy does not).
-        teacher["shares_split"] = rundir.teacher_shares_split(config.teacher,
-                                                              config.to_dict())
-        recorded = run.config.get("teacher_run")
-        if recorded is None:
-            run.record(teacher_run=teacher)
-        elif recorded.get("sha256") != teacher["sha256"]:
-            raise FmnistError(f"the teacher {config.teacher} holds another model than when this "
-                              "run started; resuming would train against other targets")
+    # In float32, before the run's precision is set; None without a teacher.
+    soft_targets = distill.soft_targets_for(run, config, x_train)
     keras.config.set_dtype_policy(dtype_policy(precision))
     try:
-        replicas = strategy.num_replicas_in_sync if strategy else 1
-        if replicas > 1:  # linear scaling rule: replicas x the batch, replicas x the rate
-            config = config.replace(learning_rate=config.learning_rate * replicas)
-        steps = (steps_per_epoch(len(y_train), config.batch_size) if strategy is None
-                 else len(y_train) // (config.batch_size * replicas))
-        if steps == 0:
-            raise FmnistError(f"{len(y_train)} training images make no full global batch of "
-                              f"{config.batch_size} x {replicas} replicas; lower --batch-size")
+        config, steps, replicas = _scaled(config, strategy, len(y_train))
+        config, model = _model(run, config, strategy, steps, replicas, (x_train, y_train),
+                               len(validation[1]), soft_targets)
         done = run.epochs_done
-        with strategy.scope() if strategy else contextlib.nullcontext():
-            if run.state is not None:
-                configure_determinism(config.seed)
-                model = keras.saving.load_model(run.checkpoint_file(), safe_mode=True)
-            else:
-                run.record(replicas=replicas, global_batch_size=config.batch_size * replicas,
-                           scaled_learning_rate=config.learning_rate)
-                if config.time_budget:
-                    config = _fix_epochs_to_budget(run, config, x_train, y_train, len(y_val),
-                                                   soft_targets)
-                model = new_model(config, config.epochs * steps)
-
-        if strategy is not None and isinstance(strategy, _multiworker_type()):
-            from fmnist.distribute import patch_keras_for_multiworker
-
-            patch_keras_for_multiworker(model, strategy)
-        if 0 < done < config.epochs:
-            # A kill after a re-plan's record but before its checkpoint left the schedule
-            # of the older plan in the checkpoint: lay it over config.json's.
-            replan_onecycle(model, config, config.epochs * steps, done * steps)
-        # A budgeted run's re-plan may lengthen its plan up to the epochs asked for: fit
-        # and the stream run to those, and EpochCheckpoint stops training at the plan.
-        ceiling = max(config.epochs, int(run.config.get("epochs_requested") or 0)
-                      if config.time_budget else 0)
         if done < config.epochs:
+            # A budgeted run's re-plan may lengthen its plan up to the epochs asked for:
+            # fit and the stream run to those, and EpochCheckpoint stops at the plan.
+            ceiling = max(config.epochs, int(run.config.get("epochs_requested") or 0)
+                          if config.time_budget else 0)
             stream = (training_batches(x_train, y_train, config, done, ceiling, soft_targets)
                       if strategy is None else
                       distributed_batches(strategy, x_train, y_train, config, done, ceiling,
                                           soft_targets))
             checkpoint = EpochCheckpoint(run, config, steps, stop_after, ceiling)
-            callbacks = [checkpoint]
-            if config.tensorboard:
-                callbacks = [LogLearningRate(), *callbacks, keras.callbacks.TensorBoard(
-                    log_dir=str(run.path / "logs"), update_freq="epoch",
-                    histogram_freq=1 if config.tensorboard_histograms else 0)]
-            model.fit(
-                stream, steps_per_epoch=steps,
-                epochs=ceiling, initial_epoch=done,
-                validation_data=validation_batches(x_val, y_val_fit),
-                shuffle=False,  # the stream is already in each epoch's seeded order
-                callbacks=callbacks,
-                verbose=verbose,
-            )  # with EMA, fit ends by overwriting the weights with their average
+            model.fit(stream, steps_per_epoch=steps, epochs=ceiling, initial_epoch=done,
+                      validation_data=validation_batches(validation[0],
+                                                         fit_targets(validation[1], config)),
+                      shuffle=False,  # the stream is already in each epoch's seeded order
+                      callbacks=_callbacks(run, config, checkpoint), verbose=verbose)
+            # With EMA, fit has ended by overwriting the weights with their average.
             if stop_after is not None and len(run.history) < checkpoint.planned_epochs:
                 return  # interrupted on purpose: the checkpoint is the run's state
         elif model.optimizer.use_ema:
             # Resumed after the last checkpoint: apply the average fit would have applied.
             model.optimizer.finalize_variable_values(model.trainable_weights)
-        _finish(run, config, model, len(y_train), (x_val, y_val))
+        _finish(run, config, model, len(y_train), validation)
     finally:
         keras.config.set_dtype_policy("float32")
 
 
-def teacher_targets(teacher: str, images: np.ndarray, tta: bool = False,
-                    temperature: float = 1.0) -> tuple[np.ndarray, dict]:
-    """A teacher run's probabilities on ``images`` (uint8 (n, 28, 28) -> float32 (n, 10)),
-    the soft targets of distillation, and what the student records of its teacher.
+def _split(config: TrainConfig, train_data):
+    """The run's training and validation arrays: uint8 (n, 28, 28) images, uint8 (n,) labels."""
+    x, y = train_data  # uint8 (60000, 28, 28), (60000,)
+    train_idx, val_idx = split_of_run(config.to_dict(), y)
+    return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
 
-    Computed once per process, on the unaugmented training images: one forward pass (two
-    with ``tta``: the mean over each image and its mirror, for a teacher trained with
-    flips), whose seconds are reported apart from the student's training (``seconds``),
-    as is what the teacher itself cost to train (``train_seconds``, from its metrics.json).
-    ``temperature`` T: the probabilities softened to ``softmax(log p / T)``.
-    """
-    record = rundir.run_record(rundir.require_teacher(teacher, tta))
-    started = time.perf_counter()
-    model = keras.saving.load_model(Path(teacher) / rundir.MODEL, compile=False, safe_mode=True)
-    soft = predict_proba(model, images)
-    if tta:
-        soft = (soft + predict_proba(model, mirrored(images))) / 2
-    return warmed(soft, temperature), {**record, "tta": tta,
-                                       "seconds": time.perf_counter() - started}
+
+def _scaled(config: TrainConfig, strategy, n_train: int) -> tuple[TrainConfig, int, int]:
+    """(config, steps per epoch, replicas): with R replicas the global batch is R x the
+    batch and, by the linear scaling rule, the rate R x the rate."""
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    if replicas > 1:
+        config = config.replace(learning_rate=config.learning_rate * replicas)
+    steps = (steps_per_epoch(n_train, config.batch_size) if strategy is None
+             else n_train // (config.batch_size * replicas))
+    if steps == 0:
+        raise FmnistError(f"{n_train} training images make no full global batch of "
+                          f"{config.batch_size} x {replicas} replicas; lower --batch-size")
+    return config, steps, replicas
+
+
+def _model(run: RunDir, config: TrainConfig, strategy, steps: int, replicas: int, train,
+           n_val: int, soft_targets) -> tuple[TrainConfig, keras.Model]:
+    """The run's compiled model: its checkpoint's on resume; else a new one, after a time
+    budget's probe has fixed the epochs (so the config comes back too)."""
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        if run.state is not None:
+            configure_determinism(config.seed)
+            model = keras.saving.load_model(run.checkpoint_file(), safe_mode=True)
+        else:
+            run.record(replicas=replicas, global_batch_size=config.batch_size * replicas,
+                       scaled_learning_rate=config.learning_rate)
+            if config.time_budget:
+                config = _fix_epochs_to_budget(run, config, *train, n_val, soft_targets)
+            model = new_model(config, config.epochs * steps)
+    if strategy is not None and isinstance(strategy, _multiworker_type()):
+        from fmnist.distribute import patch_keras_for_multiworker
+
+        patch_keras_for_multiworker(model, strategy)
+    done = run.epochs_done
+    if 0 < done < config.epochs:
+        # A kill after a re-plan's record but before its checkpoint left the schedule of
+        # the older plan in the checkpoint: lay it over config.json's.
+        replan_onecycle(model, config, config.epochs * steps, done * steps)
+    return config, model
+
+
+def _callbacks(run: RunDir, config: TrainConfig, checkpoint) -> list:
+    """The epoch checkpoint, and TensorBoard's logger with the learning rate when asked."""
+    if not config.tensorboard:
+        return [checkpoint]
+    return [LogLearningRate(), checkpoint, keras.callbacks.TensorBoard(
+        log_dir=str(run.path / "logs"), update_freq="epoch",
+        histogram_freq=1 if config.tensorboard_histograms else 0)]
 
 
 def _multiworker_type():
@@ -321,11 +282,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
     what an epoch spends between them, and a machine can slow down or speed up mid-run
     (another job starts or ends). So after each epoch, when
     the epochs so far say the planned count will not fit, or that a few more than planned
-    would, up to ``ceiling`` (the epochs asked for; :func:`replanned_epochs`), the
+    would, up to ``ceiling`` (the epochs asked for; :func:`fmnist.budget.replanned_epochs`), the
     one-cycle schedule is laid over the count that fits
     (:func:`~fmnist.recipe.replan_onecycle`) and config.json records it: the rate still
     anneals to zero instead of being cut off part way down. Last, training stops when
-    another epoch would overrun the budget (:func:`another_epoch_fits`), for a constant
+    another epoch would overrun the budget (:func:`fmnist.budget.another_epoch_fits`), for a constant
     rate or a slowdown in the last epochs: a budget is a promise.
     """
 
@@ -349,57 +310,27 @@ class EpochCheckpoint(keras.callbacks.Callback):
         row.update({key: float(value) for key, value in (logs or {}).items()})
         row["seconds"] = time.perf_counter() - self.started  # training + validation
         seconds = [r["seconds"] for r in self.run.history] + [row["seconds"]]
-        budget = self.config.time_budget
-        if budget:
-            self._replan(seconds, budget)  # before the checkpoint, which saves the schedule
+        limit = self.config.time_budget
+        if limit:
+            self._replan(seconds, limit)  # before the checkpoint, which saves the schedule
         self.run.checkpoint(self.model.save, row)
         done = len(self.run.history)
         faults.reached("after-checkpoint", done)
-        if budget and (done >= self.planned_epochs or not another_epoch_fits(
-                seconds, _probe_seconds(self.run), budget)):
+        if limit and (done >= self.planned_epochs or not budget.another_epoch_fits(
+                seconds, _probe_seconds(self.run), limit)):
             self.model.stop_training = True
         if self.stop_after is not None and done >= self.stop_after:
             self.model.stop_training = True
 
-    def _replan(self, epoch_seconds: list[float], budget: float) -> None:
-        epochs = replanned_epochs(epoch_seconds, _probe_seconds(self.run), budget,
-                                  self.planned_epochs, self.ceiling)
+    def _replan(self, epoch_seconds: list[float], limit: float) -> None:
+        epochs = budget.replanned_epochs(epoch_seconds, _probe_seconds(self.run), limit,
+                                         self.planned_epochs, self.ceiling)
         if epochs is None or epochs <= len(epoch_seconds):
             return  # the plan fits, or no epoch is left to anneal in: the guard stops
         if replan_onecycle(self.model, self.config, epochs * self.steps_per_epoch,
                            len(epoch_seconds) * self.steps_per_epoch):
             self.planned_epochs = epochs
             self.run.record(epochs=epochs)
-
-
-REPLAN_MARGIN = 1.03  # a re-plan budgets each epoch 3% over the typical one: it is rare
-REPLAN_GROWTH = 2  # the fewest epochs a plan grows by: each re-plan retraces the step
-
-
-def replanned_epochs(epoch_seconds: list[float], probe_seconds: float, budget_seconds: float,
-                     planned_epochs: int, ceiling: int | None = None) -> int | None:
-    """The epoch count a budgeted run should move its plan to, or None to keep it.
-
-    ``epoch_seconds``: each epoch's wall time so far. Waits for two epochs after the first
-    (which traces the graph). Then the count that fits is the one whose remaining epochs,
-    of the typical length (the median after the first) with :data:`REPLAN_MARGIN` to
-    spare, end within the budget. The plan shrinks to it when the planned epochs of the
-    typical length would end past the budget; it grows to it, up to ``ceiling`` (default:
-    never past the plan), when that adds :data:`REPLAN_GROWTH` epochs or more. Between the
-    two the plan is kept, so jitter and the retrace a re-plan costs do not call for another.
-    """
-    done = len(epoch_seconds)
-    if done < 3 or done >= planned_epochs:
-        return None
-    left = budget_seconds - probe_seconds - sum(epoch_seconds)
-    typical = float(np.median(epoch_seconds[1:]))
-    if typical <= 0:
-        return None
-    fits = max(done, done + int(left // (typical * REPLAN_MARGIN)))
-    if done + left / typical < planned_epochs:
-        return fits
-    grown = min(fits, ceiling or planned_epochs)
-    return grown if grown >= planned_epochs + REPLAN_GROWTH else None
 
 
 def reseed_layers(model, seed: int, epoch: int) -> None:
@@ -418,19 +349,6 @@ def reseed_layers(model, seed: int, epoch: int) -> None:
             key = np.random.default_rng([seed, epoch, index]).integers(0, 2**31 - 1)
             state = generator.state
             state.assign(np.array([key, 0]).astype(keras.backend.standardize_dtype(state.dtype)))
-
-
-def another_epoch_fits(epoch_seconds: list[float], probe_seconds: float,
-                       budget_seconds: float) -> bool:
-    """Whether one more epoch, as long as the typical one so far, ends within the budget.
-
-    The typical epoch is the median of those after the first (the first also traces the
-    graph), or the first while it is the only one. ``epoch_seconds``: each epoch's wall
-    time, training plus validation.
-    """
-    used = probe_seconds + sum(epoch_seconds)
-    typical = float(np.median(epoch_seconds[1:] or epoch_seconds[:1] or [0.0]))
-    return used + typical <= budget_seconds
 
 
 def _probe_seconds(run: RunDir) -> float:

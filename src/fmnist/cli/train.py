@@ -105,7 +105,9 @@ def run(args) -> int:
         config = _config_from(args)
         if config.teacher is not None:
             rundir.require_teacher(config.teacher, config.distill_tta)
-            _say_if_teacher_saw_validation(config)
+            from fmnist.distill import warn_if_teacher_saw_validation  # imports Keras
+
+            warn_if_teacher_saw_validation(config)  # before the data is read: a user can stop
     # Check every input before TensorFlow is imported: errors come in a second, on one
     # line, and a bad test file is caught before training rather than after it.
     from fmnist.data import load_data
@@ -155,21 +157,6 @@ def next_steps(run_dir) -> str:
              (f"fmnist export {run}", "ONNX, to serve without TensorFlow")]
     width = max(len(command) for command, _ in steps)
     return "\n".join(["next:", *(f"  {command:<{width}}  # {why}" for command, why in steps)])
-
-
-def _say_if_teacher_saw_validation(config) -> None:
-    """Warn (stderr) when the teacher, or a member of it, trained on another split: most of
-    this run's validation images were its training images, so the student's validation
-    accuracy (and any choice made on it) is flattered; test accuracy is not."""
-    import sys
-
-    from fmnist import rundir
-
-    if not rundir.teacher_shares_split(config.teacher, config.to_dict()):
-        print(f"fmnist: warning: the teacher {config.teacher} trained on another split than this "
-              "run's, so on most of its validation images: validation accuracy will flatter the "
-              "student; for a fair one, train the teacher (each member) and the student with "
-              "one --split-seed", file=sys.stderr)
 
 
 def _read_config_file(path: str) -> dict:
