@@ -43,8 +43,8 @@ def fake_arrays(split: str, count: int, seed: int = 0):
 def spec_for(name: str, split: str, kind: str, array: np.ndarray, archive: bytes) -> data.DataFile:
     """A DataFile whose official hashes are those of ``archive`` and ``array``."""
     return data.DataFile(
-        name=name, split=split, kind=kind, count=array.shape[0], size=len(archive),
-        sha256=hashlib.sha256(archive).hexdigest(), md5=hashlib.md5(archive).hexdigest(),
+        name=name, split=split, kind=kind, count=array.shape[0],
+        sha256=hashlib.sha256(archive).hexdigest(),
         sha256_payload=hashlib.sha256(array.tobytes()).hexdigest(),
     )
 
@@ -213,6 +213,17 @@ def test_images(real_data_dir):
     """The first 1,000 test images and labels (uint8 (1000, 28, 28), uint8 (1000,))."""
     x, y = data.load_split("test", real_data_dir)
     return x[:1000], y[:1000]
+
+
+def load_script(name: str):
+    """A repository tool in scripts/ (outside the package), imported as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # The hostile-input corpus (tests/fuzz/corpus.py) is imported by tests as `corpus`.

@@ -9,18 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, run_main
+from conftest import load_script, run_cli, run_main
 from fmnist.bench import measure, render, store, summary
 from fmnist.errors import FmnistError
 from fmnist.models import build_model
 
 
-def test_seconds_to_reach_accuracy_counts_epoch_time_until_first_hit():
+def test_crossings_count_epoch_time_until_the_first_hit():
     history = [{"epoch": 1, "seconds": 2.0, "val_accuracy": 0.8},
                {"epoch": 2, "seconds": 3.0, "val_accuracy": 0.92},
                {"epoch": 3, "seconds": 3.0, "val_accuracy": 0.90}]
-    assert summary.seconds_to(history, 0.91) == 5.0
-    assert summary.seconds_to(history, 0.95) is None
     assert summary.crossings(history) == {"0.91": {"epoch": 2, "seconds": 5.0},
                                         "0.92": {"epoch": 2, "seconds": 5.0}, "0.93": None}
 
@@ -89,37 +87,27 @@ def test_tta_is_shown_only_for_models_trained_with_flips():
     assert "0.9325 ± 0.0000" in fast_line
 
 
-FORMAT_1 = {  # the shape of bench.json before figures were kept per machine
-    "rows": [{"model": "mlp", "device": "CPU", "seeds": [0], "params": 10, "epochs": 10,
-              "train_seconds_median": 9.7, "train_seconds": [9.7], "steady_epoch_seconds": 0.9,
-              "forward_mflops": 0.2, "epoch_floor_seconds": 0.16, "achieved_gflops": 37,
-              "test_accuracy": [0.879], "test_accuracy_mean_std": [0.879, 0.0],
-              "test_accuracy_tta": [0.846], "test_accuracy_tta_mean_std": [0.846, 0.0],
-              "val_accuracy_mean": 0.888, "seconds_to_val_target": [None],
-              "seconds_to_val_target_median": None, "predict_images_per_second": 3.7e5,
-              "peak_rss_mb": 849, "n_train": 54000, "n_test": 10000,
-              "runs": [{"seed": 0, "test_accuracy": 0.879, "test_accuracy_tta": 0.846,
-                        "seconds_to_val_target": None}],
-              "commands": ["fmnist bench --seeds 3 --runs-dir /somewhere/repo/runs/bench"]}],
-    "machine": {"cpu": "AMD EPYC", "cores": 2, "device": "CPU"},
-    "peak_gflops": {"float32": 203.0, "bfloat16": 393.0},
-    "command": "fmnist bench --seeds 3 --runs-dir /somewhere/repo/runs/bench",
-    "updated_utc": "2026-11-26T01:37:08+00:00",
-}
+def _other_kind() -> dict:
+    """A bench.json holding only another machine kind's figures (AVX-512 BF16)."""
+    section = {"machine": {"cpu": "AMD EPYC", "cpu_kind": "avx512-bf16", "cores": 2,
+                           "device": "CPU", "cpu_flags": ["avx2", "fma", "avx512f", "avx512_bf16"],
+                           "peak_gflops": {"float32": 203.0, "bfloat16": 393.0}},
+               "rows": [_row("mlp", 9.7, 0.879)], "command": "fmnist bench train --seeds 3",
+               "updated_utc": "2026-11-26T01:37:08+00:00"}
+    return {"format": store.FORMAT, "machines": {"cpu-avx512-bf16-2cores": section}}
 
 
-def test_a_format_1_bench_file_is_filed_under_the_kind_its_peaks_show(tmp_path):
+def test_a_bench_file_of_another_format_is_refused_in_one_line(tmp_path):
     path = tmp_path / "bench.json"
-    path.write_text(json.dumps(FORMAT_1))
-    report = store.load_report(path)
-    assert report["format"] == store.FORMAT and list(report["machines"]) == ["cpu-avx512-bf16-2cores"]
-    (row,) = report["machines"]["cpu-avx512-bf16-2cores"]["rows"]
-    assert not row["flip"] and row["test_accuracy_tta_mean_std"] is None  # mlp had no flips
-    assert "/somewhere" not in json.dumps(report)
-    assert row["commands"] == ["fmnist bench train --seeds 3 --runs-dir runs/bench"]
-    emulated = dict(FORMAT_1, peak_gflops={"float32": 92.0, "bfloat16": 9.0})
-    path.write_text(json.dumps(emulated))
-    assert list(store.load_report(path)["machines"]) == ["cpu-avx2-2cores"]
+    path.write_text(json.dumps({"rows": [], "peak_gflops": {}}))  # the single-machine layout
+    with pytest.raises(FmnistError, match="has format None, not 3") as raised:
+        store.load_report(path)
+    assert "\n" not in str(raised.value)
+    path.write_text("{")
+    with pytest.raises(FmnistError, match="is not valid JSON"):
+        store.load_report(path)
+    path.write_text(json.dumps(_other_kind()))
+    assert list(store.load_report(path)["machines"]) == ["cpu-avx512-bf16-2cores"]
 
 
 def test_each_machine_kind_gets_its_own_section_and_a_presets_row(tmp_path):
@@ -128,8 +116,8 @@ def test_each_machine_kind_gets_its_own_section_and_a_presets_row(tmp_path):
                                                                       "bfloat16": 9.0}},
             "rows": [_row("cnn-tfdocs", 290.0, 0.915), _row("cnn-fast", 150.0, 0.931, flip=True)],
             "command": "fmnist bench", "updated_utc": "2026-11-27T10:00:00+00:00"}
-    report = {"format": 2, "machines": {"cpu-avx2-2cores": avx2}}
-    report["machines"].update(store.migrate_v1(FORMAT_1)["machines"])
+    report = {"format": 3, "machines": {"cpu-avx2-2cores": avx2}}
+    report["machines"].update(_other_kind()["machines"])
     markdown = render.render_markdown(report, current="cpu-avx2-2cores")
     first, second = markdown.index("(`cpu-avx2-2cores`)"), markdown.index("(`cpu-avx512-bf16-2cores`)")
     assert first < second  # the kind measured now comes first
@@ -143,12 +131,12 @@ def test_each_machine_kind_gets_its_own_section_and_a_presets_row(tmp_path):
 
 
 def test_forward_flops_of_the_seed_mlp():
-    model = build_model("mlp", compile=False)
+    model = build_model("mlp")
     assert measure.forward_flops(model) == 2 * (784 * 128 + 128 * 10)
 
 
 def test_forward_flops_count_convolutions():
-    model = build_model("cnn-tfdocs", compile=False)
+    model = build_model("cnn-tfdocs")
     conv1 = 2 * 28 * 28 * 32 * 9 * 1
     conv2 = 2 * 14 * 14 * 64 * 9 * 32
     dense = 2 * (3136 * 128 + 128 * 10)
@@ -164,11 +152,10 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     readme = tmp_path / "README.md"
     readme.write_text("# x\n")
     # Figures of another kind of machine are already in the file: they must survive.
-    other = store.upgrade(FORMAT_1)
+    other = json.loads(json.dumps(_other_kind()))  # as bench.json holds it: lists, not tuples
+    if "cpu-avx512-bf16-2cores" == store.machine_kind(measure.machine(measure=False)):
+        other["machines"] = {"cpu-avx2-2cores": other["machines"]["cpu-avx512-bf16-2cores"]}
     (other_kind,) = other["machines"]
-    if other_kind == store.machine_kind(measure.machine(measure=False)):
-        other = store.upgrade(dict(FORMAT_1, peak_gflops={"float32": 92.0, "bfloat16": 9.0}))
-        (other_kind,) = other["machines"]
     (tmp_path / "bench.json").write_text(json.dumps(other))
     result = run_cli(
         "bench", "train", "--models", "mlp", "--seeds", "2", "--runs-dir", str(tmp_path / "runs"),
@@ -242,9 +229,10 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     assert first_run.name.startswith("mlp-") and first_run.name != "mlp-seed0"
     assert (first_run / "model.onnx").is_file()
     # The ensemble of the two seeds: evaluated on the test set, so with the full data.
-    ensembled = run_main("bench", "ensemble", "--model", "mlp", "--runs-dir", str(tmp_path / "runs"),
-                         *common[:-1], str(real_data_dir))
-    assert ensembled.returncode == 0, ensembled.stderr[-2000:]
+    # The ensemble study (scripts/studies.py): evaluated on the test set, so the full data.
+    studies = load_script("studies")
+    assert studies.main(["ensemble", "--model", "mlp", "--runs-dir", str(tmp_path / "runs"),
+                         *common[:-1], str(real_data_dir)]) == 0
     (ensemble,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["ensembles"]
     assert ensemble["seeds"] == [0, 1, 2] and ensemble["class_mismatches"] == 0
     assert len(ensemble["members_test_accuracy"]) == 3 and 0.5 < ensemble["test_accuracy"] <= 1
@@ -298,40 +286,16 @@ def test_a_row_whose_seeds_a_budget_gave_different_epochs_shows_their_range():
     assert "| 1 | 150 |" in render.results_table([same])
 
 
-def test_render_upgrades_a_format_1_file_and_rewrites_the_reports(tmp_path):
+def test_render_rewrites_the_page_and_nothing_else(tmp_path):
     path, markdown = tmp_path / "bench.json", tmp_path / "BENCH.md"
-    path.write_text(json.dumps(FORMAT_1))
+    path.write_text(json.dumps(_other_kind()))
+    before = path.read_bytes()
     result = run_cli("bench", "render", "--json", str(path), "--markdown", str(markdown))
     assert result.returncode == 0, result.stderr
-    assert "upgraded" in result.stdout
-    upgraded = json.loads(path.read_text())
-    assert upgraded["format"] == store.FORMAT and "cpu-avx512-bf16-2cores" in upgraded["machines"]
     assert "(`cpu-avx512-bf16-2cores`)" in markdown.read_text()
     assert "| `mlp` | CPU | float32 |" in markdown.read_text()
-    again = run_cli("bench", "render", "--json", str(path), "--markdown", str(markdown))
-    assert again.returncode == 0 and "upgraded" not in again.stdout
-    assert json.loads(path.read_text()) == upgraded
-
-
-def test_format_2_commands_are_rewritten_as_subcommands():
-    spelled = store.subcommand_spelling
-    assert spelled("fmnist bench --seeds 3 --models mlp") == "fmnist bench train --seeds 3 --models mlp"
-    assert spelled("fmnist bench --serve runs/x --engine onnx") == "fmnist bench serve runs/x --engine onnx"
-    assert spelled("fmnist bench --engine onnx --serve=runs/x") == "fmnist bench serve runs/x --engine onnx"
-    assert spelled("fmnist bench --inference --runs-dir r") == "fmnist bench inference --runs-dir r"
-    assert spelled("fmnist bench") == "fmnist bench train"
-    assert spelled("fmnist bench serve runs/x") == "fmnist bench serve runs/x"  # already new
-    assert spelled("fmnist train --model mlp") == "fmnist train --model mlp"
-    old = {"format": 2, "machines": {"k": {"command": "fmnist bench --seeds 1", "rows": [
-        {"commands": ["fmnist bench --seeds 1"]}], "inference_command": "fmnist bench --inference",
-        "serve": [{"command": "fmnist bench --serve m"}]}}}
-    new = store.upgrade(old)
-    assert new["format"] == store.FORMAT and old["format"] == 2  # a new dict; the old one kept
-    section = new["machines"]["k"]
-    assert (section["command"], section["rows"][0]["commands"], section["inference_command"],
-            section["serve"][0]["command"]) == ("fmnist bench train --seeds 1",
-                                                ["fmnist bench train --seeds 1"],
-                                                "fmnist bench inference", "fmnist bench serve m")
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "BENCH.md", "bench.json"]
 
 
 def test_a_serve_only_bench_file_renders(tmp_path):
@@ -486,22 +450,21 @@ def test_the_tta_table_names_the_recipe_its_runs_departed_from_the_preset_with()
     assert "| `cnn-best` with `--model-option=widths14=[32,32]` seeds [0, 1] | plain |" in table
 
 
-def test_bench_tta_needs_a_benchmarked_model(tmp_path, real_data_dir):
+def test_a_study_needs_a_benchmarked_model(tmp_path, real_data_dir, capsys):
+    studies = load_script("studies")
     (tmp_path / "bench.json").write_text(json.dumps({"format": 3, "machines": {}}))
-    result = run_main("bench", "tta", "--model", "cnn-fast", "--json", str(tmp_path / "bench.json"),
-                      "--markdown", str(tmp_path / "B.md"),
-                      "--data-dir", str(real_data_dir))
-    assert result.returncode == 1
-    assert "no row of cnn-fast with two or more seeds" in result.stderr
-    assert "fmnist bench train --models cnn-fast" in result.stderr
-    named = run_main("bench", "ensemble", "--model", "cnn-fast", "--train-arg=--epochs=20",
-                     "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "B.md"),
-                     "--data-dir", str(real_data_dir))
-    assert named.returncode == 1 and "trained with `--epochs=20`" in named.stderr
-    for command in ("tta", "ensemble"):  # a name that is no model: a usage error naming them
-        unknown = run_main("bench", command, "--model", "nosuch", "--json", str(tmp_path / "bench.json"))
-        assert unknown.returncode == 2 and "unknown model 'nosuch'" in unknown.stderr
-        assert "cnn-fast" in unknown.stderr
+    common = ["--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "B.md"),
+              "--data-dir", str(real_data_dir)]
+    assert studies.main(["tta", "--model", "cnn-fast", *common]) == 1
+    err = capsys.readouterr().err
+    assert "no row of cnn-fast with two or more seeds" in err
+    assert "fmnist bench train --models cnn-fast" in err
+    assert studies.main(["ensemble", "--model", "cnn-fast", "--train-arg=--epochs=20", *common]) == 1
+    assert "trained with `--epochs=20`" in capsys.readouterr().err
+    for study in ("tta", "ensemble"):  # a name that is no model: one line naming the choices
+        assert studies.main([study, "--model", "nosuch", *common]) == 1
+        err = capsys.readouterr().err
+        assert "unknown model 'nosuch'" in err and "cnn-fast" in err
 
 
 def test_each_kind_of_row_keeps_its_runs_in_folders_of_its_own():
@@ -528,7 +491,7 @@ def test_a_teacher_typed_absolute_or_relative_names_the_same_students(tmp_path, 
 
 
 def test_ensembles_and_view_studies_take_the_preset_row_or_the_only_other_one():
-    from fmnist.bench.runs import _plain_row
+    _plain_row = load_script("studies")._plain_row
 
     def report(*rows):
         return {"machines": {"k": {"rows": [dict(_row("cnn-fast", 1.0, 0.9), **r) for r in rows]}}}
@@ -543,7 +506,7 @@ def test_ensembles_and_view_studies_take_the_preset_row_or_the_only_other_one():
 
 
 def test_train_arg_names_the_row_an_ensemble_or_a_view_study_is_made_of():
-    from fmnist.bench.runs import _plain_row
+    _plain_row = load_script("studies")._plain_row
 
     def report(*rows):
         return {"machines": {"k": {"rows": [dict(_row("cnn-fast", 1.0, 0.9), **r) for r in rows]}}}
@@ -558,7 +521,7 @@ def test_train_arg_names_the_row_an_ensemble_or_a_view_study_is_made_of():
 
 
 def test_a_result_replaces_only_the_earlier_one_of_its_model_and_recipe():
-    from fmnist.bench.runs import _replacing
+    _replacing = load_script("studies")._replacing
 
     preset, half = {"model": "cnn-best", "n": 1}, {"model": "cnn-best", "recipe": "--half", "n": 1}
     other = {"model": "cnn-fast", "n": 1}

@@ -8,7 +8,6 @@ is not one the CLI accepts, and when the site does not build strictly.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_main
+from conftest import load_script, run_main
 from fmnist.bench.render import render_markdown
 from fmnist.cli import build_parser
 
@@ -27,14 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 README_LIMIT = 250  # lines: the front door is read in five minutes
-
-
-def _script(name: str):
-    """A repository tool in scripts/, imported as a module."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_readme_is_short():
@@ -86,7 +77,7 @@ def test_every_command_on_a_page_is_accepted_by_the_cli_parser(page):
 
 
 def test_the_readme_presets_table_is_bench_json_s():
-    readme_results = _script("readme_results")
+    readme_results = load_script("readme_results")
     report = json.loads((REPO / "bench.json").read_text())
     text = README.read_text()
     assert readme_results.with_block(text, report) == text, "README.md disagrees with bench.json: make readme"
@@ -101,7 +92,7 @@ def test_the_benchmarks_page_is_bench_json_s():
 
 
 def test_the_experiment_notes_tables_are_their_results_files_and_each_note_is_listed():
-    notes_tables = _script("notes_tables")
+    notes_tables = load_script("notes_tables")
     notes = sorted((DOCS / "experiments").glob("20*.md"))
     assert notes
     index = (DOCS / "experiments" / "index.md").read_text()
@@ -113,7 +104,7 @@ def test_the_experiment_notes_tables_are_their_results_files_and_each_note_is_li
 
 
 def test_a_note_table_is_written_from_its_csv(tmp_path):
-    notes_tables = _script("notes_tables")
+    notes_tables = load_script("notes_tables")
     (tmp_path / "r.csv").write_text('model,acc,s\n"`a`, b",0.9,1.5\n')
     note = tmp_path / "2026-01-01-x.md"
     note.write_text("# x\n<!-- results: r.csv -->\nstale\n<!-- /results -->\n")

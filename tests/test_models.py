@@ -104,8 +104,8 @@ def test_every_point_of_a_search_space_is_a_valid_config(family):
 
 @pytest.mark.parametrize("name, projections", [("cnn-fast", 0), ("cnn-best", 2)])
 def test_residual_convnets_add_each_pair_to_its_input(name, projections):
-    plain = models.build_model(name, compile=False)
-    residual = models.build_model(name, compile=False, residual=True)
+    plain = models.build_model(name)
+    residual = models.build_model(name, residual=True)
     kinds = [type(layer).__name__ for layer in residual.layers]
     adds = [layer for layer in residual.layers if type(layer).__name__ == "Add"]
     assert len(adds) == (1 if name == "cnn-fast" else 2) and "Add" not in str(

@@ -153,7 +153,7 @@ def test_presets_sit_between_defaults_and_flags():
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 @pytest.mark.parametrize("schedule", ["constant", "onecycle"])
 def test_every_optimizer_and_schedule_trains(optimizer, schedule):
-    model = build_model("mlp", compile=False)
+    model = build_model("mlp")
     config = TrainConfig(optimizer=optimizer, schedule=schedule, weight_decay=1e-4,
                          label_smoothing=0.1, ema=0.9)
     compile_for_training(model, config, total_steps=10)

@@ -79,9 +79,7 @@ class DataFile:
     split: str  # "train" or "test"
     kind: str  # "images" or "labels"
     count: int  # number of items (images or labels)
-    size: int  # bytes of the official archive
     sha256: str  # SHA-256 of the official .gz archive
-    md5: str  # MD5 of the official archive, as published
     sha256_payload: str  # SHA-256 of the decoded bytes after the IDX header
 
     @property
@@ -101,27 +99,23 @@ class DataFile:
 
 FILES: tuple[DataFile, ...] = (
     DataFile(
-        "train-images-idx3-ubyte.gz", "train", "images", 60000, 26421880,
+        "train-images-idx3-ubyte.gz", "train", "images", 60000,
         "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
         "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
     ),
     DataFile(
-        "train-labels-idx1-ubyte.gz", "train", "labels", 60000, 29515,
+        "train-labels-idx1-ubyte.gz", "train", "labels", 60000,
         "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-        "25c81989df183df01b3e8a0aad5dffbe",
         "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
     ),
     DataFile(
-        "t10k-images-idx3-ubyte.gz", "test", "images", 10000, 4422102,
+        "t10k-images-idx3-ubyte.gz", "test", "images", 10000,
         "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        "bef4ecab320f06d8554ea6380940ec79",
         "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
     ),
     DataFile(
-        "t10k-labels-idx1-ubyte.gz", "test", "labels", 10000, 5148,
+        "t10k-labels-idx1-ubyte.gz", "test", "labels", 10000,
         "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-        "bb300cfdad3c16e7a12a480ee83cd310",
         "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
     ),
 )
@@ -375,7 +369,8 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None) -> tuple[n
     return x, y
 
 
-def load_data(data_dir: str | os.PathLike | None = None):
+def load_data(data_dir: str | os.PathLike | None = None
+              ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load Fashion-MNIST, every file verified, as Keras' loader returns it.
 
     Args:
@@ -384,8 +379,9 @@ def load_data(data_dir: str | os.PathLike | None = None):
 
     Returns:
         ``(x_train, y_train), (x_test, y_test)``: ``x_train`` uint8 (60000, 28, 28),
-        pixels 0..255, garments light on black; ``y_train`` uint8 (60000,), labels 0..9
-        (see ``CLASS_NAMES``); ``x_test`` uint8 (10000, 28, 28); ``y_test`` uint8 (10000,).
+            pixels 0..255, garments light on black; ``y_train`` uint8 (60000,), labels
+            0..9 (see ``CLASS_NAMES``); ``x_test`` uint8 (10000, 28, 28); ``y_test``
+            uint8 (10000,).
 
     Raises:
         DataError: a file is missing, unreadable or not genuine; the message names it

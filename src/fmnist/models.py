@@ -98,27 +98,12 @@ def describe(name: str) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-def build_model(name: str, *, compile: bool = True, learning_rate: float = 1e-3, **options):
-    """Build the registered model ``name`` with factory ``options``.
-
-    With ``compile=True`` (the default) it is compiled the way the seed notebook does:
-    Adam, sparse categorical cross-entropy on the softmax output, accuracy.
-    """
-    model = get_factory(name)(**options)
-    if compile:
-        compile_model(model, learning_rate=learning_rate)
-    return model
-
-
-def compile_model(model, learning_rate: float = 1e-3):
-    import keras
-
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
-    return model
+def build_model(name: str, **options):
+    """The registered model ``name`` built with factory ``options``, not compiled: raw
+    pixels uint8 (N, 28, 28) in, probabilities float32 (N, 10) out. The recipe
+    (:func:`fmnist.recipe.new_model`) compiles it for training; the notebook compiles it
+    by hand, as the seed notebook does."""
+    return get_factory(name)(**options)
 
 
 def _pixels_input():

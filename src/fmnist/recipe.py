@@ -21,7 +21,7 @@ from fmnist.config import TrainConfig  # noqa: E402
 from fmnist.distill import DistillationLoss, label_accuracy  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
 from fmnist.hardware import PRECISIONS, PrecisionChoice  # noqa: E402
-from fmnist.models import get_factory  # noqa: E402
+from fmnist.models import build_model  # noqa: E402
 
 
 def configure_determinism(seed: int) -> None:
@@ -100,7 +100,7 @@ def new_model(config: TrainConfig, total_steps: int):
     """The run's model, seeded and compiled with its recipe for ``total_steps`` steps."""
     configure_determinism(config.seed)  # the same initial weights every time
     try:
-        model = get_factory(config.model)(**config.model_options)
+        model = build_model(config.model, **config.model_options)
     except (TypeError, ValueError) as error:  # a --model-option of the wrong kind
         raise FmnistError(f"cannot build {config.model} with options {config.model_options}: "
                           f"{error}; see the factory's arguments in `fmnist models`") from None

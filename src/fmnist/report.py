@@ -61,10 +61,11 @@ def pair_rows(metrics: dict) -> list[list[str]]:
             for p in metrics["test_most_confused"]]
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def markdown_table(header: list[str], rows: list[list[str]], right: tuple[int, ...] = ()) -> str:
+    """A Markdown table: the ``header`` cells, then one line per row of cells (strings);
+    the columns at the indices in ``right`` are right-aligned (numbers)."""
+    align = ["---:" if index in right else "---" for index in range(len(header))]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, align, *rows])
 
 
 def render_markdown(config: dict, metrics: dict) -> str:
@@ -72,15 +73,15 @@ def render_markdown(config: dict, metrics: dict) -> str:
     figures = "\n".join(f"![{heading}]({name})" for name, heading in FIGURES)
     return f"""# {title}
 
-{_markdown_table(["", ""], [[label, value] for label, value in headline(metrics)])}
+{markdown_table(["", ""], [[label, value] for label, value in headline(metrics)])}
 
 ## Per class
 
-{_markdown_table(CLASS_HEADER, class_rows(metrics))}
+{markdown_table(CLASS_HEADER, class_rows(metrics))}
 
 ## Most confused pairs
 
-{_markdown_table(PAIR_HEADER, pair_rows(metrics))}
+{markdown_table(PAIR_HEADER, pair_rows(metrics))}
 
 ## Figures
 
@@ -185,4 +186,4 @@ def compare_runs(run_dirs: list[Path]) -> tuple[str, list[dict]]:
                        "test_accuracy": metrics["test_accuracy"]})
     header = ["run", "model", "params", "epochs", "train s", "test acc", "TTA",
               *[name.replace("T-shirt/top", "T-shirt") for name in CLASS_NAMES]]
-    return _markdown_table(header, rows), points
+    return markdown_table(header, rows), points

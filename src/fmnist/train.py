@@ -35,7 +35,7 @@ from fmnist.config import TrainConfig  # noqa: E402,F401  (TrainConfig: re-expor
 from fmnist.data import load_split  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
 from fmnist.hardware import choose_precision, dtype_policy  # noqa: E402
-from fmnist.metrics import classification_metrics, mirrored, predict_proba  # noqa: E402
+from fmnist.metrics import classification_metrics, predict_proba  # noqa: E402
 from fmnist.pipeline import (distributed_batches, fit_targets, steps_per_epoch,  # noqa: E402
                              training_batches, validation_batches)
 from fmnist.plots import plot_history  # noqa: E402

@@ -5,10 +5,15 @@ Modules, in the order data flows:
     targets   the product's targets (data)
     measure   this machine's record and peaks, FLOPs, engine throughput, ONNX figures
     loadtest  `fmnist serve` under concurrent clients, and the burst scenario
-    runs      the benches: child `fmnist train` processes, inference, serving; stores figures
-    summary   per-model rows from per-seed runs (pure)
-    store     bench.json's layout, machine kinds, migrations (pure)
-    render    the benchmarks page and the presets table (pure: no TensorFlow)
+    runs      the benches: child `fmnist train` processes, inference, serving; one path
+              (update_section) stores figures under this machine's kind
+    summary   per-model rows from per-seed runs, and every verdict on a target, as data (pure)
+    store     bench.json's layout and machine kinds (pure)
+    render    the benchmarks page and the presets table: formatting only (pure)
+
+The studies of benchmarked runs (their ensemble, their test-time views), the paired
+tests and the GPU script are lab tooling in the repository's scripts/, not here: the
+installed command measures a user's machine.
 
 Each training run is a separate `fmnist train` process, as a user would run it, so no
 run inherits another's warm caches or memory, and each process's peak memory is its

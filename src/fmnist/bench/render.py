@@ -1,6 +1,8 @@
 """The benchmarks page and the presets table, from a bench report.
 
-Pure: strings from dicts, importing no TensorFlow, so reports are regenerated anywhere.
+Pure formatting: strings from dicts, importing no TensorFlow, so pages are regenerated
+anywhere. Whether a target is met is decided in :mod:`fmnist.bench.summary`, as data;
+every table goes through one helper, :func:`fmnist.report.markdown_table`.
 Nothing here writes outside the page it is given: the repository's README block is
 filled by its own make target (`make readme`), from :func:`presets_table`."""
 
@@ -11,10 +13,12 @@ from pathlib import Path
 
 from fmnist import hardware
 from fmnist.bench.store import machine_label
-from fmnist.bench.summary import default_target, is_plain, mean_std
-from fmnist.bench.targets import (BURST_TARGETS, DEFAULT_MODEL, DEFAULT_TARGET, DISTILL_TARGET,
-                                  GPU_TARGETS, MODEL_ORDER, ONNX_TARGET, REFERENCE_MODEL,
-                                  SERVE_TARGETS, TARGETS, VAL_THRESHOLDS)
+from fmnist.bench.summary import (burst_verdicts, default_target, distill_verdicts,
+                                  inference_verdict, is_plain, mean_std, serve_verdicts,
+                                  single_run_verdict, target_verdicts)
+from fmnist.bench.targets import (DEFAULT_MODEL, DEFAULT_TARGET, DISTILL_TARGET, MODEL_ORDER,
+                                  REFERENCE_MODEL, SERVE_TARGETS, VAL_THRESHOLDS)
+from fmnist.report import markdown_table
 
 
 def model_cell(row: dict) -> str:
@@ -71,38 +75,29 @@ def _tta_cell(row: dict) -> str:
 
 def results_table(rows: list[dict]) -> str:
     """The Markdown table of rows of one machine kind."""
-    lines = [
-        "| model | device | precision | params | epochs | train s (median) | "
-        "test acc (mean ± std) | with flip TTA | seeds | predict img/s (batch 1024) |",
-        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: |",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {model_cell(row)} | {row['device']} | {row.get('precision', 'float32')} | "
-            f"{row['params']:,} | {_epochs_cell(row)} | "
-            f"{row['train_seconds_median']:.1f} | "
-            f"{_fmt_acc(row['test_accuracy_mean_std'], len(row['seeds']))} | "
-            f"{_tta_cell(row)} | {len(row['seeds'])} | "
-            f"{row['predict_images_per_second']:,.0f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["model", "device", "precision", "params", "epochs", "train s (median)",
+         "test acc (mean ± std)", "with flip TTA", "seeds", "predict img/s (batch 1024)"],
+        [[model_cell(row), row["device"], row.get("precision", "float32"), f"{row['params']:,}",
+          _epochs_cell(row), f"{row['train_seconds_median']:.1f}",
+          _fmt_acc(row["test_accuracy_mean_std"], len(row["seeds"])), _tta_cell(row),
+          str(len(row["seeds"])), f"{row['predict_images_per_second']:,.0f}"] for row in rows],
+        right=(3, 4, 5, 8, 9))
 
 
 def speed_table(rows: list[dict]) -> str:
-    lines = [
-        "| model | device | precision | forward MFLOP/image | steady epoch s | epoch floor s | "
-        "epoch / floor | achieved GFLOP/s | peak RSS MB |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        floor = row.get("epoch_floor_seconds")
-        ratio = f"{row['steady_epoch_seconds'] / floor:.2f}x" if floor else "—"
-        achieved = row.get("achieved_gflops")
-        lines.append(
-            f"| {model_cell(row)} | {row['device']} | {row.get('precision', 'float32')} | "
-            f"{row['forward_mflops']:.2f} | {row['steady_epoch_seconds']:.1f} | "
-            f"{'—' if floor is None else f'{floor:.2f}'} | {ratio} | "
-            f"{'—' if achieved is None else f'{achieved:.0f}'} | {_mb(row.get('peak_rss_mb'))} |")
-    return "\n".join(lines)
+    """How close each row's steady epoch comes to its compute floor, and its memory."""
+    def cells(row: dict) -> list[str]:
+        floor, achieved = row.get("epoch_floor_seconds"), row.get("achieved_gflops")
+        return [model_cell(row), row["device"], row.get("precision", "float32"),
+                f"{row['forward_mflops']:.2f}", f"{row['steady_epoch_seconds']:.1f}",
+                "—" if floor is None else f"{floor:.2f}",
+                f"{row['steady_epoch_seconds'] / floor:.2f}x" if floor else "—",
+                "—" if achieved is None else f"{achieved:.0f}", _mb(row.get("peak_rss_mb"))]
+
+    return markdown_table(["model", "device", "precision", "forward MFLOP/image", "steady epoch s",
+                           "epoch floor s", "epoch / floor", "achieved GFLOP/s", "peak RSS MB"],
+                          [cells(row) for row in rows], right=(3, 4, 5, 6, 7, 8))
 
 
 def variants_part(rows: list[dict]) -> list[str]:
@@ -138,94 +133,72 @@ def _mb(megabytes: float | None) -> str:
 def crossing_table(rows: list[dict]) -> str:
     """Epoch and training seconds at which validation accuracy first crossed each
     threshold (medians over seeds)."""
-    head = " | ".join(f"val >= {t:.2f}" for t in VAL_THRESHOLDS)
-    lines = [f"| model | device | {head} |", "| --- | --- |" + " --- |" * len(VAL_THRESHOLDS)]
-    for row in rows:
-        cells = []
-        for threshold in (f"{t:.2f}" for t in VAL_THRESHOLDS):
-            recorded = row.get("val_crossings_median") or {}
-            hit = recorded.get(threshold)
-            if threshold not in recorded:
-                cells.append("(not recorded)")
-            elif hit is None:
-                cells.append("not reached")
-            elif hit["epoch"] is None:
-                cells.append(f"{hit['seconds']:.1f} s (epoch not recorded)")
-            else:
-                cells.append(f"epoch {hit['epoch']:g}, {hit['seconds']:.1f} s")
-        lines.append(f"| {model_cell(row)} | {row['device']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    def cell(recorded: dict, threshold: str) -> str:
+        hit = recorded.get(threshold)
+        if threshold not in recorded:
+            return "(not recorded)"
+        if hit is None:
+            return "not reached"
+        if hit["epoch"] is None:
+            return f"{hit['seconds']:.1f} s (epoch not recorded)"
+        return f"epoch {hit['epoch']:g}, {hit['seconds']:.1f} s"
+
+    thresholds = [f"{t:.2f}" for t in VAL_THRESHOLDS]
+    return markdown_table(
+        ["model", "device", *(f"val >= {t}" for t in thresholds)],
+        [[model_cell(row), row["device"],
+          *(cell(row.get("val_crossings_median") or {}, t) for t in thresholds)] for row in rows])
 
 
 def targets_table(rows: list[dict]) -> str:
-    """Each absolute target against the measured mean (plain; TTA said separately)."""
-    lines = ["| model | target | measured (plain) | with flip TTA | met |",
-             "| --- | --- | --- | --- | --- |"]
-    for row in rows:
-        targets = GPU_TARGETS if row["device"].startswith("GPU") else TARGETS
-        taught = row.get("teacher")
-        if row["model"] not in targets or (taught and row["model"] == DISTILL_TARGET["model"]):
-            continue  # the distilled fast model has a target of its own, below
-        accuracy, seconds = targets[row["model"]]
-        plain = row["test_accuracy_mean_std"][0]
-        tta = row["test_accuracy_tta_mean_std"][0] if (row.get("flip") and
-                                                       row["test_accuracy_tta_mean_std"]) else None
-        spent = row["train_seconds_median"]
-        in_time = seconds is None or spent <= seconds
-        plain_met = in_time and plain >= accuracy
-        reached = plain_met or (in_time and tta is not None and tta >= accuracy)
-        met = "yes" if plain_met else "with TTA only" if reached else "**no**"
-        if taught and reached:
+    """Each absolute target against the measured mean (plain; TTA said separately), then
+    the distilled default model's (the verdicts: summary.target_verdicts, distill_verdicts)."""
+    def met(verdict: dict) -> str:
+        text = "yes" if verdict["met"] else "with TTA only" if verdict["met_with_tta"] else "**no**"
+        if verdict["teacher_seconds"] is not None and (verdict["met"] or verdict["met_with_tta"]):
             # Its own training fits the time; its teacher's came first and is said apart.
-            met += f", after its teacher's {taught.get('train_seconds') or 0:.0f} s of training"
-        target = f">= {accuracy:.3f}" + (f" within {seconds:.0f} s" if seconds else "")
-        tta_text = "—" if tta is None else f"{tta:.4f}"
-        if taught:
-            target += " of its own training"
-        lines.append(f"| {model_cell(row)} ({row['device']}, {_seeds(row)}) | {target} | "
-                     f"{plain:.4f} in {spent:.1f} s | {tta_text} | {met} |")
-    lines += distill_target_lines(rows)
-    return "\n".join(lines)
+            text += f", after its teacher's {verdict['teacher_seconds']:.0f} s of training"
+        return text
 
-
-def distill_target_lines(rows: list[dict]) -> list[str]:
-    """Each distilled row of ``DISTILL_TARGET``'s model against the target: accuracy, in
-    at most the plain row's training time (times the allowed swing)."""
-    model = DISTILL_TARGET["model"]
-    plain = next((r for r in rows if r["model"] == model and is_plain(r)), None)
     lines = []
-    for row in rows:
-        if row["model"] != model or not row.get("teacher"):
-            continue
-        accuracy, spent = row["test_accuracy_mean_std"][0], row["train_seconds_median"]
-        limit = plain["train_seconds_median"] * DISTILL_TARGET["time_ratio"] if plain else None
-        met = accuracy >= DISTILL_TARGET["accuracy"] and limit is not None and spent <= limit
-        tta = row.get("test_accuracy_tta_mean_std") if row.get("flip") else None
-        lines.append(
-            f"| {model_cell(row)} ({row['device']}, {_seeds(row)}) | >= "
-            f"{DISTILL_TARGET['accuracy']:.3f} within {DISTILL_TARGET['time_ratio']}x the plain "
-            f"`{model}`'s time ({'—' if limit is None else f'{limit:.1f} s'}) | {accuracy:.4f} in "
-            f"{spent:.1f} s (teacher's pass: {row['teacher'].get('seconds') or 0:.1f} s more) | "
-            f"{'—' if not tta else f'{tta[0]:.4f}'} | {'yes' if met else '**no**'} |")
-    return lines
+    for verdict in target_verdicts(rows):
+        row, seconds = verdict["row"], verdict["seconds"]
+        target = f">= {verdict['accuracy']:.3f}" + (f" within {seconds:.0f} s" if seconds else "")
+        if verdict["teacher_seconds"] is not None:
+            target += " of its own training"
+        lines.append([f"{model_cell(row)} ({row['device']}, {_seeds(row)})", target,
+                      f"{verdict['plain']:.4f} in {verdict['spent']:.1f} s",
+                      _fmt_number(verdict["tta"]), met(verdict)])
+    model = DISTILL_TARGET["model"]
+    for verdict in distill_verdicts(rows):
+        row, limit = verdict["row"], verdict["limit"]
+        lines.append([f"{model_cell(row)} ({row['device']}, {_seeds(row)})",
+                      f">= {DISTILL_TARGET['accuracy']:.3f} within {DISTILL_TARGET['time_ratio']}x "
+                      f"the plain `{model}`'s time ({'—' if limit is None else f'{limit:.1f} s'})",
+                      f"{verdict['plain']:.4f} in {verdict['spent']:.1f} s (teacher's pass: "
+                      f"{verdict['teacher_pass']:.1f} s more)",
+                      _fmt_number(verdict["tta"]), "yes" if verdict["met"] else "**no**"])
+    return markdown_table(["model", "target", "measured (plain)", "with flip TTA", "met"], lines)
+
+
+def _fmt_number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def tta_section(section: dict) -> str:
-    """The test-time augmentations `fmnist bench tta` scored on this machine kind."""
+    """The test-time views the TTA study (scripts/studies.py tta) scored on this machine kind."""
     results = section.get("tta")
     if not results:
-        return "Not measured yet: `fmnist bench tta --model MODEL`."
-    lines = ["| model | test-time views | forward passes per image | validation acc (mean ± std) "
-             "| test acc (mean ± std) | chosen on validation |",
-             "| --- | --- | ---: | --- | --- | --- |"]
-    for result in results:
-        for name, figures in result["sets"].items():
-            label = name.replace("shifts", f"{result['shift']}-pixel shifts")
-            lines.append(
-                f"| {model_cell(result)} seeds {result['seeds']} | {label} | {figures['views']} | "
-                f"{_fmt_acc(mean_std(figures['validation']))} | "
-                f"{_fmt_acc(mean_std(figures['test']))} | "
-                f"{'**yes**' if name == result['chosen_on_validation'] else ''} |")
+        return "Not measured yet: `python scripts/studies.py tta --model MODEL`."
+    table = markdown_table(
+        ["model", "test-time views", "forward passes per image", "validation acc (mean ± std)",
+         "test acc (mean ± std)", "chosen on validation"],
+        [[f"{model_cell(result)} seeds {result['seeds']}",
+          name.replace("shifts", f"{result['shift']}-pixel shifts"), str(figures["views"]),
+          _fmt_acc(mean_std(figures["validation"])), _fmt_acc(mean_std(figures["test"])),
+          "**yes**" if name == result["chosen_on_validation"] else ""]
+         for result in results for name, figures in result["sets"].items()], right=(2,))
+    lines = [table]
     lines += ["", "- The mean of the probabilities over the views: the image, its mirror, and "
                   "both moved up, down, left and right. The choice is made on each run's "
                   "validation split (ties go to fewer views); the test column reports it.",
@@ -234,25 +207,24 @@ def tta_section(section: dict) -> str:
 
 
 def ensembles_section(section: dict) -> str:
-    """The ensembles `fmnist bench ensemble` measured on this machine kind."""
+    """The ensembles the ensemble study (scripts/studies.py ensemble) measured on this kind."""
     results = section.get("ensembles")
     if not results:
-        return "Not measured yet: `fmnist bench ensemble --model MODEL`."
-    lines = ["| members | test acc | with flip TTA | members' test acc (mean) | "
-             "train s (members, summed) | Keras img/s | onnxruntime img/s | ONNX vs Keras max "
-             "abs diff | class differences |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | --- | ---: |"]
-    for result in results:
+        return "Not measured yet: `python scripts/studies.py ensemble --model MODEL`."
+    def cells(result: dict) -> list[str]:
         members = [a for a in result["members_test_accuracy"] if a is not None]
-        tta = result.get("test_accuracy_tta")
-        lines.append(
-            f"| {model_cell(result)} seeds {result['seeds']} | "
-            f"{result['test_accuracy']:.4f} | {'—' if tta is None else f'{tta:.4f}'} | "
-            f"{sum(members) / len(members):.4f} | {result['train_seconds']:.1f} | "
-            f"{result['keras_images_per_second']:,.0f} | {result['onnx_images_per_second']:,.0f} | "
-            f"{result['max_abs_difference']:.1e} on {result['images']:,} images of seed "
-            f"{result['seeds'][0]}'s validation split | "
-            f"{result['class_mismatches']} |")
+        return [f"{model_cell(result)} seeds {result['seeds']}", f"{result['test_accuracy']:.4f}",
+                _fmt_number(result.get("test_accuracy_tta")),
+                f"{sum(members) / len(members):.4f}", f"{result['train_seconds']:.1f}",
+                f"{result['keras_images_per_second']:,.0f}",
+                f"{result['onnx_images_per_second']:,.0f}",
+                f"{result['max_abs_difference']:.1e} on {result['images']:,} images of seed "
+                f"{result['seeds'][0]}'s validation split", str(result["class_mismatches"])]
+
+    lines = [markdown_table(["members", "test acc", "with flip TTA", "members' test acc (mean)",
+                             "train s (members, summed)", "Keras img/s", "onnxruntime img/s",
+                             "ONNX vs Keras max abs diff", "class differences"],
+                            [cells(result) for result in results], right=(4, 5, 6, 8))]
     lines += ["", "- One Keras model averaging the members' probabilities (`fmnist ensemble`), "
                   "evaluated on the test set like a run and exported as one ONNX graph under "
                   "the same parity check, on the first member's validation images (members of other "
@@ -272,18 +244,15 @@ def default_target_text(rows: list[dict]) -> str:
     if result is None:
         return f"- (needs both `{DEFAULT_MODEL}` and `{REFERENCE_MODEL}` measured on this machine)"
 
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "**not met**"
-
     floor = ("—" if result["floor_ratio"] is None else f"{result['floor_ratio']:.2f}x")
     lines = [
         f"- test accuracy (mean of {result['seeds']} seeds, no TTA): **{result['accuracy']:.4f}** "
-        f"(target >= {DEFAULT_TARGET['accuracy']:.3f}): {verdict(result['accuracy_met'])}",
+        f"(target >= {DEFAULT_TARGET['accuracy']:.3f}): {_met(result['accuracy_met'])}",
         f"- training time: {result['seconds']:.1f} s vs `{REFERENCE_MODEL}`'s "
         f"{result['reference_seconds']:.1f} s (medians), a ratio of **{result['time_ratio']:.2f}** "
-        f"(target <= {DEFAULT_TARGET['time_ratio']}): {verdict(result['time_met'])}",
+        f"(target <= {DEFAULT_TARGET['time_ratio']}): {_met(result['time_met'])}",
         f"- steady epoch / compute floor: **{floor}** (target <= "
-        f"{DEFAULT_TARGET['floor_ratio']}x): {verdict(result['floor_met'])}",
+        f"{DEFAULT_TARGET['floor_ratio']}x): {_met(result['floor_met'])}",
     ]
     if not result["same_run"]:
         lines.append(f"- note: `{DEFAULT_MODEL}` and `{REFERENCE_MODEL}` were not measured in "
@@ -295,37 +264,36 @@ def inference_section(section: dict) -> str:
     rows = section.get("inference")
     if not rows:
         return "Not measured yet: `fmnist bench inference`."
-    lines = [f"Written by `{section['inference_command']}` on {section['inference_utc']}.", "",
-             "| model | device | Keras img/s | onnxruntime img/s | onnxruntime int8 img/s | "
-             "1 image: Keras / onnxruntime / int8 ms | ONNX vs Keras max abs diff "
-             "| class differences | agrees with the bf16-trained model | int8 agrees with float |",
-             "| --- | --- | ---: | ---: | ---: | --- | --- | ---: | --- | --- |"]
-    for row in rows:
+    def dash(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    def cells(row: dict) -> list[str]:
         agreement = (f"{100 * row['agreement_with_trained_model']:.2f}%"
                      if row["mixed_precision_trained"] else "(trained in float32)")
-        int8_speed = row.get("int8_images_per_second")
-        int8_ms = row.get("int8_one_image_ms")
         int8_agreement = row.get("int8_class_agreement")
-        lines.append(
-            f"| {model_cell(row)} | {row['device']} | {row['keras_images_per_second']:,.0f} | "
-            f"{row['onnx_images_per_second']:,.0f} | "
-            f"{'-' if int8_speed is None else f'{int8_speed:,.0f}'} | "
-            f"{row['keras_one_image_ms']:.2f} / {row['onnx_one_image_ms']:.2f} / "
-            f"{'-' if int8_ms is None else f'{int8_ms:.2f}'} | "
-            f"{row['max_abs_difference']:.1e} on {row['images']:,} {row.get('checked_on', 'test')} "
-            f"images | {row['class_mismatches']} | "
-            f"{agreement} | {'-' if int8_agreement is None else f'{100 * int8_agreement:.2f}%'} |")
-    model, target = ONNX_TARGET
-    row = next((r for r in rows if r["model"] == model), None)
-    if row is not None:
-        float_speed, int8_speed = row["onnx_images_per_second"], row.get("int8_images_per_second")
-        verdict = "met" if float_speed >= target else "**not met**"
-        text = (f"Target: `{model}` on onnxruntime >= {target:,} images/s at batch 1024: float32 "
-                f"{float_speed:,.0f}, {verdict}")
-        if int8_speed:
-            text += (f"; int8 {int8_speed:,.0f}, {'met' if int8_speed >= target else '**not met**'} "
-                     f"(same class as float32 for {100 * row['int8_class_agreement']:.2f}% of the "
-                     f"{row.get('checked_on', 'test')} images)")
+        return [model_cell(row), row["device"], f"{row['keras_images_per_second']:,.0f}",
+                f"{row['onnx_images_per_second']:,.0f}",
+                dash(row.get("int8_images_per_second"), ",.0f"),
+                f"{row['keras_one_image_ms']:.2f} / {row['onnx_one_image_ms']:.2f} / "
+                f"{dash(row.get('int8_one_image_ms'), '.2f')}",
+                f"{row['max_abs_difference']:.1e} on {row['images']:,} "
+                f"{row.get('checked_on', 'test')} images", str(row["class_mismatches"]),
+                agreement, "-" if int8_agreement is None else f"{100 * int8_agreement:.2f}%"]
+
+    lines = [f"Written by `{section['inference_command']}` on {section['inference_utc']}.", "",
+             markdown_table(["model", "device", "Keras img/s", "onnxruntime img/s",
+                             "onnxruntime int8 img/s", "1 image: Keras / onnxruntime / int8 ms",
+                             "ONNX vs Keras max abs diff", "class differences",
+                             "agrees with the bf16-trained model", "int8 agrees with float"],
+                            [cells(row) for row in rows], right=(2, 3, 4, 7))]
+    verdict = inference_verdict(rows)
+    if verdict is not None:
+        text = (f"Target: `{verdict['model']}` on onnxruntime >= {verdict['target']:,} images/s "
+                f"at batch 1024: float32 {verdict['float32']:,.0f}, {_met(verdict['float32_met'])}")
+        if verdict["int8"]:
+            text += (f"; int8 {verdict['int8']:,.0f}, {_met(verdict['int8_met'])} (same class as "
+                     f"float32 for {100 * verdict['int8_agreement']:.2f}% of the "
+                     f"{verdict['checked_on']} images)")
         lines += ["", text + "."]
     lines += ["", "- *img/s*: images per second at batch 1024, median of 10 batches after "
                   "warm-up, same random batch for both engines; *1 image*: median latency of "
@@ -348,33 +316,31 @@ def serve_section(section: dict) -> str:
     parts = []
     for result in results:
         memory = result["memory"]
+        levels = markdown_table(
+            ["concurrent clients", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+             "errors", "server CPU ms/request", "client CPU ms/request", "server RSS after, MB"],
+            [[str(level["clients"]), f"{level['requests']:,}", f"{level['requests_per_second']:.0f}",
+              f"{level['p50_ms']:.1f}", f"{level['p90_ms']:.1f}", f"{level['p99_ms']:.1f}",
+              f"{level['max_ms']:.1f}", str(level["errors"]),
+              f"{level['server_cpu_ms_per_request']:.2f}",
+              f"{level['client_cpu_ms_per_request']:.2f}", f"{level['server_rss_after_mb']:.0f}"]
+             for level in result["levels"]], right=tuple(range(11)))
         lines = [f"`{result['command']}` ({result['utc']}): model `{result['model']}`, engine "
                  f"{result['engine']}, {result.get('workers', 1)} server process(es), "
                  f"{result['endpoint']} with {result['image']}, "
-                 f"{result['warmup_requests']} warm-up requests first.", "",
-                 "| concurrent clients | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | "
-                 "errors | server CPU ms/request | client CPU ms/request | server RSS after, MB |",
-                 "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for level in result["levels"]:
-            lines.append(
-                f"| {level['clients']} | {level['requests']:,} | {level['requests_per_second']:.0f} | "
-                f"{level['p50_ms']:.1f} | {level['p90_ms']:.1f} | {level['p99_ms']:.1f} | "
-                f"{level['max_ms']:.1f} | {level['errors']} | "
-                f"{level['server_cpu_ms_per_request']:.2f} | {level['client_cpu_ms_per_request']:.2f} | "
-                f"{level['server_rss_after_mb']:.0f} |")
-        lines += ["", f"Server memory: {memory['after_start_mb']:.0f} MB after start-up, "
-                      f"{memory['after_warmup_mb']:.0f} MB after warm-up, "
-                      f"{memory['after_all_mb']:.0f} MB after all requests "
-                      f"({memory['growth_percent']:+.1f}% since warm-up)."]
-        at = next((lv for lv in result["levels"] if lv["clients"] == SERVE_TARGETS["clients"]), None)
-        if at is not None:
-            checks = [("p50", at["p50_ms"] <= SERVE_TARGETS["p50_ms"], f"{at['p50_ms']:.1f} ms <= {SERVE_TARGETS['p50_ms']:.0f}"),
-                      ("p99", at["p99_ms"] <= SERVE_TARGETS["p99_ms"], f"{at['p99_ms']:.1f} ms <= {SERVE_TARGETS['p99_ms']:.0f}"),
-                      ("errors", sum(lv["errors"] for lv in result["levels"]) == 0, "0 errors"),
-                      ("memory", memory["growth_percent"] < SERVE_TARGETS["growth_percent"],
-                       f"growth {memory['growth_percent']:+.1f}% < {SERVE_TARGETS['growth_percent']:.0f}%")]
+                 f"{result['warmup_requests']} warm-up requests first.", "", levels,
+                 "", f"Server memory: {memory['after_start_mb']:.0f} MB after start-up, "
+                     f"{memory['after_warmup_mb']:.0f} MB after warm-up, "
+                     f"{memory['after_all_mb']:.0f} MB after all requests "
+                     f"({memory['growth_percent']:+.1f}% since warm-up)."]
+        checks = serve_verdicts(result)
+        if checks is not None:
+            words = {"p50": lambda v: f"{v['value']:.1f} ms <= {v['limit']:.0f}",
+                     "p99": lambda v: f"{v['value']:.1f} ms <= {v['limit']:.0f}",
+                     "errors": lambda v: "0 errors",
+                     "memory": lambda v: f"growth {v['value']:+.1f}% < {v['limit']:.0f}%"}
             lines += ["", f"Targets at {SERVE_TARGETS['clients']} clients: " + "; ".join(
-                f"{name} {text}: {'met' if ok else '**not met**'}" for name, ok, text in checks) + "."]
+                f"{v['name']} {words[v['name']](v)}: {_met(v['met'])}" for v in checks) + "."]
         if "burst" in result:
             lines += ["", burst_lines(result["burst"])]
         parts.append("\n".join(lines))
@@ -387,24 +353,28 @@ def serve_section(section: dict) -> str:
 def burst_lines(burst: dict) -> str:
     """The burst scenario of a serve result, as Markdown."""
     statuses = ", ".join(f"{count:,} x {status}" for status, count in burst["statuses"].items())
-    checks = [("/health p99", burst["health_p99_ms"] <= BURST_TARGETS["health_p99_ms"],
-               f"{burst['health_p99_ms']:.1f} ms <= {BURST_TARGETS['health_p99_ms']:.0f}"),
-              ("peak RSS", burst["peak_rss_mb"] <= BURST_TARGETS["peak_rss_mb"],
-               f"{burst['peak_rss_mb']:.0f} MB <= {BURST_TARGETS['peak_rss_mb']:.0f}"),
-              ("saturation answered", "503" in burst["statuses"], "503 + Retry-After seen")]
+    words = {"/health p99": lambda v: f"{v['value']:.1f} ms <= {v['limit']:.0f}",
+             "peak RSS": lambda v: f"{v['value']:.0f} MB <= {v['limit']:.0f}",
+             "saturation answered": lambda v: "503 + Retry-After seen"}
+    table = markdown_table(
+        ["/health probes", "p50 ms", "p99 ms", "max ms", "server RSS at start, MB",
+         "peak RSS, MB", "statuses"],
+        [[f"{burst['health_probes']:,}", f"{burst['health_p50_ms']:.1f}",
+          f"{burst['health_p99_ms']:.1f}", f"{burst['health_max_ms']:.1f}",
+          f"{burst['rss_after_start_mb']:.0f}", f"{burst['peak_rss_mb']:.0f}", statuses]],
+        right=(0, 1, 2, 3, 4, 5))
     return "\n".join([
         f"**Burst**: {burst['clients']} clients, each sending back to back, for "
         f"{burst['seconds']:.0f} s, the largest request the defaults accept "
         f"({burst['images_per_request']} PNGs, {burst['request_pixels']:,} pixels in all, "
         f"{burst['request_bytes']:,} bytes), ignoring Retry-After; one more client asks "
-        "`/health` every 20 ms.", "",
-        "| /health probes | p50 ms | p99 ms | max ms | server RSS at start, MB | peak RSS, MB | "
-        "statuses |", "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-        f"| {burst['health_probes']:,} | {burst['health_p50_ms']:.1f} | {burst['health_p99_ms']:.1f} | "
-        f"{burst['health_max_ms']:.1f} | {burst['rss_after_start_mb']:.0f} | "
-        f"{burst['peak_rss_mb']:.0f} | {statuses} |", "",
-        "Targets: " + "; ".join(f"{name} {text}: {'met' if ok else '**not met**'}"
-                                for name, ok, text in checks) + "."])
+        "`/health` every 20 ms.", "", table, "",
+        "Targets: " + "; ".join(f"{v['name']} {words[v['name']](v)}: {_met(v['met'])}"
+                                for v in burst_verdicts(burst)) + "."])
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
 
 
 def ordered_sections(report: dict, current: str | None) -> list[tuple[str, dict]]:
@@ -444,23 +414,21 @@ def single_runs_section(section: dict) -> str:
     """Runs recorded one by one (one seed each, not a bench row), and the targets of
     their models on this kind of device."""
     runs = section.get("single_runs") or []
-    lines = ["| model | recipe | precision | backend | params | epochs | train s | val acc | "
-             "test acc | with flip TTA | target | met |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | --- | --- | --- | --- | --- |"]
-    for run in runs:
-        targets = GPU_TARGETS if run["device"].startswith("GPU") else TARGETS
-        accuracy, seconds = targets.get(run["model"], (None, None))
-        target = "—" if accuracy is None else (f">= {accuracy:.3f}"
-                                               + (f" within {seconds:.0f} s" if seconds else ""))
-        met = "—" if accuracy is None else (
-            "yes" if run["test_accuracy"] >= accuracy
-            and (seconds is None or run["train_seconds"] <= seconds) else "**no**")
-        tta = run.get("test_accuracy_tta")
-        lines.append(
-            f"| `{run['model']}` | `{run['recipe'] or '(preset)'}` | {run['precision']} | "
-            f"{run['backend']} | {run['params']:,} | {run['epochs']} | {run['train_seconds']:.1f} | "
-            f"{run['val_accuracy']:.4f} | {run['test_accuracy']:.4f} | "
-            f"{'—' if tta is None else f'{tta:.4f}'} | {target} | {met} |")
+
+    def cells(run: dict) -> list[str]:
+        verdict = single_run_verdict(run)
+        target = "—" if verdict is None else (
+            f">= {verdict['accuracy']:.3f}"
+            + (f" within {verdict['seconds']:.0f} s" if verdict["seconds"] else ""))
+        return [f"`{run['model']}`", f"`{run['recipe'] or '(preset)'}`", run["precision"],
+                run["backend"], f"{run['params']:,}", str(run["epochs"]),
+                f"{run['train_seconds']:.1f}", f"{run['val_accuracy']:.4f}",
+                f"{run['test_accuracy']:.4f}", _fmt_number(run.get("test_accuracy_tta")), target,
+                "—" if verdict is None else "yes" if verdict["met"] else "**no**"]
+
+    lines = [markdown_table(["model", "recipe", "precision", "backend", "params", "epochs",
+                             "train s", "val acc", "test acc", "with flip TTA", "target", "met"],
+                            [cells(run) for run in runs], right=(4, 5, 6))]
     notes = [f"- `{run['command']}` ({run['utc']}): {run['source']}. Precision {run['precision']}: "
              f"{run.get('precision_reason', '')}." for run in runs]
     return "\n".join([*lines, "", "- One seed each: a single run, not a mean over seeds.", *notes])
@@ -573,15 +541,14 @@ def commands_list(rows: list[dict]) -> str:
 
 
 def per_seed_table(rows: list[dict]) -> str:
-    lines = ["| model | device | seeds | test accuracy | with TTA | train seconds |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for row in rows:
-        fmt = lambda values, digits=4: ", ".join(f"{v:.{digits}f}" for v in values)  # noqa: E731
-        tta = fmt(row["test_accuracy_tta"]) if row.get("flip") and row["test_accuracy_tta"] else "—"
-        lines.append(f"| {model_cell(row)} | {row['device']} | {row['seeds']} | "
-                     f"{fmt(row['test_accuracy'])} | {tta} | "
-                     f"{fmt(row['train_seconds'], 1)} |")
-    return "\n".join(lines)
+    def listed(values, digits: int = 4) -> str:
+        return ", ".join(f"{value:.{digits}f}" for value in values)
+
+    return markdown_table(
+        ["model", "device", "seeds", "test accuracy", "with TTA", "train seconds"],
+        [[model_cell(row), row["device"], str(row["seeds"]), listed(row["test_accuracy"]),
+          listed(row["test_accuracy_tta"]) if row.get("flip") and row["test_accuracy_tta"] else "—",
+          listed(row["train_seconds"], 1)] for row in rows])
 
 
 def preset_rows(rows: list[dict]) -> list[dict]:
@@ -605,20 +572,20 @@ SCHEDULE_FLAGS = ("--epochs", "--time-budget")
 
 def presets_table(report: dict) -> str:
     """The presets on every machine kind, as one Markdown table (the README's)."""
-    lines = ["| model | machine kind | precision | epochs | train s (median) | "
-             "test acc (mean ± std) | seeds | predict img/s |",
-             "| --- | --- | --- | ---: | ---: | --- | ---: | ---: |"]
-    for kind, section in ordered_sections(report, None):
-        for row in preset_rows(section.get("rows", [])):
-            label = _KIND_WORDS.get(section.get("machine", {}).get("cpu_kind"), kind)
-            if row.get("device", "CPU") != "CPU":
-                label = row["device"].removeprefix("GPU: ")
-            lines.append(
-                f"| {model_cell(row)} | {label} | {row.get('precision', 'float32')} | "
-                f"{_epochs_cell(row)} | {row['train_seconds_median']:,.1f} | "
-                f"{_fmt_acc(row['test_accuracy_mean_std'], len(row['seeds']))} | {len(row['seeds'])} | "
-                f"{row['predict_images_per_second']:,.0f} |")
-    return "\n".join(lines)
+    def label(kind: str, section: dict, row: dict) -> str:
+        if row.get("device", "CPU") != "CPU":
+            return row["device"].removeprefix("GPU: ")
+        return _KIND_WORDS.get(section.get("machine", {}).get("cpu_kind"), kind)
+
+    return markdown_table(
+        ["model", "machine kind", "precision", "epochs", "train s (median)",
+         "test acc (mean ± std)", "seeds", "predict img/s"],
+        [[model_cell(row), label(kind, section, row), row.get("precision", "float32"),
+          _epochs_cell(row), f"{row['train_seconds_median']:,.1f}",
+          _fmt_acc(row["test_accuracy_mean_std"], len(row["seeds"])), str(len(row["seeds"])),
+          f"{row['predict_images_per_second']:,.0f}"]
+         for kind, section in ordered_sections(report, None)
+         for row in preset_rows(section.get("rows", []))], right=(3, 4, 6, 7))
 
 
 # Short names of the CPU kinds, for a table's cells (machine_label says them in full).

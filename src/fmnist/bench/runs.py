@@ -1,6 +1,6 @@
 """Running the benches: training runs as child `fmnist train` processes, the inference
-and serving benches, each storing its figures under this machine's kind and
-re-rendering the reports."""
+and serving benches, each storing its figures under this machine's kind through one
+path (:func:`update_section`) that re-renders the page."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from fmnist.bench.measure import (device_name, forward_flops, machine, measure_i
                                   predict_throughput)
 from fmnist.bench.render import render
 from fmnist.bench.store import load_report, machine_kind, machine_label
-from fmnist.bench.summary import (crossings, ensemble_name, is_plain, merge_runs, run_name,
-                                  summarize)
+from fmnist.bench.summary import crossings, merge_runs, run_name, summarize
 from fmnist.bench.targets import BURST_TARGETS, MODEL_ORDER
 from fmnist.errors import FmnistError
 
@@ -90,12 +89,25 @@ def bench_seed(model: str, seed: int, out: Path, data_dir, extra: list[str], res
     return run_training(model, seed, out, data_dir, extra), False
 
 
+def update_section(json_path: Path, markdown_path: Path, record: dict, change) -> dict:
+    """The one path that changes bench.json: load it, let ``change`` edit this machine
+    kind's section in place (created with ``record`` when new), write the file, and
+    re-render the page. Loaded last, after the measuring, so that a long bench never
+    writes back figures another bench stored meanwhile. Returns the whole report."""
+    report = load_report(json_path)
+    kind = machine_kind(record)
+    change(report["machines"].setdefault(kind, {"machine": record, "rows": []}))
+    rundir.write_json(json_path, report)
+    render(report, markdown_path, current=kind)
+    return report
+
+
 def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, markdown_path: Path,
               data_dir=None, extra: list[str] | None = None,
               command: str = "fmnist bench", log=print, seed_start: int = 0,
               teacher: str | None = None, resume: bool = False) -> dict:
     """Benchmark ``models`` over seeds ``seed_start .. seed_start+seeds-1`` on this
-    machine; rewrite the reports.
+    machine; store the rows and rewrite the page. Returns the report.
 
     Rows of this machine's kind are replaced model by model (stored runs of the same
     model with other seeds are kept and summarized with the new ones); other kinds'
@@ -113,55 +125,68 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         teacher = teacher_spelling(teacher)
     # What run_name needs of the rows made; the run path as the students record it.
     naming = {"teacher": None if teacher is None else {"run": teacher}, "recipe": recipe}
-    extra = list(extra or [])
-    report = load_report(json_path)
     record = machine()  # the matmul peaks first, while nothing else runs
-    kind = machine_kind(record)
-    section = report["machines"].setdefault(kind, {"rows": []})
-    device = record["device"]
-    bench_id = _now()
-    log(f"bench: {machine_label(record)} ({kind}); float32 peak "
+    log(f"bench: {machine_label(record)} ({machine_kind(record)}); float32 peak "
         f"{record['peak_gflops']['float32']:.0f} GFLOP/s, bfloat16 "
         f"{record['peak_gflops']['bfloat16']:.0f}", flush=True)
-    for model in models:
-        runs, taken = [], set()
-        for seed in range(seed_start, seed_start + seeds):
-            out = out_dir / run_name({"model": model, **naming}, seed)
-            taught_by = [] if teacher is None else ["--teacher", teacher_for_seed(teacher, seed)]
-            figures, as_they_stood = bench_seed(model, seed, out, data_dir, [*extra, *taught_by],
-                                                resume, log)
-            runs.append(figures)
-            if as_they_stood:
-                taken.add(seed)
-            tta = runs[-1].get("test_accuracy_tta")
-            log(f"bench:   test {runs[-1]['test_accuracy']:.4f}"
-                + (f" (TTA {tta:.4f})" if tta is not None else "")
-                + f", {runs[-1]['train_seconds']:.1f} s ({runs[-1]['precision']})", flush=True)
-        import keras
+    measured = [_bench_model(model, range(seed_start, seed_start + seeds), out_dir, naming,
+                             data_dir, list(extra or []), resume, log) for model in models]
+    bench_id = _now()
 
-        final_model = out_dir / run_name({"model": model, **naming}, seed_start) / rundir.MODEL
-        flops = forward_flops(keras.saving.load_model(final_model, compile=False))
-        throughput = predict_throughput(final_model)
-        wanted = variant_key(naming)  # the teacher's path as given, the recipe
-        old = next((r for r in section["rows"] if (r["model"], r["device"], variant_key(r))
-                    == (model, device, wanted)), None)
-        row = summarize(model, merge_runs(old, runs), throughput, flops, record["peak_gflops"], device)
-        if teacher is not None:  # over every seed of the row, stored ones included
-            row["teacher"] = row_teacher(row["runs"], teacher)
-        if recipe:
-            row["recipe"] = recipe
-        # Which invocations produced the row's runs (a slow model is run a few seeds at a time).
-        kept = ({run["seed"] for run in row["runs"]} - {run["seed"] for run in runs}) | taken
-        row["commands"] = [*old.get("commands", []), command] if old and kept else [command]
-        row["bench_id"] = None if kept else bench_id  # all seeds from this invocation
-        section["rows"] = [r for r in section["rows"] if r is not old] + [row]
-    order = {name: index for index, name in enumerate(MODEL_ORDER)}
-    section["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"],
-                                        variant_key(r)))
-    section.update({"machine": record, "command": command, "updated_utc": _now()})
-    rundir.write_json(json_path, report)
-    render(report, markdown_path, current=kind)
-    return report
+    def store(section: dict) -> None:
+        for model, runs, taken, (flops, throughput) in measured:
+            _store_row(section, record, naming, model, runs, taken, flops, throughput,
+                       command, bench_id)
+        order = {name: index for index, name in enumerate(MODEL_ORDER)}
+        section["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"],
+                                            variant_key(r)))
+        section.update({"machine": record, "command": command, "updated_utc": _now()})
+
+    return update_section(json_path, markdown_path, record, store)
+
+
+def _bench_model(model: str, seeds, out_dir: Path, naming: dict, data_dir, extra: list[str],
+                 resume: bool, log) -> tuple:
+    """Train (or take) each seed of ``model``: (model, the runs' figures, the seeds taken
+    as they stood, (forward FLOPs, predict images/s) of the first seed's model)."""
+    runs, taken = [], set()
+    teacher = (naming["teacher"] or {}).get("run")
+    for seed in seeds:
+        out = out_dir / run_name({"model": model, **naming}, seed)
+        taught_by = [] if teacher is None else ["--teacher", teacher_for_seed(teacher, seed)]
+        figures, as_they_stood = bench_seed(model, seed, out, data_dir, [*extra, *taught_by],
+                                            resume, log)
+        runs.append(figures)
+        if as_they_stood:
+            taken.add(seed)
+        tta = figures.get("test_accuracy_tta")
+        log(f"bench:   test {figures['test_accuracy']:.4f}"
+            + (f" (TTA {tta:.4f})" if tta is not None else "")
+            + f", {figures['train_seconds']:.1f} s ({figures['precision']})", flush=True)
+    import keras
+
+    first = out_dir / run_name({"model": model, **naming}, seeds[0]) / rundir.MODEL
+    flops = forward_flops(keras.saving.load_model(first, compile=False))
+    return model, runs, taken, (flops, predict_throughput(first))
+
+
+def _store_row(section: dict, record: dict, naming: dict, model: str, runs: list[dict],
+               taken: set, flops: int, throughput: float, command: str, bench_id: str) -> None:
+    """Put ``model``'s row, its stored runs merged with ``runs``, in place of the old one."""
+    device = record["device"]
+    old = next((r for r in section["rows"] if (r["model"], r["device"], variant_key(r))
+                == (model, device, variant_key(naming))), None)
+    row = summarize(model, merge_runs(old, runs), throughput, flops, record["peak_gflops"], device)
+    teacher = (naming["teacher"] or {}).get("run")
+    if teacher is not None:  # over every seed of the row, stored ones included
+        row["teacher"] = row_teacher(row["runs"], teacher)
+    if naming["recipe"]:
+        row["recipe"] = naming["recipe"]
+    # Which invocations produced the row's runs (a slow model is run a few seeds at a time).
+    kept = ({run["seed"] for run in row["runs"]} - {run["seed"] for run in runs}) | taken
+    row["commands"] = [*old.get("commands", []), command] if old and kept else [command]
+    row["bench_id"] = None if kept else bench_id  # all seeds from this invocation
+    section["rows"] = [r for r in section["rows"] if r is not old] + [row]
 
 
 def run_inference_bench(json_path: Path, markdown_path: Path,
@@ -169,21 +194,17 @@ def run_inference_bench(json_path: Path, markdown_path: Path,
     """Add Keras/onnxruntime throughput and ONNX parity for this machine's stored rows."""
     if not json_path.is_file():
         raise FmnistError(f"{json_path} does not exist; run `fmnist bench train` first")
-    report = load_report(json_path)
     record = machine(measure=False)
     kind = machine_kind(record)
-    section = report["machines"].get(kind)
+    section = load_report(json_path)["machines"].get(kind)
     if not section or not section.get("rows"):
         raise FmnistError(f"{json_path} has no training rows for this machine ({kind}); "
                           "run `fmnist bench train` here first")
     device = device_name()
-    rows = [row for row in section["rows"] if row["device"] == device]
-    section["inference"] = measure_inference(rows, runs_dir, train_data, log)
-    section["inference_command"] = command
-    section["inference_utc"] = _now()
-    rundir.write_json(json_path, report)
-    render(report, markdown_path, current=kind)
-    return report
+    inference = measure_inference([row for row in section["rows"] if row["device"] == device],
+                                  runs_dir, train_data, log)
+    return update_section(json_path, markdown_path, record, lambda section: section.update(
+        inference=inference, inference_command=command, inference_utc=_now()))
 
 
 def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_path: Path,
@@ -193,20 +214,19 @@ def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_pa
     under this machine's kind."""
     from fmnist.bench.loadtest import run_burst, run_load_test
 
-    report = load_report(json_path)
     record = machine(measure=False)  # serving runs on the CPU; no TensorFlow needed here
-    kind = machine_kind(record)
     result = run_load_test(model, images, engine=engine, requests=requests, concurrency=clients,
                            log=log, workers=workers)
     result["burst"] = run_burst(model, engine, clients=BURST_TARGETS["clients"],
                                 seconds=burst_seconds, log=log)
     result.update({"command": command, "utc": _now()})
-    section = report["machines"].setdefault(kind, {"machine": record, "rows": []})
-    section["serve"] = [old for old in section.get("serve", [])
-                        if (old["engine"], old.get("workers", 1)) != (result["engine"], workers)]
-    section["serve"].append(result)
-    rundir.write_json(json_path, report)
-    render(report, markdown_path, current=kind)
+
+    def store(section: dict) -> None:
+        section["serve"] = [old for old in section.get("serve", [])
+                            if (old["engine"], old.get("workers", 1)) != (result["engine"], workers)]
+        section["serve"].append(result)
+
+    update_section(json_path, markdown_path, record, store)
     return result
 
 
@@ -266,120 +286,3 @@ def variant_key(row: dict) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path,
-                       runs_dir: Path, train_data, test_data, command: str,
-                       train_args: list[str] | None = None, log=print) -> dict:
-    """The ensemble of ``model``'s benchmarked seeds on this machine: built from their
-    runs in ``runs_dir``, evaluated on ``test_data`` (through evaluate, the only scorer
-    of the test set), timed, exported to one ONNX graph checked on validation images.
-    ``train_args``: the --train-arg of the row's recipe (see :func:`_plain_row`)."""
-    from fmnist.bench.measure import engine_speed
-    from fmnist.ensemble import create_ensemble
-    from fmnist.evaluate import evaluate_run
-    from fmnist.export import export_images, export_onnx
-    from fmnist.predict import OnnxEngine
-
-    report = load_report(json_path)
-    record = machine(measure=False)
-    kind = machine_kind(record)
-    row = _plain_row(report, kind, model, json_path,
-                     None if train_args is None else recipe_key(train_args))
-    members = [runs_dir / run_name(row, seed) for seed in row["seeds"]]
-    out = runs_dir / ensemble_name(row)
-    if out.exists():
-        shutil.rmtree(out)
-    log(f"bench: the ensemble of {model} seeds {row['seeds']} ...", flush=True)
-    create_ensemble(members, out)
-    metrics = evaluate_run(out, test_data=test_data, tta=bool(row.get("flip")))
-    validation, _ = export_images(out, train_data)
-    parity = export_onnx(out, validation)
-    result = {"model": model, "recipe": row.get("recipe"), "seeds": row["seeds"], "run": str(out),
-              "device": row["device"],
-              "test_accuracy": metrics["test_accuracy"],
-              "test_accuracy_tta": metrics.get("test_accuracy_tta"),
-              "members_test_accuracy": metrics["members_test_accuracy"],
-              "train_seconds": metrics.get("train_seconds"),
-              "keras_images_per_second": predict_throughput(out / rundir.MODEL),
-              "onnx_images_per_second": engine_speed(OnnxEngine(out / "model.onnx"),
-                                                     singles=0)["images_per_second"],
-              **{key: parity[key] for key in ("images", "max_abs_difference", "class_mismatches")},
-              "command": command, "utc": _now()}
-    section = report["machines"].setdefault(kind, {"machine": record, "rows": []})
-    section["ensembles"] = _replacing(section.get("ensembles", []), result)
-    rundir.write_json(json_path, report)
-    render(report, markdown_path, current=kind)
-    return result
-
-
-def run_tta_bench(model: str, json_path: Path, markdown_path: Path,
-                  runs_dir: Path, train_data, test_data, command: str, shift: int = 1,
-                  train_args: list[str] | None = None, log=print) -> dict:
-    """Each test-time augmentation (plain, flip, flip + ``shift``-pixel shifts) of
-    ``model``'s benchmarked seeds on this machine: accuracy on each run's validation
-    split, which the choice is made on, and on the test set, which reports it.
-    ``train_args``: the --train-arg of the row's recipe (see :func:`_plain_row`)."""
-    from fmnist.evaluate import view_study
-    from fmnist.metrics import VIEW_SETS
-
-    report = load_report(json_path)
-    record = machine(measure=False)
-    kind = machine_kind(record)
-    row = _plain_row(report, kind, model, json_path,
-                     None if train_args is None else recipe_key(train_args))
-    studies = []
-    for seed in row["seeds"]:
-        log(f"bench: test-time views of {model} seed {seed} ...", flush=True)
-        studies.append(view_study(runs_dir / run_name(row, seed), train_data, test_data, shift))
-    figures = {name: {"views": len(views),
-                      "validation": [study["validation"][name] for study in studies],
-                      "test": [study["test"][name] for study in studies]}
-               for name, views in VIEW_SETS.items()}
-    chosen = max(figures, key=lambda name: (np.mean(figures[name]["validation"]),
-                                            -figures[name]["views"]))
-    result = {"model": model, "recipe": row.get("recipe"), "seeds": row["seeds"], "shift": shift,
-              "device": row["device"],
-              "trained_with_flips": bool(row.get("flip")), "sets": figures,
-              "chosen_on_validation": chosen, "command": command, "utc": _now()}
-    section = report["machines"][kind]
-    section["tta"] = _replacing(section.get("tta", []), result)
-    rundir.write_json(json_path, report)
-    render(report, markdown_path, current=kind)
-    return result
-
-
-def _replacing(results: list[dict], result: dict) -> list[dict]:
-    """``results`` with ``result`` in place of an earlier one of the same model and recipe
-    (the results of the model's other recipes stay)."""
-    def key(r):
-        return r["model"], variant_key(r)
-
-    return [r for r in results if key(r) != key(result)] + [result]
-
-
-def _plain_row(report: dict, kind: str, model: str, json_path: Path,
-               recipe: str | None = None) -> dict:
-    """The row of ``model``'s runs on this machine that an ensemble or a view study is
-    made of: not distilled, two or more seeds; with ``recipe`` (a :func:`recipe_key`:
-    "" for the preset) the row of that recipe, else the preset's row where there is one, else the only row
-    trained off the preset."""
-    section = report["machines"].get(kind) or {}
-    rows = [r for r in section.get("rows", []) if r["model"] == model and not r.get("teacher")
-            and r["device"] == device_name() and len(r["seeds"]) >= 2]
-    if recipe is not None:
-        rows = [r for r in rows if variant_key(r) == recipe]  # rows without a teacher
-        if not rows:
-            trained = f"trained with `{recipe}`" if recipe else "of its preset"
-            raise FmnistError(f"{json_path} has no row of {model} {trained} with two or more seeds "
-                              f"for this machine ({kind}); run `fmnist bench train --models "
-                              f"{model}` with the same --train-arg here first")
-        return rows[0]
-    plain = [r for r in rows if is_plain(r)]
-    if plain or len(rows) == 1:
-        return (plain or rows)[0]
-    if not rows:
-        raise FmnistError(f"{json_path} has no row of {model} with two or more seeds for this "
-                          f"machine ({kind}); run `fmnist bench train --models {model}` here first")
-    raise FmnistError(f"{json_path} has {len(rows)} rows of {model} off its preset and none of the "
-                      f"preset; name one with --train-arg, as given to `fmnist bench train`")

@@ -1,12 +1,16 @@
-"""Statistics over runs: per-model rows from per-seed runs, medians, time to accuracy,
-and the default model against its reference. Pure functions of the stored figures."""
+"""Statistics over runs and the verdicts on them: per-model rows from per-seed runs,
+medians, time to accuracy, and whether each target is met, as data (booleans and the
+figures they compare), which the renderer only formats. Pure functions of the stored
+figures."""
 
 from __future__ import annotations
 
 import hashlib
 import statistics
 
-from fmnist.bench.targets import DEFAULT_MODEL, DEFAULT_TARGET, REFERENCE_MODEL, VAL_THRESHOLDS
+from fmnist.bench.targets import (BURST_TARGETS, DEFAULT_MODEL, DEFAULT_TARGET, DISTILL_TARGET,
+                                  GPU_TARGETS, ONNX_TARGET, REFERENCE_MODEL, SERVE_TARGETS,
+                                  TARGETS, VAL_THRESHOLDS)
 
 
 def crossings(history: list[dict], thresholds=VAL_THRESHOLDS) -> dict:
@@ -21,12 +25,6 @@ def crossings(history: list[dict], thresholds=VAL_THRESHOLDS) -> dict:
                 found[f"{threshold:.2f}"] = {"epoch": int(row["epoch"]), "seconds": elapsed}
                 break
     return found
-
-
-def seconds_to(history: list[dict], accuracy: float) -> float | None:
-    """Training seconds until validation accuracy first reached ``accuracy`` (None: never)."""
-    reached = crossings(history, (accuracy,))[f"{accuracy:.2f}"]
-    return None if reached is None else reached["seconds"]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -169,3 +167,106 @@ def _refloor(row: dict, peaks: dict) -> None:
     row["epoch_floor_seconds"] = epoch_flops / (peak * 1e9) if peak else None
     steady = row.get("steady_epoch_seconds")
     row["achieved_gflops"] = epoch_flops / steady / 1e9 if steady else None
+
+
+def _targets_for(device: str) -> dict:
+    return GPU_TARGETS if device.startswith("GPU") else TARGETS
+
+
+def target_verdicts(rows: list[dict]) -> list[dict]:
+    """Each row that has an absolute target (TARGETS, or GPU_TARGETS on a GPU) against it:
+    ``met`` on the plain mean within the time, ``met_with_tta`` where only flip TTA
+    reaches it. A distilled row of a model with a target of its own is judged on its own
+    training time, its teacher's given beside it; the distilled default model has a
+    target of its own (:func:`distill_verdicts`)."""
+    verdicts = []
+    for row in rows:
+        targets, taught = _targets_for(row["device"]), row.get("teacher")
+        if row["model"] not in targets or (taught and row["model"] == DISTILL_TARGET["model"]):
+            continue
+        accuracy, seconds = targets[row["model"]]
+        plain = row["test_accuracy_mean_std"][0]
+        tta = (row["test_accuracy_tta_mean_std"][0]
+               if row.get("flip") and row.get("test_accuracy_tta_mean_std") else None)
+        spent = row["train_seconds_median"]
+        in_time = seconds is None or spent <= seconds
+        met = in_time and plain >= accuracy
+        verdicts.append({"row": row, "accuracy": accuracy, "seconds": seconds, "plain": plain,
+                         "tta": tta, "spent": spent, "met": met,
+                         "met_with_tta": not met and in_time and tta is not None and tta >= accuracy,
+                         "teacher_seconds": (taught.get("train_seconds") or 0) if taught else None})
+    return verdicts
+
+
+def distill_verdicts(rows: list[dict]) -> list[dict]:
+    """Each distilled row of DISTILL_TARGET's model against it: the accuracy, in at most
+    the plain row's training time times the allowed ratio (``limit`` None: no plain row)."""
+    model = DISTILL_TARGET["model"]
+    plain = next((r for r in rows if r["model"] == model and is_plain(r)), None)
+    limit = plain["train_seconds_median"] * DISTILL_TARGET["time_ratio"] if plain else None
+    verdicts = []
+    for row in rows:
+        if row["model"] != model or not row.get("teacher"):
+            continue
+        accuracy, spent = row["test_accuracy_mean_std"][0], row["train_seconds_median"]
+        tta = row.get("test_accuracy_tta_mean_std") if row.get("flip") else None
+        verdicts.append({"row": row, "plain": accuracy, "spent": spent, "limit": limit,
+                         "tta": tta[0] if tta else None,
+                         "teacher_pass": row["teacher"].get("seconds") or 0,
+                         "met": (accuracy >= DISTILL_TARGET["accuracy"] and limit is not None
+                                 and spent <= limit)})
+    return verdicts
+
+
+def inference_verdict(rows: list[dict]) -> dict | None:
+    """ONNX_TARGET's model on onnxruntime, float32 and int8, against its images/s target;
+    None when that model was not measured."""
+    model, target = ONNX_TARGET
+    row = next((r for r in rows if r["model"] == model), None)
+    if row is None:
+        return None
+    int8 = row.get("int8_images_per_second")
+    return {"model": model, "target": target, "float32": row["onnx_images_per_second"],
+            "float32_met": row["onnx_images_per_second"] >= target, "int8": int8,
+            "int8_met": bool(int8) and int8 >= target,
+            "int8_agreement": row.get("int8_class_agreement"),
+            "checked_on": row.get("checked_on", "test")}
+
+
+def serve_verdicts(result: dict) -> list[dict] | None:
+    """The load test's targets at SERVE_TARGETS' concurrency: each ``name``, its measured
+    ``value``, its ``limit`` and whether it is ``met``; None when that level did not run."""
+    at = next((lv for lv in result["levels"] if lv["clients"] == SERVE_TARGETS["clients"]), None)
+    if at is None:
+        return None
+    errors = sum(level["errors"] for level in result["levels"])
+    growth = result["memory"]["growth_percent"]
+    return [{"name": "p50", "value": at["p50_ms"], "limit": SERVE_TARGETS["p50_ms"],
+             "met": at["p50_ms"] <= SERVE_TARGETS["p50_ms"]},
+            {"name": "p99", "value": at["p99_ms"], "limit": SERVE_TARGETS["p99_ms"],
+             "met": at["p99_ms"] <= SERVE_TARGETS["p99_ms"]},
+            {"name": "errors", "value": errors, "limit": 0, "met": errors == 0},
+            {"name": "memory", "value": growth, "limit": SERVE_TARGETS["growth_percent"],
+             "met": growth < SERVE_TARGETS["growth_percent"]}]
+
+
+def burst_verdicts(burst: dict) -> list[dict]:
+    """The burst scenario's targets: /health's p99, the peak memory, and a saturated
+    server answering 503 rather than making clients wait."""
+    return [{"name": "/health p99", "value": burst["health_p99_ms"],
+             "limit": BURST_TARGETS["health_p99_ms"],
+             "met": burst["health_p99_ms"] <= BURST_TARGETS["health_p99_ms"]},
+            {"name": "peak RSS", "value": burst["peak_rss_mb"], "limit": BURST_TARGETS["peak_rss_mb"],
+             "met": burst["peak_rss_mb"] <= BURST_TARGETS["peak_rss_mb"]},
+            {"name": "saturation answered", "value": None, "limit": None,
+             "met": "503" in burst["statuses"]}]
+
+
+def single_run_verdict(run: dict) -> dict | None:
+    """A single run against its model's target on its kind of device (None: no target)."""
+    accuracy, seconds = _targets_for(run["device"]).get(run["model"], (None, None))
+    if accuracy is None:
+        return None
+    return {"accuracy": accuracy, "seconds": seconds,
+            "met": run["test_accuracy"] >= accuracy
+            and (seconds is None or run["train_seconds"] <= seconds)}

@@ -1,4 +1,4 @@
-"""`fmnist bench train|inference|serve|ensemble|tta|render`: measure on this machine.
+"""`fmnist bench train|inference|serve|render`: measure on this machine.
 
 Each subcommand takes only its own flags; all of them store their figures in bench.json,
 per machine kind, and rewrite the benchmarks page (BENCHMARKS.md) from it. Both files
@@ -39,12 +39,6 @@ def add_parser(commands) -> None:
     def trained_runs(parser):
         parser.add_argument("--runs-dir", default="runs/bench", metavar="DIR",
                             help="where `fmnist bench train` put the runs (default: runs/bench)")
-
-    def row_of_recipe(parser):
-        parser.add_argument("--train-arg", action="append", metavar="ARG",
-                            help="the runs `fmnist bench train` made with these --train-arg "
-                                 "(all of them, in the same order; default: the preset's runs, "
-                                 "or the only other recipe's)")
 
     train = kinds.add_parser(
         "train", help="train each model over seeds and evaluate it",
@@ -99,38 +93,15 @@ def add_parser(commands) -> None:
                             "sending the largest requests allowed (default: 30)")
     reports(serve)
 
-    ensemble = kinds.add_parser(
-        "ensemble", help="the ensemble of a benchmarked model's seeds: test accuracy, speed, ONNX",
-        description="Build the ensemble of the runs `fmnist bench train` made of MODEL on this "
-                    "machine (one run per seed), evaluate it on the test set, time it, and "
-                    "export it to one ONNX graph checked on validation images.")
-    ensemble.add_argument("--model", required=True, metavar="MODEL")
-    trained_runs(ensemble)
-    row_of_recipe(ensemble)
-    reports(ensemble)
-
-    tta = kinds.add_parser(
-        "tta", help="test-time augmentations of a benchmarked model's seeds, chosen on validation",
-        description="Score plain, flip and flip + shifts test-time augmentation of the runs "
-                    "`fmnist bench train` made of MODEL on this machine, on each run's "
-                    "validation split (the one to choose by) and on the test set.")
-    tta.add_argument("--model", required=True, metavar="MODEL")
-    tta.add_argument("--shift", type=int_at_least(1), default=1,
-                     help="pixels the shifted views move (default: 1)")
-    trained_runs(tta)
-    row_of_recipe(tta)
-    reports(tta)
-
     render = kinds.add_parser(
         "render", help="measure nothing: regenerate the reports from bench.json",
-        description="Regenerate the benchmarks page from the stored bench.json "
-                    "(upgrading an older layout in place).")
+        description="Regenerate the benchmarks page from the stored bench.json.")
     reports(render, data_dir=False)
 
 
 def run(args) -> int:
-    return {"train": _train, "inference": _inference, "serve": _serve, "ensemble": _ensemble,
-            "tta": _tta, "render": _render}[args.bench_command](args)
+    return {"train": _train, "inference": _inference, "serve": _serve,
+            "render": _render}[args.bench_command](args)
 
 
 def _command() -> str:
@@ -206,57 +177,12 @@ def _require_models(args, models: list[str]) -> None:
             args.subparser.error(str(error))
 
 
-def _ensemble(args) -> int:
-    from fmnist.data import load_data
-
-    _require_models(args, [args.model])
-    train_data, test_data = load_data(args.data_dir)  # both verified, each read once
-
-    from fmnist.bench.runs import run_ensemble_bench
-
-    result = run_ensemble_bench(args.model, Path(args.json), Path(args.markdown),
-                                Path(args.runs_dir), train_data, test_data, _command(),
-                                args.train_arg)
-    print(f"ensemble of {args.model} seeds {result['seeds']}: test accuracy "
-          f"{result['test_accuracy']:.4f}" + ("" if result["test_accuracy_tta"] is None else
-                                              f" (flip TTA {result['test_accuracy_tta']:.4f})"))
-    print(f"wrote {args.markdown} and {args.json}")
-    return 0
-
-
-def _tta(args) -> int:
-    from fmnist.data import load_data
-
-    _require_models(args, [args.model])
-    train_data, test_data = load_data(args.data_dir)
-
-    from fmnist.bench.runs import run_tta_bench
-
-    result = run_tta_bench(args.model, Path(args.json), Path(args.markdown),
-                           Path(args.runs_dir), train_data, test_data, _command(), args.shift,
-                           args.train_arg)
-    for name, figures in result["sets"].items():
-        print(f"{name:>14}: validation {sum(figures['validation']) / len(result['seeds']):.4f}, "
-              f"test {sum(figures['test']) / len(result['seeds']):.4f} ({figures['views']} views)")
-    print(f"chosen on validation: {result['chosen_on_validation']}")
-    print(f"wrote {args.markdown} and {args.json}")
-    return 0
-
-
 def _render(args) -> int:
-    import json
-
-    from fmnist import rundir
     from fmnist.bench.render import render
-    from fmnist.bench.store import upgrade
+    from fmnist.bench.store import load_report
 
     if not Path(args.json).is_file():
         raise FmnistError(f"{args.json} does not exist; run `fmnist bench train` first")
-    stored = json.loads(Path(args.json).read_text())
-    report = upgrade(stored)
-    if report != stored:
-        rundir.write_json(Path(args.json), report)  # an older layout, upgraded once
-        print(f"upgraded {args.json} to the current layout")
-    render(report, Path(args.markdown))
+    render(load_report(Path(args.json)), Path(args.markdown))
     print(f"wrote {args.markdown} from {args.json}")
     return 0
