@@ -19,7 +19,6 @@ disagreements are not pooled: that would count each image once per pair.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -28,9 +27,10 @@ import numpy as np
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: the binomial test of the disagreements at 1/2."""
+    from scipy.stats import binomtest
+
     n = only_a + only_b
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
 
 
 def disagreements(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:

@@ -4,7 +4,7 @@
 numbers include everything a real deployment runs), waits for ``/health``, then for each
 concurrency level drives ``POST /v1/predict`` with one PNG image per request from that many
 concurrent keep-alive clients over loopback, for a fixed number of requests. The server's
-resident memory (VmRSS from /proc) is read after start-up, after the warm-up, and after
+resident memory (psutil) is read after start-up, after the warm-up, and after
 every level.
 
 The clients are asyncio coroutines in this process speaking plain HTTP/1.1 keep-alive
@@ -37,45 +37,42 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (uvicorn's worker processes), from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        found.append(current)
-        queue.extend(children.get(current, []))
-    return found
+def _tree(pid: int) -> list:
+    """The process ``pid`` and its descendants (uvicorn's worker processes), as psutil
+    processes; those that ended meanwhile are left out by the callers."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` and its descendants in MiB (Linux /proc)."""
+    """Resident memory of process ``pid`` and its descendants in MiB."""
+    import psutil
+
     total = 0.0
-    for member in process_tree(pid):
+    for process in _tree(pid):
         try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-        except OSError:
+            total += process.memory_info().rss / 2**20
+        except psutil.NoSuchProcess:
             continue
     return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` and its descendants so far (Linux /proc)."""
+    """User + system CPU time of process ``pid`` and its descendants so far."""
+    import psutil
+
     total = 0.0
-    for member in process_tree(pid):
+    for process in _tree(pid):
         try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total += times.user + times.system
     return total
 
 
