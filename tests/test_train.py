@@ -150,6 +150,13 @@ def test_presets_sit_between_defaults_and_flags():
     assert TrainConfig.for_model("mlp") == TrainConfig()  # the seed keeps the notebook's recipe
 
 
+def test_sgd_takes_nesterov_from_its_setting():
+    for nesterov in (True, False):
+        model = compile_for_training(build_model("mlp"), TrainConfig(optimizer="sgd",
+                                                                     nesterov=nesterov), 10)
+        assert model.optimizer.nesterov is nesterov
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 @pytest.mark.parametrize("schedule", ["constant", "onecycle"])
 def test_every_optimizer_and_schedule_trains(optimizer, schedule):

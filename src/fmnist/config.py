@@ -77,7 +77,7 @@ class TrainConfig(BaseModel):
     epochs: int = setting(10, "epochs to train (an upper bound with --time-budget)",
                           group="recipe", must="at least 1", ge=1)
     batch_size: int = setting(128, "images per step", group="recipe", must="at least 1", ge=1)
-    optimizer: Literal[*OPTIMIZERS] = setting("adam", "adam, adamw, or sgd (Nesterov momentum)",
+    optimizer: Literal[*OPTIMIZERS] = setting("adam", "adam, adamw, or sgd (with momentum)",
                                               group="recipe")
     learning_rate: float = setting(1e-3, "(peak) learning rate", group="recipe",
                                    must="above 0", gt=0)
@@ -90,6 +90,8 @@ class TrainConfig(BaseModel):
                                   group="recipe", must="0 or more", ge=0)
     momentum: float = setting(0.9, "sgd's momentum", group="recipe",
                               must="from 0 up to, not including, 1", ge=0, lt=1)
+    nesterov: bool = setting(True, "sgd: Nesterov's momentum, which looks one step ahead",
+                             group="recipe", must="true or false")
     label_smoothing: float = setting(0.0, "share of each target spread over the other classes",
                                      group="recipe", must="from 0 up to, not including, 1",
                                      ge=0, lt=1)

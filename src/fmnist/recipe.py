@@ -50,7 +50,7 @@ def compile_for_training(model, config: TrainConfig, total_steps: int):
     elif config.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
     elif config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=True,
+        optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov,
                                          weight_decay=config.weight_decay or None, **common)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; use adam, adamw or sgd")
