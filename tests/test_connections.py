@@ -11,7 +11,30 @@ import pytest
 
 from fmnist.connections import ConnectionLimits, GuardedHttpToolsProtocol
 
-pytestmark = pytest.mark.realdata
+
+
+def test_the_uvicorn_internals_the_guard_relies_on_are_there():
+    """A canary: GuardedHttpToolsProtocol subclasses uvicorn's private httptools protocol.
+    When an upgrade moves what it relies on, this names the piece that moved, before the
+    slow-client tests fail less clearly. Widen the uvicorn range in pyproject.toml only
+    where this passes."""
+    import inspect
+
+    import uvicorn
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    assert list(inspect.signature(HttpToolsProtocol.__init__).parameters) == [
+        "self", "config", "server_state", "app_state", "_loop"]
+    for hook in ("connection_made", "connection_lost", "on_headers_complete",
+                 "on_message_complete", "on_response_complete"):
+        assert callable(getattr(HttpToolsProtocol, hook, None)), f"uvicorn lost {hook}"
+    config = uvicorn.Config(app=lambda scope, receive, send: None, http=GuardedHttpToolsProtocol)
+    config.load()
+    protocol = GuardedHttpToolsProtocol(config, ServerState(), {})
+    for attribute in ("connections", "pipeline", "cycle", "loop", "transport"):
+        assert hasattr(protocol, attribute), f"uvicorn's protocol has no {attribute!r} any more"
+    assert protocol.limits == ConnectionLimits() and not protocol.busy()
 
 
 @contextlib.contextmanager

@@ -66,7 +66,8 @@ def test_run_directory_holds_everything_to_rebuild_and_audit(real_data_dir, tmp_
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"} <= set(row)
 
     assert (run / rundir.CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [p.name for p in (run / rundir.CHECKPOINTS).iterdir()] == ["epoch-002.keras"]
+    assert sorted(p.name for p in (run / rundir.CHECKPOINTS).iterdir()) == [
+        "epoch-001.keras", "epoch-002.keras"]  # the last two, so a damaged one has a fallback
     for key in ("test_accuracy", "test_loss", "val_accuracy", "train_seconds", "epochs", "seed"):
         assert key in metrics
     assert metrics["epochs"] == 2 and metrics["n_train"] == 3000 and metrics["n_test"] == 1000
@@ -100,38 +101,61 @@ def test_refuses_to_overwrite_a_run(real_data_dir, tmp_path):
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 
 
-def test_resume_after_kill_9_matches_an_uninterrupted_run(real_data_dir, tmp_path):
-    sizes = dict(train_size=12000, val_size=1000, test_size=1000, epochs=4, batch_size=64, seed=2)
+KILL_SIZES = dict(train_size=6000, val_size=1000, test_size=1000, epochs=3, batch_size=64, seed=2)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(real_data_dir, tmp_path_factory):
+    """KILL_SIZES' run trained straight through: its metrics and history numbers."""
+    run = train(TrainConfig(**KILL_SIZES), tmp_path_factory.mktemp("straight") / "run",
+                data_dir=real_data_dir, verbose=0)
+    return _numbers(evaluate_run(run, data_dir=real_data_dir)), _history_numbers(run)
+
+
+@pytest.mark.parametrize("point, damage, resumes_after", [
+    ("before-checkpoint", None, 1),  # epoch 2 trained, its checkpoint not begun
+    ("during-checkpoint", None, 1),  # epoch 2's checkpoint written under its partial name
+    ("after-checkpoint", None, 2),   # epoch 2's checkpoint and state.json written
+    ("after-checkpoint", "truncate", 1),  # ...then its checkpoint cut in half
+])
+def test_a_kill_at_any_point_of_a_checkpoint_resumes_to_the_same_metrics(
+        real_data_dir, tmp_path, uninterrupted, point, damage, resumes_after):
+    """Killed with SIGKILL where fmnist.faults holds training (not after a guessed sleep),
+    resumed, the run ends with the numbers of an uninterrupted one; a checkpoint damaged
+    after the kill sends it back to the previous one, which it says."""
     killed = tmp_path / "killed"
-    flags = [f"--{key.replace('_', '-')}={value}" for key, value in sizes.items()]
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in KILL_SIZES.items()]
     env = {**os.environ, "FMNIST_DATA_DIR": str(real_data_dir)}
-    # Killed right after epoch 2's checkpoint, where fmnist.faults holds it: not after a
-    # guessed sleep.
     signal_file = tmp_path / "reached"
     process = subprocess.Popen(
         [sys.executable, "-m", "fmnist.cli", "train", "--model", "mlp", *flags,
          "--out", str(killed), "--quiet"],
-        env={**env, "FMNIST_FAULT": "after-checkpoint:2", "FMNIST_FAULT_SIGNAL": str(signal_file)},
+        env={**env, "FMNIST_FAULT": f"{point}:2", "FMNIST_FAULT_SIGNAL": str(signal_file)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not signal_file.exists() and process.poll() is None:
-        assert time.monotonic() < deadline, "training never reached epoch 2's checkpoint"
+        assert time.monotonic() < deadline, f"training never reached {point} of epoch 2"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert json.loads((killed / rundir.STATE).read_text())["epochs_done"] == 2
+    state = json.loads((killed / rundir.STATE).read_text())
+    assert state["epochs_done"] == (2 if point == "after-checkpoint" else 1)
     assert not (killed / rundir.METRICS).exists()
+    if damage == "truncate":
+        checkpoint = killed / state["checkpoint"]
+        checkpoint.write_bytes(checkpoint.read_bytes()[:checkpoint.stat().st_size // 2])
 
     resumed = subprocess.run(
         [sys.executable, "-m", "fmnist.cli", "train", "--resume", str(killed), "--quiet"],
         env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "test accuracy:" in resumed.stdout
-
-    straight = train(TrainConfig(**sizes), tmp_path / "straight", data_dir=real_data_dir, verbose=0)
-    expected = _numbers(evaluate_run(straight, data_dir=real_data_dir))
-    assert _numbers(json.loads((killed / rundir.METRICS).read_text())) == expected
-    assert _history_numbers(killed) == _history_numbers(straight)
+    if damage:
+        assert "epoch-002.keras is truncated" in resumed.stderr
+        assert f"resuming from checkpoints/epoch-00{resumes_after}.keras" in resumed.stderr
+    expected_metrics, expected_history = uninterrupted
+    assert _numbers(json.loads((killed / rundir.METRICS).read_text())) == expected_metrics
+    assert _history_numbers(killed) == expected_history
 
 
 def test_resuming_a_finished_run_changes_nothing(real_data_dir, tmp_path):

@@ -238,6 +238,8 @@ class RunRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    layout: int | None = Field(None, description="the run directory's layout version "
+                                                 "(rundir.LAYOUT; absent: the first)")
     versions: dict[str, str] = Field(description="Python, fmnist, Keras, its backend, NumPy")
     created_utc: str = Field(description="when the run directory was made, ISO 8601")
     precision_used: str = Field(description="what --precision auto chose, or the precision asked")

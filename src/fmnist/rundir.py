@@ -3,8 +3,9 @@
     config.json       what was asked for (model, options, optimizer, epochs, seed, split
                       sizes) and the versions it ran with; `fmnist train --resume` and
                       rebuilding need nothing else
-    state.json        training progress: epochs done and the checkpoint to resume from
-    checkpoints/      the model (with optimizer state) after the last finished epoch
+    state.json        training progress: epochs done, the checkpoint to resume from and
+                      the one before it, each with its size and SHA-256
+    checkpoints/      the model (with optimizer state) after the last two finished epochs
     history.json      per-epoch loss/accuracy on train and validation, seconds
     model.keras       the final model (raw 0..255 pixels in, probabilities out)
     curves.png        loss and accuracy curves, train vs validation
@@ -14,6 +15,12 @@
 Every file is written to a temporary name, flushed to disk (fsync) and renamed into
 place, so a run killed at any moment, or a machine losing power, leaves either the old
 file or the new one, never half of one.
+
+A resume checks the checkpoint state.json names against its recorded size and SHA-256;
+one that is missing, truncated or altered is named in one line, and the run falls back
+to the previous checkpoint (it says so), or, with none left, says how to start again.
+config.json records the run directory's ``layout`` and state.json its ``format``, so a
+later layout can tell old runs from new.
 
 One writer at a time: training, resuming and evaluating hold an exclusive lock on the run
 directory (:func:`exclusive`, a ``flock`` on its ``.lock`` file, released by the kernel
@@ -28,6 +35,7 @@ import json
 import os
 from pathlib import Path
 
+from fmnist import faults
 from fmnist.errors import RunDirError
 
 CONFIG = "config.json"
@@ -42,6 +50,9 @@ ENGINES = tuple(ENGINE_FILES)
 CURVES = "curves.png"
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
+# The run directory's layout: config.json's "layout" and state.json's "format". 2: state
+# names the last two checkpoints with their size and SHA-256; 1 (no field): one, unchecked.
+LAYOUT = 2
 
 
 def sync_file(path: Path) -> None:
@@ -231,14 +242,19 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
-        """A run as it was left: config, and the state and history of its last checkpoint
-        (history.json may hold one epoch more, when a kill came between the two writes:
-        the checkpoint is the truth)."""
+    def open(cls, path: str | Path, warn=None) -> "RunDir":
+        """A run as it was left: config, and the state and history of its last good
+        checkpoint (history.json may hold an epoch more, when a kill came between the two
+        writes, or when a damaged checkpoint sent the run back one: the checkpoint is the
+        truth). ``warn``: where the one-line notices of a damaged checkpoint go (default:
+        stderr)."""
         path = require_run_dir(path)
+        config = read_json(path / CONFIG)
         state = read_json(path / STATE) if (path / STATE).is_file() else None
+        if state is not None:
+            state = good_state(path, state, warn or _stderr)
         history = read_json(path / HISTORY)[:int(state["epochs_done"])] if state else []
-        return cls(path, read_json(path / CONFIG), history, state)
+        return cls(path, config, history, state)
 
     @property
     def epochs_done(self) -> int:
@@ -257,22 +273,29 @@ class RunDir:
         """Append ``epoch_row`` to the history and checkpoint the model after it.
 
         1. the checkpoint lands under a new name (``save`` writes a partial name, then it
-           is renamed); 2. history.json, then state.json, which names the checkpoint, are
-        replaced; 3. older checkpoints are deleted. A kill between any two steps leaves a
-        state.json that points to a complete checkpoint of the epoch it says.
+           is renamed); 2. history.json, then state.json, which names it with its size
+           and SHA-256 and keeps the one before as ``previous``, are replaced; 3. the
+        checkpoints older than those two are deleted. A kill between any two steps leaves
+        a state.json that points to complete checkpoints of the epochs it says.
         """
-        self.history.append(epoch_row)
+        epoch = len(self.history) + 1
         folder = self.path / CHECKPOINTS
         folder.mkdir(exist_ok=True)
-        name = f"epoch-{len(self.history):03d}.keras"
+        name = f"epoch-{epoch:03d}.keras"
         partial = folder / f"partial-{name}"
+        faults.reached("before-checkpoint", epoch)
         save(partial)
+        faults.reached("during-checkpoint", epoch)
         replace_durably(partial, folder / name)
+        self.history.append(epoch_row)
         write_json(self.path / HISTORY, self.history)
-        self.state = {"epochs_done": len(self.history), "checkpoint": f"{CHECKPOINTS}/{name}"}
+        current = _checkpoint_entry(self.path, f"{CHECKPOINTS}/{name}", epoch)
+        previous = _entry_of(self.state) if self.state else None
+        self.state = {"format": LAYOUT, **current, "previous": previous}
         write_json(self.path / STATE, self.state)
+        kept = {name, Path(previous["checkpoint"]).name if previous else None}
         for old in folder.glob("*.keras"):
-            if old.name != name:
+            if old.name not in kept:
                 old.unlink(missing_ok=True)
 
     def finish(self, save, metrics: dict) -> None:
@@ -281,3 +304,66 @@ class RunDir:
         save(partial)
         replace_durably(partial, self.path / MODEL)
         write_json(self.path / METRICS, metrics)
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(f"fmnist: {line}", file=sys.stderr)
+
+
+def _checkpoint_entry(run_dir: Path, relative: str, epochs_done: int) -> dict:
+    from fmnist.data import sha256_file
+
+    path = run_dir / relative
+    return {"epochs_done": epochs_done, "checkpoint": relative, "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def _entry_of(state: dict) -> dict:
+    return {key: state[key] for key in ("epochs_done", "checkpoint", "bytes", "sha256")
+            if key in state}
+
+
+def checkpoint_problem(run_dir: Path, entry: dict) -> str | None:
+    """What is wrong with the checkpoint a state entry names, in words; None: it is the
+    file that was written (its recorded size and SHA-256, where recorded)."""
+    from fmnist.data import sha256_file
+
+    named = entry.get("checkpoint")
+    if not isinstance(named, str):
+        return "state.json names no checkpoint"
+    path = (run_dir / named).resolve()
+    if not path.is_relative_to(run_dir.resolve()):
+        return f"{named} lies outside the run directory"
+    if not path.is_file():
+        return f"{named} (epoch {entry.get('epochs_done')}) is missing"
+    size = path.stat().st_size
+    if "bytes" in entry and size != entry["bytes"]:
+        return (f"{named} is truncated: {size:,} bytes where {entry['bytes']:,} were written"
+                if size < entry["bytes"] else
+                f"{named} has {size:,} bytes where {entry['bytes']:,} were written")
+    if "sha256" in entry and sha256_file(path) != entry["sha256"]:
+        return f"{named} is altered: its SHA-256 is not the one state.json recorded"
+    return None
+
+
+def good_state(run_dir: Path, state: dict, warn) -> dict:
+    """``state`` itself when its checkpoint is good; else, saying so through ``warn``,
+    the state of its previous checkpoint when that one is good. With none good, a
+    RunDirError saying what is wrong and how to start again."""
+    problems = []
+    for entry in (state, state.get("previous")):
+        if not entry:
+            continue
+        problem = checkpoint_problem(run_dir, entry)
+        if problem is None:
+            if problems:
+                warn(f"resuming from {entry['checkpoint']} (epoch {entry['epochs_done']}), "
+                     "the previous good checkpoint")
+                return {"format": state.get("format", 1), **entry, "previous": None}
+            return state
+        warn(f"warning: {run_dir}: {problem}")
+        problems.append(problem)
+    raise RunDirError(f"{run_dir} has no good checkpoint to resume from ({'; '.join(problems)}); "
+                      f"start it again: fmnist train --config {run_dir / CONFIG} --out NEW_DIR")

@@ -81,6 +81,7 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, data_dir=None,
             rundir.require_new_run_dir(run_dir)  # again, now that no one else can be writing it
             run = RunDir.create(run_dir, {
                 **config.to_dict(),
+                "layout": rundir.LAYOUT,
                 "precision_used": choice.precision,
                 "precision_reason": choice.reason,
                 "versions": versions(),
