@@ -120,7 +120,7 @@ def uninterrupted(real_data_dir, tmp_path_factory):
     ("after-checkpoint", "truncate", 1),
 ])
 def test_a_kill_at_any_point_of_a_checkpoint_resumes_to_the_same_metrics(
-        real_data_dir, tmp_path, uninterrupted, point, damage, resumes_after):
+        real_data_dir, tmp_path, uninterrupted, point, damage, resumes_after, capsys):
     """Killed with SIGKILL where fmnist.faults holds training (not after a guessed sleep),
     resumed, the run ends with the numbers of an uninterrupted one; a checkpoint damaged
     after the kill sends it back to the previous one, which it says."""
@@ -146,16 +146,14 @@ def test_a_kill_at_any_point_of_a_checkpoint_resumes_to_the_same_metrics(
         checkpoint = killed / state["checkpoint"]
         checkpoint.write_bytes(checkpoint.read_bytes()[:checkpoint.stat().st_size // 2])
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "fmnist.cli", "train", "--resume", str(killed), "--quiet"],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "test accuracy:" in resumed.stdout
+    capsys.readouterr()
+    resume(killed, data_dir=real_data_dir, verbose=0)  # in this process: no second TF import
+    notices = capsys.readouterr().err
     if damage:
-        assert "epoch-002.keras is truncated" in resumed.stderr
-        assert f"resuming from checkpoints/epoch-00{resumes_after}.keras" in resumed.stderr
+        assert "epoch-002.keras is truncated" in notices
+        assert f"resuming from checkpoints/epoch-00{resumes_after}.keras" in notices
     expected_metrics, expected_history = uninterrupted
-    assert _numbers(json.loads((killed / rundir.METRICS).read_text())) == expected_metrics
+    assert _numbers(evaluate_run(killed, data_dir=real_data_dir)) == expected_metrics
     assert _history_numbers(killed) == expected_history
 
 
