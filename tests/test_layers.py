@@ -140,6 +140,12 @@ def test_the_release_builds_and_its_core_wheel_serves_without_tensorflow(exporte
                 time.sleep(0.2)
         assert answer is not None, server.stderr.read().decode() if server.poll() is not None else "no answer"
         assert answer["engine"] == "onnx" and len(answer["predictions"][0]["top_k"]) == 3
+        # The operator's side works in the core install too: probes and metrics.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            assert json.loads(response.read()) == {"status": "ready"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert b'fmnist_requests_total{method="POST",route="/v1/predict/pixels",status="200"}' \
+                in response.read()
     finally:
         server.terminate()
         server.wait(10)

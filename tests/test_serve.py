@@ -328,6 +328,9 @@ def test_a_full_decode_pool_answers_503_and_health_stays_quick(predictor):
         probe.start()
         probe.join(30)
         assert health == [200] and not release.is_set()
+        metrics = client.get("/metrics").text  # the operator sees the same: full, one refused
+        assert f"fmnist_decode_queue_depth {float(1 + QUEUE_PER_THREAD)}" in metrics
+        assert "fmnist_busy_rejections_total 1.0" in metrics
         release.set()
         for thread in threads:
             thread.join(30)

@@ -4,7 +4,10 @@
 no model and tests can build apps around any predictor. Endpoints:
 
     GET  /                   the web page (pick, drop or draw an image)
-    GET  /health             {"status": "ok"}
+    GET  /livez              200 while the process runs, from before the model is loaded
+    GET  /readyz             200 once the model is loaded and warmed; 503 before
+    GET  /metrics            Prometheus text format (fmnist.telemetry)
+    GET  /health             {"status": "ok"}, for clients of earlier versions
     GET  /v1/model           name, engine, SHA-256 of the model file, classes, input spec,
                              the run's test metrics, the limits below (never a server path)
     POST /v1/predict         multipart field ``files`` (one or more images)
@@ -19,6 +22,11 @@ more than ``max_request_pixels`` in all (both read from the headers, before deco
 Pillow raised), non-finite pixels, malformed JSON, wrong shapes, out-of-range values or
 too many images. Any other failure is a bug of the server: logged, and a 500.
 
+The server binds its port first and loads its model after, in the background: /livez
+answers at once, /readyz and the /v1 endpoints answer 503 with ``Retry-After`` until the
+model is loaded and has answered one warm-up prediction. Every request gets an id,
+returned in ``X-Request-ID`` and written in its access-log line (fmnist.telemetry).
+
 Budgets: images bigger than a thumbnail are decoded in a bounded pool of threads
 (:class:`DecodePool`), reduced while decoding; when the pool and its short queue are full
 the answer is 503 with ``Retry-After``. Slow and idle connections are cut by
@@ -27,13 +35,19 @@ the answer is 503 with ``Retry-After``. Slow and idle connections are cut by
 
 
 import asyncio
+import logging
 import os
+import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
+
+import numpy as np
 
 from fmnist.connections import SERVE_ENV, ConnectionLimits
 from fmnist.images import MAX_PIXELS, ImageInputError, open_image, pixel_count, quiet_pillow_warnings
 from fmnist.predict import Prediction, Predictor, as_pixel_batch
+from fmnist.telemetry import RequestTelemetry, Telemetry
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MAX_IMAGES = 64
@@ -58,6 +72,10 @@ class ServerBusy(Exception):
     """The decode pool is full: answered 503 with Retry-After."""
 
 
+class NotReady(Exception):
+    """The model is still loading: answered 503 with Retry-After."""
+
+
 class DecodePool:
     """A bounded thread pool for decoding images: ``threads`` at work, at most
     ``threads * QUEUE_PER_THREAD`` more requests waiting; beyond that :class:`ServerBusy`.
@@ -67,20 +85,28 @@ class DecodePool:
     them long after their clients gave up.
     """
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, telemetry: Telemetry | None = None):
         self.threads = threads
         self.limit = threads * (1 + QUEUE_PER_THREAD)
         self.admitted = 0
+        self.telemetry = telemetry
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="fmnist-decode")
 
     async def run(self, function, *args):
         if self.admitted >= self.limit:
+            if self.telemetry:
+                self.telemetry.busy.inc()
             raise ServerBusy()
-        self.admitted += 1
+        self._admit(1)
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
         finally:
-            self.admitted -= 1
+            self._admit(-1)
+
+    def _admit(self, change: int) -> None:
+        self.admitted += change
+        if self.telemetry:
+            self.telemetry.queue.inc(change)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -163,13 +189,21 @@ def _add_offline_docs(app, title: str) -> None:
                                    swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
 
-def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+def create_app(predictor: Predictor | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS,
-               max_request_pixels: int = MAX_REQUEST_PIXELS, decode_threads: int | None = None):
+               max_request_pixels: int = MAX_REQUEST_PIXELS, decode_threads: int | None = None,
+               loader=None, access_log: logging.Logger | None = None, on_failure=None,
+               workers: int = 1):
     """The FastAPI app serving ``predictor``; limits as in the module docstring.
 
     ``max_pixels``: one image's pixels; ``max_request_pixels``: all images of a request;
     ``decode_threads``: the decode pool's size (default: :func:`default_decode_threads`).
+    Instead of a ``predictor``, a ``loader`` (no argument, returns a Predictor) is called
+    in a thread when the app starts, so the server answers /livez while it loads; the app
+    is ready once the loaded model has answered a warm-up prediction; if loading fails,
+    the app says so on /readyz and calls ``on_failure`` (`fmnist serve`: stop the server).
+    ``access_log``: the logger of a line per request, with its id (None: no access log).
+    ``workers``: the server's processes; /readyz waits for every one's model.
     """
     from contextlib import asynccontextmanager
     from typing import Annotated
@@ -181,10 +215,33 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 
     from fmnist import __version__
 
-    pool = DecodePool(decode_threads or default_decode_threads())
+    if (predictor is None) == (loader is None):
+        raise ValueError("create_app takes a predictor or a loader, one of the two")
+    telemetry = Telemetry()
+    pool = DecodePool(decode_threads or default_decode_threads(), telemetry)
+    ready = threading.Event()
+
+    def loaded(model: Predictor) -> None:
+        app.state.predictor = model
+        telemetry.serving(model.name, model.engine.name, model.sha256, __version__)
+        ready.set()
+
+    def load() -> None:
+        try:
+            model = loader()
+            model.predict(np.zeros((1, 28, 28), np.uint8))  # warm-up: the first call traces
+        except BaseException as error:  # noqa: BLE001 - whatever failed, the server cannot serve
+            app.state.failure = f"cannot load the model: {error}"
+            logging.getLogger("fmnist").error(app.state.failure)
+            if on_failure is not None:
+                on_failure()
+            return
+        loaded(model)
 
     @asynccontextmanager
     async def lifespan(app):
+        if loader is not None:
+            threading.Thread(target=load, name="fmnist-load", daemon=True).start()
         yield
         pool.shutdown()
 
@@ -193,7 +250,12 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                   description="Fashion-MNIST classification: upload garment images or send "
                               "28x28 pixel arrays; get the top-k classes.")
     app.add_middleware(BodySizeLimit, limit=max_upload_bytes)
+    app.add_middleware(RequestTelemetry, telemetry=telemetry, access_log=access_log)
     app.state.decode_pool = pool  # for tests and operators: pool.admitted is its load
+    app.state.ready, app.state.draining, app.state.failure = ready, False, None
+    app.state.predictor, app.state.telemetry = None, telemetry
+    if predictor is not None:
+        loaded(predictor)
     _add_offline_docs(app, "fmnist")
     page = _page()
     limits = {"max_upload_bytes": max_upload_bytes, "max_images": max_images,
@@ -202,6 +264,18 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     @app.exception_handler(ImageInputError)
     async def image_error(request: Request, error: ImageInputError):
         return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    @app.exception_handler(NotReady)
+    async def not_ready(request: Request, error: NotReady):
+        return JSONResponse({"detail": f"the model is still loading; retry in "
+                                       f"{RETRY_AFTER_SECONDS} s"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def current() -> Predictor:
+        """The model, once it is loaded and warmed."""
+        if not ready.is_set():
+            raise NotReady()
+        return app.state.predictor
 
     @app.exception_handler(ServerBusy)
     async def busy(request: Request, error: ServerBusy):
@@ -234,16 +308,39 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
     async def health():
         return {"status": "ok"}
 
+    @app.get("/livez")
+    async def livez():
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if app.state.failure:
+            return JSONResponse({"status": "failed", "detail": app.state.failure}, status_code=503)
+        if app.state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if not ready.is_set() or telemetry.ready_workers() < workers:
+            return JSONResponse({"status": "loading"}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return {"status": "ready"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        from fastapi.responses import Response
+
+        body, content_type = telemetry.exposition()
+        return Response(body, media_type=content_type)
+
     @app.get("/v1/model")
     async def model_info():
-        return {**predictor.describe(), "limits": limits}
+        return {**current().describe(), "limits": limits}
 
-    def answer(predictions: list[Prediction], include_input: bool = False) -> dict:
-        return {"model": predictor.name, "engine": predictor.engine.name,
+    def answer(model: Predictor, predictions: list[Prediction], include_input: bool = False) -> dict:
+        return {"model": model.name, "engine": model.engine.name,
                 "predictions": [p.to_dict(include_input) for p in predictions]}
 
-    def answer_files(names: list[str], images: list, k: int, include_input: bool) -> dict:
-        return answer(predictor.predict(images, k, names=names), include_input)
+    def answer_files(model: Predictor, names: list[str], images: list, k: int,
+                     include_input: bool) -> dict:
+        return answer(model, model.predict(images, k, names=names), include_input)
 
     @app.post("/v1/predict")
     async def predict_files(
@@ -251,6 +348,7 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
         k: Annotated[int, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = 3,
         include_input: Annotated[bool, Query(description="also return the processed 28x28 input")] = False,
     ):
+        model = current()
         check_count(len(files))
         names = [upload.filename or f"file {index}" for index, upload in enumerate(files)]
         # Headers only: the request's pixels are known before any of them is decoded.
@@ -261,11 +359,12 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
             raise ImageInputError(f"{pixels:,} pixels in one request; the limit is "
                                   f"{max_request_pixels:,}: send fewer or smaller images", status=413)
         if pixels <= INLINE_PIXELS:
-            answer = answer_files(names, images, k, include_input)
+            answered = answer_files(model, names, images, k, include_input)
         else:
-            answer = await pool.run(answer_files, names, images, k, include_input)
+            answered = await pool.run(answer_files, model, names, images, k, include_input)
+        telemetry.decoded(len(images), pixels)
         # A JSONResponse of plain dicts skips FastAPI's per-field re-encoding.
-        return JSONResponse(answer)
+        return JSONResponse(answered)
 
     class PixelsRequest(BaseModel):
         pixels: list = Field(description="one 28x28 array of values 0..255 (light on black, "
@@ -274,50 +373,83 @@ def create_app(predictor: Predictor, max_upload_bytes: int = MAX_UPLOAD_BYTES,
 
     @app.post("/v1/predict/pixels")
     async def predict_pixels(request: PixelsRequest):
+        model = current()
         batch = as_pixel_batch(request.pixels)
         check_count(len(batch))
-        return JSONResponse(answer(predictor.predict(batch, request.top_k)))
+        answered = answer(model, model.predict(batch, request.top_k))
+        telemetry.decoded(len(batch), int(batch[0].size) * len(batch))
+        return JSONResponse(answered)
 
     return app
 
 
 def app_from_environment():
-    """App factory for uvicorn's worker processes: each loads the model named in
-    ``$FMNIST_SERVE`` (JSON: model, engine, threads, limits) once, at start-up."""
+    """App factory for `fmnist serve` and uvicorn's worker processes: the app for the
+    settings in ``$FMNIST_SERVE`` (JSON: model, engine, threads, limits, access log), which
+    loads its model in the background once the port is bound."""
     import json
 
     quiet_pillow_warnings()  # a crafted upload's odd metadata is the client's problem, not the log's
     settings = json.loads(os.environ[SERVE_ENV])
-    predictor = Predictor.load(settings["model"], settings["engine"], threads=settings["threads"])
-    return create_app(predictor, **settings["limits"])
+
+    def loader() -> Predictor:
+        return Predictor.load(settings["model"], settings["engine"], threads=settings["threads"])
+
+    def stop() -> None:  # uvicorn shuts down on SIGTERM; serve() then reports the failure
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    access_log = logging.getLogger("fmnist.access") if settings.get("access_log") else None
+    return create_app(loader=loader, access_log=access_log, on_failure=stop,
+                      workers=settings.get("workers", 1), **settings["limits"])
 
 
 def serve(model: str, engine: str | None = None, threads: int | None = 1,
           host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           access_log: bool = False, connections: ConnectionLimits = ConnectionLimits(),
-          **limits) -> None:
+          log_format: str = "plain", **limits) -> None:
     """Run the app with uvicorn until interrupted.
 
     ``workers`` > 1: that many processes, each with its own copy of the model, sharing
     the port (uvicorn's process manager); a Python process serves one request's parsing
-    at a time, so a server with several cores needs several to use them.
-    ``access_log``: a line per request; off by default because it costs about a fifth of
-    a small request's CPU time (measured with `fmnist bench serve`).
+    at a time, so a server with several cores needs several to use them. Their metrics
+    are summed through a folder of the Prometheus client's multiprocess mode, made here
+    and removed on exit. ``access_log``: a line per request, with its id; off by default
+    because it costs about a fifth of a small request's CPU time (measured with `fmnist
+    bench serve`). ``log_format``: "plain" or "json" (one object a line).
     ``connections``: deadlines for slow clients and the connection cap
     (:mod:`fmnist.connections`); ``limits``: :func:`create_app`'s request limits.
+    Raises FmnistError when the model cannot be loaded (the process then exits 1).
     """
     import json
+    import shutil
+    import tempfile
 
     import uvicorn
 
     from fmnist.connections import GuardedHttpToolsProtocol
+    from fmnist.errors import FmnistError
+    from fmnist.telemetry import MULTIPROCESS_ENV, log_config
 
     os.environ[SERVE_ENV] = json.dumps({"model": str(model), "engine": engine, "threads": threads,
-                                        "limits": limits, "connections": connections.to_json()})
-    options = {"host": host, "port": port, "log_level": "info", "access_log": access_log,
+                                        "limits": limits, "access_log": access_log,
+                                        "workers": workers,
+                                        "connections": connections.to_json()})
+    options = {"host": host, "port": port, "log_config": log_config(log_format),
+               "access_log": False,  # fmnist.telemetry writes the line, with the request id
                "http": GuardedHttpToolsProtocol,
                "timeout_keep_alive": connections.keep_alive_seconds}
-    if workers == 1:  # load in this process: a bad model fails before the port opens
-        uvicorn.run(app_from_environment(), **options)
-    else:
+    if workers == 1:
+        app = app_from_environment()
+        uvicorn.run(app, **options)
+        if app.state.failure:
+            raise FmnistError(app.state.failure)
+        return
+    made = None
+    if not os.environ.get(MULTIPROCESS_ENV):
+        made = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="fmnist-metrics-")
+    try:
         uvicorn.run("fmnist.serve:app_from_environment", factory=True, workers=workers, **options)
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+            del os.environ[MULTIPROCESS_ENV]

@@ -1,7 +1,7 @@
 """Load test of `fmnist serve`: requests/s, latency percentiles, errors, server memory.
 
 :func:`run_load_test` starts the server as a separate process (`fmnist serve`, so the
-numbers include everything a real deployment runs), waits for ``/health``, then for each
+numbers include everything a real deployment runs), waits for ``/readyz``, then for each
 concurrency level drives ``POST /v1/predict`` with one PNG image per request from that many
 concurrent keep-alive clients over loopback, for a fixed number of requests. The server's
 resident memory (psutil) is read after start-up, after the warm-up, and after
@@ -107,12 +107,12 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120)
         if server.poll() is not None:
             raise RuntimeError(f"the server exited with status {server.returncode} before answering")
         try:
-            if get_json(url + "/health", timeout=1).get("status") == "ok":
+            if get_json(url + "/readyz", timeout=1).get("status") == "ready":
                 return
-        except (OSError, ValueError):  # not listening yet (URLError is an OSError)
+        except (OSError, ValueError):  # not listening, or still loading (a 503 is an OSError)
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"the server did not answer {url}/health within {timeout:.0f} s")
+    raise RuntimeError(f"the server was not ready at {url}/readyz within {timeout:.0f} s")
 
 
 def multipart_request(port: int, name: str, png: bytes) -> bytes:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import sys
 
 from fmnist.cli.args import add_model_source, int_at_least, positive_float
+from fmnist.telemetry import LOG_FORMATS
 
 
 def add_parser(commands) -> None:
     serve = commands.add_parser(
         "serve", help="serve a model over HTTP: REST API and a web page",
         description="Serve MODEL with FastAPI/uvicorn: the web page at /, the API under /v1 "
-                    "(POST /v1/predict, POST /v1/predict/pixels, GET /v1/model), /health, "
-                    "OpenAPI docs at /docs.")
+                    "(POST /v1/predict, POST /v1/predict/pixels, GET /v1/model), the probes "
+                    "/livez and /readyz (and /health), Prometheus metrics at /metrics, "
+                    "OpenAPI docs at /docs. The port opens first; the model loads after.")
     add_model_source(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="interface to bind (default: 127.0.0.1, this machine only)")
@@ -23,7 +25,10 @@ def add_parser(commands) -> None:
     serve.add_argument("--workers", type=int_at_least(1), default=1,
                        help="server processes, each with its own copy of the model (default: 1)")
     serve.add_argument("--access-log", action="store_true",
-                       help="log a line per request (off by default: it costs ~0.3 ms each)")
+                       help="log a line per request, with its request id (off by default: "
+                            "it costs ~0.3 ms each)")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, default="plain",
+                       help="plain text, or one JSON object a line (default: plain)")
     serve.add_argument("--max-upload-mb", type=positive_float, default=5.0,
                        help="largest request body in MB (default: 5)")
     serve.add_argument("--max-images", type=int_at_least(1), default=64,
@@ -53,7 +58,7 @@ def run(args) -> int:
     from fmnist.serve import serve
 
     serve(args.model, args.engine, threads=args.threads, host=args.host, port=args.port,
-          workers=args.workers, access_log=args.access_log,
+          workers=args.workers, access_log=args.access_log, log_format=args.log_format,
           connections=ConnectionLimits(max_connections=args.max_connections),
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_images=args.max_images,
           max_request_pixels=int(args.max_request_mp * 1_000_000),
