@@ -35,6 +35,13 @@ def test_the_uvicorn_internals_the_guard_relies_on_are_there():
     for attribute in ("connections", "pipeline", "cycle", "loop", "transport"):
         assert hasattr(protocol, attribute), f"uvicorn's protocol has no {attribute!r} any more"
     assert protocol.limits == ConnectionLimits() and not protocol.busy()
+    # fmnist.serve.drain_on_sigterm puts its handler before the server's SIGTERM handler,
+    # which uvicorn installs with signal.signal as the bound Server.handle_exit, and stops
+    # the server through its should_exit flag.
+    from uvicorn.server import Server
+
+    assert "signal.signal(sig, self.handle_exit)" in inspect.getsource(Server.capture_signals)
+    assert Server(config).should_exit is False
 
 
 @contextlib.contextmanager

@@ -22,6 +22,11 @@ more than ``max_request_pixels`` in all (both read from the headers, before deco
 Pillow raised), non-finite pixels, malformed JSON, wrong shapes, out-of-range values or
 too many images. Any other failure is a bug of the server: logged, and a 500.
 
+On SIGTERM `fmnist serve` stops gracefully: /readyz turns 503 at once while the server
+goes on answering for ``shutdown_grace`` seconds (a load balancer notices and stops
+sending), then it stops accepting connections, lets requests in flight finish within
+``drain_timeout`` seconds, and exits 0. A second SIGTERM, or SIGINT, stops at once.
+
 The server binds its port first and loads its model after, in the background: /livez
 answers at once, /readyz and the /v1 endpoints answer 503 with ``Retry-After`` until the
 model is loaded and has answered one warm-up prediction. Every request gets an id,
@@ -193,7 +198,7 @@ def create_app(predictor: Predictor | None = None, max_upload_bytes: int = MAX_U
                max_images: int = MAX_IMAGES, max_pixels: int = MAX_PIXELS,
                max_request_pixels: int = MAX_REQUEST_PIXELS, decode_threads: int | None = None,
                loader=None, access_log: logging.Logger | None = None, on_failure=None,
-               workers: int = 1):
+               workers: int = 1, shutdown_grace: float | None = None):
     """The FastAPI app serving ``predictor``; limits as in the module docstring.
 
     ``max_pixels``: one image's pixels; ``max_request_pixels``: all images of a request;
@@ -204,6 +209,9 @@ def create_app(predictor: Predictor | None = None, max_upload_bytes: int = MAX_U
     the app says so on /readyz and calls ``on_failure`` (`fmnist serve`: stop the server).
     ``access_log``: the logger of a line per request, with its id (None: no access log).
     ``workers``: the server's processes; /readyz waits for every one's model.
+    ``shutdown_grace``: under uvicorn's server, how long SIGTERM keeps the server answering
+    with /readyz at 503 before it stops (:func:`drain_on_sigterm`; None: uvicorn's own
+    handling).
     """
     from contextlib import asynccontextmanager
     from typing import Annotated
@@ -242,6 +250,8 @@ def create_app(predictor: Predictor | None = None, max_upload_bytes: int = MAX_U
     async def lifespan(app):
         if loader is not None:
             threading.Thread(target=load, name="fmnist-load", daemon=True).start()
+        if shutdown_grace is not None:
+            drain_on_sigterm(app, shutdown_grace)
         yield
         pool.shutdown()
 
@@ -383,6 +393,41 @@ def create_app(predictor: Predictor | None = None, max_upload_bytes: int = MAX_U
     return app
 
 
+def drain_on_sigterm(app, grace: float) -> None:
+    """Make SIGTERM a graceful stop for the uvicorn server running ``app``.
+
+    uvicorn's server has installed its ``handle_exit`` for SIGTERM when the app starts;
+    this puts a handler before it. The first SIGTERM marks the app draining (/readyz:
+    503) and, ``grace`` seconds later, asks the server to exit as uvicorn does on a
+    signal: stop accepting, let requests in flight finish (its
+    ``timeout_graceful_shutdown``), exit, with status 0 since no signal is left to
+    re-raise. A second SIGTERM goes to uvicorn's handler at once. Nothing is changed
+    outside uvicorn's server (in tests, say) or off the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    uvicorn_handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(uvicorn_handler, "__self__", None)
+    if not hasattr(server, "should_exit"):
+        return
+
+    def stop() -> None:
+        server.should_exit = True
+
+    def handler(sig, frame) -> None:
+        if app.state.draining:
+            uvicorn_handler(sig, frame)
+            return
+        app.state.draining = True
+        logging.getLogger("fmnist").info(
+            "SIGTERM: /readyz answers 503; still serving for %.1f s, then draining", grace)
+        timer = threading.Timer(grace, stop)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def app_from_environment():
     """App factory for `fmnist serve` and uvicorn's worker processes: the app for the
     settings in ``$FMNIST_SERVE`` (JSON: model, engine, threads, limits, access log), which
@@ -400,13 +445,15 @@ def app_from_environment():
 
     access_log = logging.getLogger("fmnist.access") if settings.get("access_log") else None
     return create_app(loader=loader, access_log=access_log, on_failure=stop,
-                      workers=settings.get("workers", 1), **settings["limits"])
+                      workers=settings.get("workers", 1),
+                      shutdown_grace=settings.get("shutdown_grace"), **settings["limits"])
 
 
 def serve(model: str, engine: str | None = None, threads: int | None = 1,
           host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           access_log: bool = False, connections: ConnectionLimits = ConnectionLimits(),
-          log_format: str = "plain", **limits) -> None:
+          log_format: str = "plain", shutdown_grace: float = 5.0, drain_timeout: float = 10.0,
+          **limits) -> None:
     """Run the app with uvicorn until interrupted.
 
     ``workers`` > 1: that many processes, each with its own copy of the model, sharing
@@ -416,6 +463,7 @@ def serve(model: str, engine: str | None = None, threads: int | None = 1,
     and removed on exit. ``access_log``: a line per request, with its id; off by default
     because it costs about a fifth of a small request's CPU time (measured with `fmnist
     bench serve`). ``log_format``: "plain" or "json" (one object a line).
+    ``shutdown_grace``, ``drain_timeout``: SIGTERM's stop, as in the module docstring.
     ``connections``: deadlines for slow clients and the connection cap
     (:mod:`fmnist.connections`); ``limits``: :func:`create_app`'s request limits.
     Raises FmnistError when the model cannot be loaded (the process then exits 1).
@@ -432,12 +480,13 @@ def serve(model: str, engine: str | None = None, threads: int | None = 1,
 
     os.environ[SERVE_ENV] = json.dumps({"model": str(model), "engine": engine, "threads": threads,
                                         "limits": limits, "access_log": access_log,
-                                        "workers": workers,
+                                        "workers": workers, "shutdown_grace": shutdown_grace,
                                         "connections": connections.to_json()})
     options = {"host": host, "port": port, "log_config": log_config(log_format),
                "access_log": False,  # fmnist.telemetry writes the line, with the request id
                "http": GuardedHttpToolsProtocol,
-               "timeout_keep_alive": connections.keep_alive_seconds}
+               "timeout_keep_alive": connections.keep_alive_seconds,
+               "timeout_graceful_shutdown": drain_timeout}
     if workers == 1:
         app = app_from_environment()
         uvicorn.run(app, **options)

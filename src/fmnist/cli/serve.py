@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from fmnist.cli.args import add_model_source, int_at_least, positive_float
+from fmnist.cli.args import add_model_source, int_at_least, non_negative_float, positive_float
 from fmnist.telemetry import LOG_FORMATS
 
 
@@ -29,6 +29,11 @@ def add_parser(commands) -> None:
                             "it costs ~0.3 ms each)")
     serve.add_argument("--log-format", choices=LOG_FORMATS, default="plain",
                        help="plain text, or one JSON object a line (default: plain)")
+    serve.add_argument("--shutdown-grace", type=non_negative_float, default=5.0, metavar="SECONDS",
+                       help="on SIGTERM, keep answering this long with /readyz at 503 before "
+                            "refusing connections, so a load balancer can notice (default: 5)")
+    serve.add_argument("--drain-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                       help="then, how long requests in flight get to finish (default: 10)")
     serve.add_argument("--max-upload-mb", type=positive_float, default=5.0,
                        help="largest request body in MB (default: 5)")
     serve.add_argument("--max-images", type=int_at_least(1), default=64,
@@ -59,6 +64,7 @@ def run(args) -> int:
 
     serve(args.model, args.engine, threads=args.threads, host=args.host, port=args.port,
           workers=args.workers, access_log=args.access_log, log_format=args.log_format,
+          shutdown_grace=args.shutdown_grace, drain_timeout=args.drain_timeout,
           connections=ConnectionLimits(max_connections=args.max_connections),
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_images=args.max_images,
           max_request_pixels=int(args.max_request_mp * 1_000_000),
