@@ -253,6 +253,14 @@ def test_bench_runs_a_model_and_writes_its_reports(real_data_dir, train_only_dat
     markdown = (tmp_path / "BENCH.md").read_text()
     assert "### Inference engines" in markdown and "| 4 | 150 |" in markdown
     assert "**Burst**: 8 clients" in markdown
+    # The soak, in its 20-second version: steady traffic, RSS sampled, answers counted.
+    soaked = run_main("bench", "serve", str(first_run / "model.onnx"), "--soak", "0.34", *common)
+    assert soaked.returncode == 0, soaked.stderr[-2000:]
+    (soak,) = json.loads((tmp_path / "bench.json").read_text())["machines"][kind]["soak"]
+    assert soak["errors"] == 0 and soak["statuses"].get("200", 0) == soak["requests"] > 100
+    assert soak["engine"] == "onnx" and len(soak["rss_samples_mb"]) >= 10
+    assert soak["rss_baseline_mb"] > 50 and soak["p99_first_ms"] > 0 and soak["p99_last_ms"] > 0
+    assert "### Serving: soak" in (tmp_path / "BENCH.md").read_text()
 
 
 def test_bench_resume_refuses_a_run_directory_of_another_seed(tmp_path):
@@ -544,3 +552,24 @@ def test_the_ensemble_table_names_the_recipe_of_its_members():
     assert "runs/bench" not in table
     # Parity images are the first member's validation split, which the others trained on.
     assert "1.0e-07 on 60 images of seed 0's validation split |" in table
+
+
+def test_a_soak_is_judged_on_its_length_memory_errors_and_latency_drift():
+    from fmnist.bench.loadtest import soak_figures
+
+    answers = [(t / 10, 20.0 if t < 9000 else 25.0, "200") for t in range(18_000)]  # 30 min
+    answers[100] = (10.0, 1.0, "503")  # a full pool's answer, waited out: not an error
+    answers[200] = (20.0, 1.0, "IncompleteReadError")
+    memory = [(60.0 * minute, 100.0 + minute / 10) for minute in range(31)]
+    figures = soak_figures(answers, memory, 1800.0)
+    assert figures["errors"] == 1 and figures["statuses"]["503"] == 1
+    assert figures["rss_baseline_mb"] == 100.1 and figures["rss_end_mb"] == 103.0
+    assert figures["p99_first_ms"] == 20.0 and figures["p99_last_ms"] == 25.0
+    result = {**figures, "engine": "onnx", "workers": 1, "clients": 8, "minutes": 30,
+              "mix": "m", "command": "fmnist bench serve m --soak 30", "utc": "2026-12-07"}
+    verdicts = {v["name"]: v["met"] for v in summary.soak_verdicts(result)}
+    assert verdicts == {"length": True, "RSS growth": True, "errors": False, "p99 drift": True}
+    text = render.soak_section({"soak": [result]})
+    assert "| onnx | 1 | 8 | 30 | 18,000 |" in text and "errors 1 (target 0): **not met**" in text
+    assert "p99 drift 1.25x <= 1.5x: met" in text
+    assert render.soak_section({}).startswith("Not measured yet")

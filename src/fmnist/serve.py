@@ -238,7 +238,7 @@ def create_app(predictor: Predictor | None = None, max_upload_bytes: int = MAX_U
         try:
             model = loader()
             model.predict(np.zeros((1, 28, 28), np.uint8))  # warm-up: the first call traces
-        except BaseException as error:  # noqa: BLE001 - whatever failed, the server cannot serve
+        except Exception as error:  # whatever it was, this server has no model to serve
             app.state.failure = f"cannot load the model: {error}"
             logging.getLogger("fmnist").error(app.state.failure)
             if on_failure is not None:

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+# A 503 of a full decode pool says Retry-After: 1; the soak's clients wait that long.
+RETRY_AFTER_SECONDS = 1
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -342,3 +345,122 @@ def run_burst(model: str, engine: str | None = None, clients: int = 8, seconds: 
             "seconds": seconds, "images_per_request": len(files),
             "request_pixels": served["limits"]["max_request_pixels"],
             "request_bytes": len(request), "rss_after_start_mb": start_mb, **result}
+
+
+# ------------------------------------------------------------------ the soak
+
+
+def soak_requests(port: int, images: np.ndarray, large_every: int = 50) -> list[bytes]:
+    """The soak's request mix: one 28x28 PNG a request, and after every ``large_every``
+    of them a photo-sized one (a 1,200x1,200 RGB PNG, decoded in the server's pool)."""
+    (large,) = largest_request_images(total_pixels=1_440_000, count=1)
+    small = [multipart_request(port, f"{index}.png", png_bytes(image))
+             for index, image in enumerate(images)]
+    mixed = []
+    for index, request in enumerate(small):
+        mixed.append(request)
+        if index % large_every == large_every - 1:
+            mixed.append(multipart_request(port, "photo.png", large))
+    return mixed
+
+
+async def _soak(port: int, pid: int, requests: list[bytes], clients: int, seconds: float,
+                sample_seconds: float) -> tuple[list[tuple[float, float, str]], list[tuple[float, float]]]:
+    """``clients`` keep-alive connections sending ``requests`` in turn for ``seconds``, as
+    well-behaved clients: a 503 is waited out for its Retry-After, then the request is
+    sent again. Each answer as (seconds since the start, latency ms, its status or the
+    error), and the server's RSS every ``sample_seconds`` as (seconds since the start, MB)."""
+    started = time.monotonic()
+    deadline = started + seconds
+    answers: list[tuple[float, float, bool]] = []
+    memory: list[tuple[float, float]] = []
+    turn = iter(range(10**12))
+
+    async def client():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.monotonic() < deadline:
+                request = requests[next(turn) % len(requests)]
+                sent = time.perf_counter()
+                try:
+                    code, body = await _send(reader, writer, request)
+                    status = str(code) if code != 200 or b'"predictions"' in body else "200 empty"
+                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as error:
+                    status = type(error).__name__
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                answers.append((time.monotonic() - started, 1000 * (time.perf_counter() - sent), status))
+                if status == "503":
+                    await asyncio.sleep(RETRY_AFTER_SECONDS)
+        finally:
+            writer.close()
+
+    async def sampler():
+        while time.monotonic() < deadline:
+            memory.append((time.monotonic() - started, rss_mb(pid)))
+            await asyncio.sleep(sample_seconds)
+        memory.append((time.monotonic() - started, rss_mb(pid)))
+
+    await asyncio.gather(sampler(), *(client() for _ in range(clients)))
+    return answers, memory
+
+
+def soak_figures(answers: list[tuple[float, float, str]], memory: list[tuple[float, float]],
+                 seconds: float) -> dict:
+    """What a soak measured: RSS after its first minute (or third, if shorter) against
+    RSS at its end; p99 latency of its answered requests in its first five minutes (or
+    third) against its last; the statuses, errors being all but 200 and 503 (a full
+    decode pool's documented answer, which the clients wait out); requests per second."""
+    window_rss = min(60.0, seconds / 3)
+    window_p99 = min(300.0, seconds / 3)
+    baseline = next((mb for at, mb in memory if at >= window_rss), memory[-1][1])
+    first = [ms for at, ms, status in answers if at < window_p99 and status == "200"]
+    last = [ms for at, ms, status in answers if at >= seconds - window_p99 and status == "200"]
+    statuses: dict[str, int] = {}
+    for _, _, status in answers:
+        statuses[status] = statuses.get(status, 0) + 1
+    p99_first = float(np.percentile(first, 99)) if first else 0.0
+    p99_last = float(np.percentile(last, 99)) if last else 0.0
+    return {"requests": len(answers), "statuses": dict(sorted(statuses.items())),
+            "errors": sum(count for status, count in statuses.items() if status not in ("200", "503")),
+            "requests_per_second": len(answers) / seconds,
+            "rss_window_seconds": window_rss, "rss_baseline_mb": baseline,
+            "rss_end_mb": memory[-1][1], "rss_peak_mb": max(mb for _, mb in memory),
+            "rss_growth_percent": 100 * (memory[-1][1] / baseline - 1),
+            "p99_window_seconds": window_p99, "p99_first_ms": p99_first, "p99_last_ms": p99_last,
+            "p99_ratio": p99_last / p99_first if p99_first else None,
+            "rss_samples_mb": [round(mb, 1) for _, mb in memory]}
+
+
+def run_soak(model: str, images: np.ndarray, engine: str | None = None, minutes: float = 30.0,
+             clients: int = 8, workers: int = 1, log_dir: Path = Path("runs/loadtest"),
+             log=print) -> dict:
+    """Serve ``model`` in a child process under steady traffic for ``minutes``: ``clients``
+    keep-alive connections sending the mix of :func:`soak_requests` back to back, the
+    server's RSS sampled throughout (every thirtieth of the run, at most a minute)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(model, engine, port, log_dir / "server-soak.log", workers)
+    seconds = 60 * minutes
+    try:
+        wait_until_healthy(url, server)
+        served = get_json(url + "/v1/model")
+        requests = soak_requests(port, images)
+        log(f"soak: {clients} clients for {minutes:g} min ...", flush=True)
+        answers, memory = asyncio.run(_soak(port, server.pid, requests, clients, seconds,
+                                            min(60.0, seconds / 30)))
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    result = {"model": served["name"], "engine": served["engine"], "workers": workers,
+              "clients": clients, "minutes": minutes,
+              "mix": "28x28 PNGs, every 51st request a 1,200x1,200 photo-sized PNG",
+              **soak_figures(answers, memory, seconds)}
+    log(f"soak:   {result['requests']:,} requests {result['statuses']}, {result['errors']} errors, RSS "
+        f"{result['rss_baseline_mb']:.0f} -> {result['rss_end_mb']:.0f} MB, p99 "
+        f"{result['p99_first_ms']:.1f} -> {result['p99_last_ms']:.1f} ms", flush=True)
+    return result

@@ -15,7 +15,7 @@ from fmnist import hardware
 from fmnist.bench.store import machine_label
 from fmnist.bench.summary import (burst_verdicts, default_target, distill_verdicts,
                                   inference_verdict, is_plain, mean_std, serve_verdicts,
-                                  single_run_verdict, target_verdicts)
+                                  single_run_verdict, soak_verdicts, target_verdicts)
 from fmnist.bench.targets import (DEFAULT_MODEL, DEFAULT_TARGET, DISTILL_TARGET, MODEL_ORDER,
                                   REFERENCE_MODEL, SERVE_TARGETS, VAL_THRESHOLDS)
 from fmnist.report import markdown_table
@@ -350,6 +350,35 @@ def serve_section(section: dict) -> str:
     return "\n\n".join(parts)
 
 
+def soak_section(section: dict) -> str:
+    """The soaks `fmnist bench serve --soak` ran on this machine kind."""
+    results = section.get("soak")
+    if not results:
+        return "Not measured yet: `fmnist bench serve RUN_DIR --soak 30`."
+    words = {"length": lambda v: f"{v['value']:g} min >= {v['limit']}",
+             "RSS growth": lambda v: f"{v['value']:+.1f}% within ±{v['limit']:.0f}%",
+             "errors": lambda v: f"{v['value']} (target 0)",
+             "p99 drift": lambda v: ("—" if v["value"] is None else f"{v['value']:.2f}x")
+                                    + f" <= {v['limit']}x"}
+    table = markdown_table(
+        ["engine", "workers", "clients", "minutes", "requests", "req/s", "errors",
+         "RSS after the first window, MB", "RSS at the end, MB", "peak RSS, MB",
+         "p99 first window, ms", "p99 last window, ms"],
+        [[result["engine"], str(result["workers"]), str(result["clients"]), f"{result['minutes']:g}",
+          f"{result['requests']:,}", f"{result['requests_per_second']:.0f}", str(result["errors"]),
+          f"{result['rss_baseline_mb']:.0f}", f"{result['rss_end_mb']:.0f}",
+          f"{result['rss_peak_mb']:.0f}", f"{result['p99_first_ms']:.1f}",
+          f"{result['p99_last_ms']:.1f}"] for result in results], right=tuple(range(1, 12)))
+    lines = [table, ""]
+    for result in results:
+        lines.append(f"- `{result['command']}` ({result['utc']}): {result['mix']}; RSS after "
+                     f"the first {result['rss_window_seconds']:.0f} s against the end, p99 of the "
+                     f"first {result['p99_window_seconds']:.0f} s against the last. Targets: "
+                     + "; ".join(f"{v['name']} {words[v['name']](v)}: {_met(v['met'])}"
+                                 for v in soak_verdicts(result)) + ".")
+    return "\n".join(lines)
+
+
 def burst_lines(burst: dict) -> str:
     """The burst scenario of a serve result, as Markdown."""
     statuses = ", ".join(f"{count:,} x {status}" for status, count in burst["statuses"].items())
@@ -509,7 +538,8 @@ def section_markdown(kind: str, section: dict, current: str | None) -> str:
     parts += ["### Test-time augmentation", "", tta_section(section), "",
               "### Ensembles", "", ensembles_section(section), "",
               "### Inference engines: Keras vs onnxruntime", "", inference_section(section), "",
-              "### Serving: load test of `fmnist serve`", "", serve_section(section), ""]
+              "### Serving: load test of `fmnist serve`", "", serve_section(section), "",
+              "### Serving: soak", "", soak_section(section), ""]
     return "\n".join(parts)
 
 

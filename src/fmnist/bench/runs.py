@@ -230,6 +230,26 @@ def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_pa
     return result
 
 
+def run_soak_bench(model: str, engine: str | None, json_path: Path, markdown_path: Path,
+                   images: np.ndarray, minutes: float, command: str, log=print,
+                   workers: int = 1) -> dict:
+    """Soak `fmnist serve MODEL` (:func:`fmnist.bench.loadtest.run_soak`); store the result
+    under this machine's kind, in place of an earlier one of the same engine and workers."""
+    from fmnist.bench.loadtest import run_soak
+
+    record = machine(measure=False)
+    result = run_soak(model, images, engine=engine, minutes=minutes, workers=workers, log=log)
+    result.update({"command": command, "utc": _now()})
+
+    def store(section: dict) -> None:
+        section["soak"] = [old for old in section.get("soak", [])
+                           if (old["engine"], old["workers"]) != (result["engine"], workers)]
+        section["soak"].append(result)
+
+    update_section(json_path, markdown_path, record, store)
+    return result
+
+
 def teacher_spelling(teacher: str | os.PathLike) -> str:
     """One spelling of a teacher's run directory, relative to the working directory:
     typed absolute, relative or with ``./``, it names the same students' folders (see

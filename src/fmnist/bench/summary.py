@@ -10,7 +10,7 @@ import statistics
 
 from fmnist.bench.targets import (BURST_TARGETS, DEFAULT_MODEL, DEFAULT_TARGET, DISTILL_TARGET,
                                   GPU_TARGETS, ONNX_TARGET, REFERENCE_MODEL, SERVE_TARGETS,
-                                  TARGETS, VAL_THRESHOLDS)
+                                  SOAK_TARGETS, TARGETS, VAL_THRESHOLDS)
 
 
 def crossings(history: list[dict], thresholds=VAL_THRESHOLDS) -> dict:
@@ -260,6 +260,19 @@ def burst_verdicts(burst: dict) -> list[dict]:
              "met": burst["peak_rss_mb"] <= BURST_TARGETS["peak_rss_mb"]},
             {"name": "saturation answered", "value": None, "limit": None,
              "met": "503" in burst["statuses"]}]
+
+
+def soak_verdicts(result: dict) -> list[dict]:
+    """A soak against SOAK_TARGETS: long enough, RSS growth, errors, p99 drift."""
+    ratio = result.get("p99_ratio")
+    return [{"name": "length", "value": result["minutes"], "limit": SOAK_TARGETS["minutes"],
+             "met": result["minutes"] >= SOAK_TARGETS["minutes"]},
+            {"name": "RSS growth", "value": result["rss_growth_percent"],
+             "limit": SOAK_TARGETS["rss_growth_percent"],
+             "met": abs(result["rss_growth_percent"]) <= SOAK_TARGETS["rss_growth_percent"]},
+            {"name": "errors", "value": result["errors"], "limit": 0, "met": result["errors"] == 0},
+            {"name": "p99 drift", "value": ratio, "limit": SOAK_TARGETS["p99_ratio"],
+             "met": ratio is not None and ratio <= SOAK_TARGETS["p99_ratio"]}]
 
 
 def single_run_verdict(run: dict) -> dict | None:

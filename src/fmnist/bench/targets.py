@@ -35,3 +35,7 @@ SERVE_TARGETS = {"p50_ms": 10.0, "p99_ms": 50.0, "clients": 8, "growth_percent":
 # While 8 clients send the largest requests allowed, /health answers within 50 ms (p99),
 # the server stays under 1 GB, and a saturated server says 503, not "wait".
 BURST_TARGETS = {"clients": 8, "health_p99_ms": 50.0, "peak_rss_mb": 1024.0}
+# Over a long steady load (`fmnist bench serve --soak 30`): RSS at the end within this
+# share of RSS after the first minute, no error, and the last five minutes' p99 latency
+# within this multiple of the first five's.
+SOAK_TARGETS = {"minutes": 30, "clients": 8, "rss_growth_percent": 10.0, "p99_ratio": 1.5}

@@ -88,6 +88,10 @@ def add_parser(commands) -> None:
                        help="requests per concurrency level (default: 10000)")
     serve.add_argument("--clients", type=int_at_least(1), nargs="+", default=[8, 16],
                        help="concurrency levels (default: 8 16)")
+    serve.add_argument("--soak", type=positive_float, metavar="MINUTES",
+                       help="instead of the load levels and the burst: steady traffic from 8 "
+                            "clients for MINUTES (small and photo-sized images), RSS sampled "
+                            "throughout")
     serve.add_argument("--burst-seconds", type=positive_float, default=30.0,
                        help=f"length of the burst scenario: {BURST_TARGETS['clients']} clients "
                             "sending the largest requests allowed (default: 30)")
@@ -156,6 +160,14 @@ def _serve(args) -> int:
 
     locate(args.model, args.engine)  # a bad path fails here, before anything starts
     images, _ = load_split("train", args.data_dir)  # traffic: training images, never test
+
+    if args.soak:
+        from fmnist.bench.runs import run_soak_bench
+
+        run_soak_bench(args.model, args.engine, Path(args.json), Path(args.markdown), images[:1000],
+                       args.soak, _command(), workers=args.workers)
+        print(f"wrote {args.markdown} and {args.json}")
+        return 0
 
     from fmnist.bench.runs import run_serve_bench
 
