@@ -29,12 +29,18 @@ def test_the_uvicorn_internals_the_guard_relies_on_are_there():
     for hook in ("connection_made", "connection_lost", "on_headers_complete",
                  "on_message_complete", "on_response_complete"):
         assert callable(getattr(HttpToolsProtocol, hook, None)), f"uvicorn lost {hook}"
+    import asyncio
+
     config = uvicorn.Config(app=lambda scope, receive, send: None, http=GuardedHttpToolsProtocol)
     config.load()
-    protocol = GuardedHttpToolsProtocol(config, ServerState(), {})
-    for attribute in ("connections", "pipeline", "cycle", "loop", "transport"):
-        assert hasattr(protocol, attribute), f"uvicorn's protocol has no {attribute!r} any more"
-    assert protocol.limits == ConnectionLimits() and not protocol.busy()
+    loop = asyncio.new_event_loop()  # its own: a test before may have closed the current one
+    try:
+        protocol = GuardedHttpToolsProtocol(config, ServerState(), {}, _loop=loop)
+        for attribute in ("connections", "pipeline", "cycle", "loop", "transport"):
+            assert hasattr(protocol, attribute), f"uvicorn's protocol has no {attribute!r} any more"
+        assert protocol.limits == ConnectionLimits() and not protocol.busy()
+    finally:
+        loop.close()
     # fmnist.serve.drain_on_sigterm puts its handler before the server's SIGTERM handler,
     # which uvicorn installs with signal.signal as the bound Server.handle_exit, and stops
     # the server through its should_exit flag.
