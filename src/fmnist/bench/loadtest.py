@@ -104,6 +104,16 @@ def get_json(url: str, timeout: float = 10) -> dict:
         return json.loads(response.read())
 
 
+def stop_server(server: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop the served child as Ctrl+C would (SIGINT: uvicorn stops at once, no grace);
+    kill it if it has not exited within ``timeout`` seconds."""
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -229,11 +239,7 @@ def run_load_test(model: str, images: np.ndarray, engine: str | None = None,
         memory["after_all_mb"] = rss_mb(server.pid)
         memory["growth_percent"] = 100 * (memory["after_all_mb"] / memory["after_warmup_mb"] - 1)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     return {"model": served["name"], "path": model, "engine": served["engine"], "workers": workers,
             "endpoint": "POST /v1/predict",
             "image": "one 28x28 PNG per request", "warmup_requests": warmup,
@@ -336,11 +342,7 @@ def run_burst(model: str, engine: str | None = None, clients: int = 8, seconds: 
         log(f"burst:   /health p99 {result['health_p99_ms']:.1f} ms, peak RSS "
             f"{result['peak_rss_mb']:.0f} MB, statuses {result['statuses']}", flush=True)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     return {"model": served["name"], "engine": served["engine"], "clients": clients,
             "seconds": seconds, "images_per_request": len(files),
             "request_pixels": served["limits"]["max_request_pixels"],
@@ -451,11 +453,7 @@ def run_soak(model: str, images: np.ndarray, engine: str | None = None, minutes:
         answers, memory = asyncio.run(_soak(port, server.pid, requests, clients, seconds,
                                             min(60.0, seconds / 30)))
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     result = {"model": served["name"], "engine": served["engine"], "workers": workers,
               "clients": clients, "minutes": minutes,
               "mix": "28x28 PNGs, every 51st request a 1,200x1,200 photo-sized PNG",
