@@ -132,19 +132,11 @@ class RequestTelemetry:
             return await self.app(scope, receive, send)
         request_id = request_id_of(scope["headers"])
         scope.setdefault("state", {})["request_id"] = request_id
-        started, status = time.perf_counter(), 500  # what a request that raised became
+        started, status, recorded = time.perf_counter(), 500, False  # 500: a request that raised
 
-        async def send_with_id(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (REQUEST_ID_HEADER, request_id.encode())]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
+        def record() -> None:
+            nonlocal recorded
+            recorded = True
             seconds = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "(no route)"
             self.telemetry.requests.labels(route, scope["method"], str(status)).inc()
@@ -157,6 +149,24 @@ class RequestTelemetry:
                     extra={"request_id": request_id, "method": scope["method"],
                            "path": scope["path"], "status": status,
                            "duration_ms": round(1000 * seconds, 3), "client": client[0]})
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (REQUEST_ID_HEADER, request_id.encode())]}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Counted before the last byte leaves: a client that has its answer and
+                # then reads /metrics finds its request there.
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if not recorded:  # no response went out (the app raised): count it as a 500
+                record()
 
 
 class JsonFormatter(logging.Formatter):
