@@ -44,7 +44,7 @@ def test_sigterm_under_load_loses_no_accepted_request(exported_run):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "fmnist.cli", "serve", str(run / "model.onnx"), "--port", str(port),
-         "--shutdown-grace", "1", "--drain-timeout", "20"],
+         "--shutdown-grace", "2", "--drain-timeout", "20"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
