@@ -59,8 +59,8 @@ readme: $(VENV)/.installed
 benchmarks-page: $(VENV)/.installed
 	$(BIN)/fmnist bench render --json bench.json --markdown docs/benchmarks.md
 
-notes:
-	$(PYTHON) scripts/notes_tables.py
+notes: $(VENV)/.installed
+	$(BIN)/python scripts/notes_tables.py
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

@@ -22,17 +22,19 @@ import re
 import sys
 from pathlib import Path
 
+from fmnist.report import markdown_table
+
 NOTES = Path(__file__).resolve().parent.parent / "docs" / "experiments"
 BLOCK = re.compile(r"<!-- results: (?P<file>[^ ]+) -->\n(?P<table>.*?)<!-- /results -->", re.S)
 
 
 def table(path: Path) -> str:
-    """A CSV file as a Markdown table: its header row, then one row per line."""
+    """A CSV file as a Markdown table: its header row, then one row per line; a column
+    whose every cell is a number is right-aligned."""
     with path.open(newline="") as stream:
         header, *rows = list(csv.reader(stream))
-    align = ["---:" if all(_numeric(row[i]) for row in rows) else "---" for i in range(len(header))]
-    lines = [header, align, *rows]
-    return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
+    numeric = tuple(i for i in range(len(header)) if all(_numeric(row[i]) for row in rows))
+    return markdown_table(header, rows, right=numeric) + "\n"
 
 
 def _numeric(cell: str) -> bool:

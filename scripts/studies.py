@@ -23,21 +23,16 @@ import argparse
 import shlex
 import shutil
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from fmnist import rundir
 from fmnist.bench.measure import device_name, machine, predict_throughput
-from fmnist.bench.runs import recipe_key, update_section, variant_key
+from fmnist.bench.runs import recipe_key, update_section, utc_now, variant_key
 from fmnist.bench.store import load_report, machine_kind, repo_relative_command
 from fmnist.bench.summary import ensemble_name, is_plain, run_name
 from fmnist.errors import FmnistError
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path,
@@ -76,7 +71,7 @@ def run_ensemble_bench(model: str, json_path: Path, markdown_path: Path,
               "onnx_images_per_second": engine_speed(OnnxEngine(out / "model.onnx"),
                                                      singles=0)["images_per_second"],
               **{key: parity[key] for key in ("images", "max_abs_difference", "class_mismatches")},
-              "command": command, "utc": _now()}
+              "command": command, "utc": utc_now()}
     update_section(json_path, markdown_path, record, lambda section: section.update(
         ensembles=_replacing(section.get("ensembles", []), result)))
     return result
@@ -109,7 +104,7 @@ def run_tta_bench(model: str, json_path: Path, markdown_path: Path,
     result = {"model": model, "recipe": row.get("recipe"), "seeds": row["seeds"], "shift": shift,
               "device": row["device"],
               "trained_with_flips": bool(row.get("flip")), "sets": figures,
-              "chosen_on_validation": chosen, "command": command, "utc": _now()}
+              "chosen_on_validation": chosen, "command": command, "utc": utc_now()}
     update_section(json_path, markdown_path, record, lambda section: section.update(
         tta=_replacing(section.get("tta", []), result)))
     return result

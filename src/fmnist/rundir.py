@@ -158,14 +158,24 @@ def require_new_run_dir(run_dir: str | Path) -> Path:
 
 def checkpoint_path(run_dir: Path, state: dict) -> Path:
     """The checkpoint ``state.json`` names, which must be a file inside ``run_dir``."""
-    named = state.get("checkpoint")
-    if not isinstance(named, str):
-        raise RunDirError(f"{run_dir / STATE} names no checkpoint; the run directory is damaged")
-    path = (run_dir / named).resolve()
-    if not path.is_relative_to(run_dir.resolve()) or not path.is_file():
-        raise RunDirError(f"{run_dir / STATE} names the checkpoint {named!r}, which is not a "
-                          f"file inside {run_dir}; the run directory is damaged")
+    path, problem = _located(run_dir, state)
+    if problem is not None:
+        raise RunDirError(f"{run_dir / STATE}: {problem}; the run directory is damaged")
     return path
+
+
+def _located(run_dir: Path, entry: dict) -> tuple[Path | None, str | None]:
+    """The file a state entry names, or None and what is wrong with the name: not a
+    string, outside the run directory, or no such file."""
+    named = entry.get("checkpoint")
+    if not isinstance(named, str):
+        return None, "state.json names no checkpoint"
+    path = (run_dir / named).resolve()
+    if not path.is_relative_to(run_dir.resolve()):
+        return None, f"the checkpoint {named!r} lies outside {run_dir}"
+    if not path.is_file():
+        return None, f"{named} (epoch {entry.get('epochs_done')}) is missing"
+    return path, None
 
 
 def require_unlocked(run_dir: str | Path) -> None:
@@ -330,14 +340,10 @@ def checkpoint_problem(run_dir: Path, entry: dict) -> str | None:
     file that was written (its recorded size and SHA-256, where recorded)."""
     from fmnist.data import sha256_file
 
-    named = entry.get("checkpoint")
-    if not isinstance(named, str):
-        return "state.json names no checkpoint"
-    path = (run_dir / named).resolve()
-    if not path.is_relative_to(run_dir.resolve()):
-        return f"{named} lies outside the run directory"
-    if not path.is_file():
-        return f"{named} (epoch {entry.get('epochs_done')}) is missing"
+    path, problem = _located(run_dir, entry)
+    if problem is not None:
+        return problem
+    named = entry["checkpoint"]
     size = path.stat().st_size
     if "bytes" in entry and size != entry["bytes"]:
         return (f"{named} is truncated: {size:,} bytes where {entry['bytes']:,} were written"

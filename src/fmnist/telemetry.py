@@ -84,13 +84,7 @@ class Telemetry:
     def ready_workers(self) -> int:
         """How many worker processes have said :meth:`serving`: this one alone, or, in
         multiprocess mode, all of them (read from the shared folder)."""
-        registry = self.registry
-        if self.multiprocess:
-            from prometheus_client import CollectorRegistry, multiprocess
-
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        return int(registry.get_sample_value("fmnist_workers_ready") or 0)
+        return int(self._collected().get_sample_value("fmnist_workers_ready") or 0)
 
     def decoded(self, images: int, pixels: int) -> None:
         self.images.inc(images)
@@ -99,15 +93,19 @@ class Telemetry:
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in Prometheus' text format, and its content type; across every
         worker process in multiprocess mode."""
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        registry = self.registry
-        if self.multiprocess:
-            from prometheus_client import multiprocess
+        return generate_latest(self._collected()), CONTENT_TYPE_LATEST
 
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+    def _collected(self):
+        """The registry to read: this process's, or every worker's files summed."""
+        if not self.multiprocess:
+            return self.registry
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
 
 
 def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:

@@ -114,7 +114,7 @@ def stop_server(server: subprocess.Popen, timeout: float = 30) -> None:
         server.kill()
 
 
-def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
+def wait_until_ready(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -219,7 +219,7 @@ def run_load_test(model: str, images: np.ndarray, engine: str | None = None,
     url = f"http://127.0.0.1:{port}"
     server = start_server(model, engine, port, log_dir / "server.log", workers)
     try:
-        wait_until_healthy(url, server)
+        wait_until_ready(url, server)
         served = get_json(url + "/v1/model")
         memory = {"after_start_mb": rss_mb(server.pid)}
         uploads = [png_bytes(image) for image in images]
@@ -332,7 +332,7 @@ def run_burst(model: str, engine: str | None = None, clients: int = 8, seconds: 
     request = multipart_files_request(port, [(f"big-{i}.png", png) for i, png in enumerate(files)])
     server = start_server(model, engine, port, log_dir / "server-burst.log")
     try:
-        wait_until_healthy(url, server)
+        wait_until_ready(url, server)
         served = get_json(url + "/v1/model")
         start_mb = rss_mb(server.pid)
         log(f"burst: {clients} clients sending {len(files)} images of "
@@ -446,7 +446,7 @@ def run_soak(model: str, images: np.ndarray, engine: str | None = None, minutes:
     server = start_server(model, engine, port, log_dir / "server-soak.log", workers)
     seconds = 60 * minutes
     try:
-        wait_until_healthy(url, server)
+        wait_until_ready(url, server)
         served = get_json(url + "/v1/model")
         requests = soak_requests(port, images)
         log(f"soak: {clients} clients for {minutes:g} min ...", flush=True)

@@ -131,7 +131,7 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         f"{record['peak_gflops']['bfloat16']:.0f}", flush=True)
     measured = [_bench_model(model, range(seed_start, seed_start + seeds), out_dir, naming,
                              data_dir, list(extra or []), resume, log) for model in models]
-    bench_id = _now()
+    bench_id = utc_now()
 
     def store(section: dict) -> None:
         for model, runs, taken, (flops, throughput) in measured:
@@ -140,7 +140,7 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         order = {name: index for index, name in enumerate(MODEL_ORDER)}
         section["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"],
                                             variant_key(r)))
-        section.update({"machine": record, "command": command, "updated_utc": _now()})
+        section.update({"machine": record, "command": command, "updated_utc": utc_now()})
 
     return update_section(json_path, markdown_path, record, store)
 
@@ -204,7 +204,7 @@ def run_inference_bench(json_path: Path, markdown_path: Path,
     inference = measure_inference([row for row in section["rows"] if row["device"] == device],
                                   runs_dir, train_data, log)
     return update_section(json_path, markdown_path, record, lambda section: section.update(
-        inference=inference, inference_command=command, inference_utc=_now()))
+        inference=inference, inference_command=command, inference_utc=utc_now()))
 
 
 def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_path: Path,
@@ -219,7 +219,7 @@ def run_serve_bench(model: str, engine: str | None, json_path: Path, markdown_pa
                            log=log, workers=workers)
     result["burst"] = run_burst(model, engine, clients=BURST_TARGETS["clients"],
                                 seconds=burst_seconds, log=log)
-    result.update({"command": command, "utc": _now()})
+    result.update({"command": command, "utc": utc_now()})
 
     def store(section: dict) -> None:
         section["serve"] = [old for old in section.get("serve", [])
@@ -239,7 +239,7 @@ def run_soak_bench(model: str, engine: str | None, json_path: Path, markdown_pat
 
     record = machine(measure=False)
     result = run_soak(model, images, engine=engine, minutes=minutes, workers=workers, log=log)
-    result.update({"command": command, "utc": _now()})
+    result.update({"command": command, "utc": utc_now()})
 
     def store(section: dict) -> None:
         section["soak"] = [old for old in section.get("soak", [])
@@ -304,5 +304,5 @@ def variant_key(row: dict) -> str:
     return f"{teacher}\n{row.get('recipe') or ''}".strip()
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
