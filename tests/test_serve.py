@@ -94,6 +94,34 @@ def test_predict_files_in_request_order(client, predictor, test_images):
         assert set(got["top_k"][0]) == {"class_index", "label", "probability"}
 
 
+def test_every_prediction_says_whether_it_looks_like_a_garment(client, predictor, trained_run,
+                                                                 test_images):
+    x, _ = test_images
+    noise = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    files = [("files", ("garment.png", png(x[0]), "image/png")),
+             ("files", ("noise.png", png(noise), "image/png"))]
+    body = client.post("/v1/predict", files=files).json()
+    threshold = json.loads((trained_run / "trust.json").read_text())["ood"]["threshold"]
+    for got in body["predictions"]:
+        assert isinstance(got["ood_score"], float)
+        assert got["in_distribution"] is (got["ood_score"] >= threshold)
+    assert body["predictions"][1]["in_distribution"] is False  # noise is nothing it trained on
+    pixels = client.post("/v1/predict/pixels", json={"pixels": x[:3].tolist()}).json()
+    assert all(isinstance(p["in_distribution"], bool) for p in pixels["predictions"])
+    info = client.get("/v1/model").json()
+    assert info["ood"]["threshold"] == pytest.approx(threshold) and info["temperature"] > 0
+
+
+def test_an_explanation_comes_on_request(client, test_images):
+    x, _ = test_images
+    upload = {"files": ("g.png", png(x[0]), "image/png")}
+    plain = client.post("/v1/predict", files=upload).json()["predictions"][0]
+    assert "saliency" not in plain
+    explained = client.post("/v1/predict", files=upload, params={"explain": "true"}).json()
+    saliency = np.array(explained["predictions"][0]["saliency"])
+    assert saliency.shape == (28, 28) and saliency.min() >= 0 and saliency.max() == 1.0
+
+
 def test_predict_returns_the_processed_input_on_request(client, test_images):
     photo = 255 - np.kron(test_images[0][0], np.ones((6, 6), np.uint8))  # dark on white, 168x168
     body = client.post("/v1/predict", files={"files": ("shoe.jpg", png(photo, "JPEG"), "image/jpeg")},

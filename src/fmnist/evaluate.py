@@ -16,6 +16,7 @@ from fmnist.metrics import (VIEW_SETS, calibration, classification_metrics, conf
                             mirrored, most_confused, per_class_scores, predict_proba,
                             tta_views, top_k_accuracy)
 from fmnist.report import write_reports
+from fmnist.trust import read as read_trust
 
 GALLERY_SIZE = 24  # misclassified images shown, most confident mistakes first
 
@@ -50,6 +51,7 @@ def _evaluate(run_dir: Path, data_dir, test_data, tta: bool) -> dict:
 
     metrics = rundir.read_metrics(run_dir)
     metrics.update(score_test_set(probabilities, y_test))
+    metrics.update(score_calibrated(model, read_trust(run_dir), x_test, y_test))
     metrics.update({"n_test": int(len(y_test)), "tta": tta})
     if tta:
         averaged = (probabilities + predict_proba(model, mirrored(x_test))) / 2
@@ -60,7 +62,7 @@ def _evaluate(run_dir: Path, data_dir, test_data, tta: bool) -> dict:
         metrics.pop("test_accuracy_tta", None)
         metrics.pop("test_loss_tta", None)
     rundir.write_json(run_dir / rundir.METRICS, metrics)
-    write_figures(run_dir, x_test, y_test, probabilities, metrics)
+    write_figures(run_dir, x_test, y_test, probabilities, metrics, model=model)
     write_reports(run_dir, config, metrics)
     return metrics
 
@@ -133,7 +135,31 @@ def score_test_set(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def write_figures(run_dir: Path, images, labels, probabilities, metrics: dict) -> None:
+CALIBRATED_KEYS = ("test_ece_calibrated", "test_nll", "test_nll_calibrated",
+                   "test_calibration_bins_calibrated", "temperature")
+
+
+def score_calibrated(model, trust: dict | None, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Test NLL and ECE of the model's own probabilities and after its temperature
+    (trust.json), as metrics.json keys; for a run never calibrated, every key is None.
+
+    The NLL here is unclipped (from logits), so it is comparable before and after.
+    """
+    if trust is None:
+        return dict.fromkeys(CALIBRATED_KEYS)
+    from fmnist.calibration import nll
+    from fmnist.trust import run_outputs, trusted_model
+
+    outputs = run_outputs(trusted_model(model, trust), images)
+    logits, temperature = outputs["logits"], float(trust["temperature"])
+    calibrated = calibration(outputs["probabilities"], labels, bins=15)
+    return {"test_ece_calibrated": calibrated["ece"], "test_nll": nll(logits, labels),
+            "test_nll_calibrated": nll(logits, labels, temperature),
+            "test_calibration_bins_calibrated": calibrated["bins"], "temperature": temperature}
+
+
+def write_figures(run_dir: Path, images, labels, probabilities, metrics: dict,
+                  model=None) -> None:
     """The report's PNGs: confusion, per-class accuracy, mistakes, reliability, curves."""
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
@@ -142,11 +168,20 @@ def write_figures(run_dir: Path, images, labels, probabilities, metrics: dict) -
                                   run_dir / "per_class.png", overall=metrics["test_accuracy"])
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:GALLERY_SIZE]
+    saliency = None
+    if model is not None and len(wrong):
+        from fmnist.heads import predict_outputs
+        from fmnist.saliency import occlusion_map
+
+        saliency = np.stack([occlusion_map(lambda x: predict_outputs(model, x)[0], images[i],
+                                           predicted[i]) for i in wrong])
     plots.plot_gallery(images[wrong], labels[wrong], predicted[wrong], confidence[wrong],
                        CLASS_NAMES, run_dir / "misclassified.png",
-                       title="Most confident mistakes on the test set")
+                       title="Most confident mistakes on the test set", saliency=saliency)
+    calibrated = metrics.get("test_calibration_bins_calibrated")
     plots.plot_reliability(metrics["test_calibration_bins"], metrics["test_ece"],
-                           run_dir / "reliability.png")
+                           run_dir / "reliability.png",
+                           calibrated=(calibrated, metrics["test_ece_calibrated"]) if calibrated else None)
     history_path = run_dir / rundir.HISTORY
     if history_path.exists() and not (run_dir / rundir.CURVES).exists():
         plots.plot_history(rundir.read_json(history_path), run_dir / rundir.CURVES)

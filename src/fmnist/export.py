@@ -2,9 +2,17 @@
 
 The exported graph is float32 end to end (models trained in mixed bfloat16 are rebuilt
 with a float32 policy and the same weights first; bfloat16 is a training speed-up, not
-something an ONNX consumer should have to support), takes raw pixels ``pixels``: float32
-(N, 28, 28), values 0..255, and returns ``probabilities``: float32 (N, 10). The batch
-dimension is dynamic. No augmentation is inside: fmnist augments in the input pipeline.
+something an ONNX consumer should have to support). It is :func:`fmnist.trust.trusted_model`:
+it takes raw pixels ``pixels``: float32 (N, 28, 28), values 0..255, and returns
+``probabilities`` (float32 (N, 10), calibrated by the run's temperature), ``logits``
+(N, 10) and ``ood_score`` (N,). The batch dimension is dynamic. No augmentation is inside:
+fmnist augments in the input pipeline.
+
+The sidecar ``model.onnx.json`` (:func:`report_path`) holds the parity report and, since
+sidecar format 2 (:data:`SIDECAR_FORMAT`), what the core install needs to serve it: the
+temperature already in the graph, and the out-of-distribution threshold (null for a run
+never calibrated). A sidecar without ``format`` is format 1: one ``probabilities`` output,
+uncalibrated, no score; the core install still serves it.
 
 The file is written to a temporary name, checked against Keras on the run's validation
 images (its split rebuilt from the seed in config.json: largest absolute probability
@@ -29,32 +37,16 @@ from fmnist.errors import FmnistError
 from fmnist.predict import in_batches
 
 TOLERANCE = 1e-4
-INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+# Largest allowed difference of the out-of-distribution score, relative to max(1, |score|):
+# its squared distances expand as |p|^2 - 2 p.c + |c|^2 in float32, which cancels to
+# about 1e-4 between two kernels; a decision can flip only that close to the threshold.
+SCORE_TOLERANCE = 1e-3
+INPUT_NAME = "pixels"
+SIDECAR_FORMAT = 2
 
 
 class ExportError(FmnistError):
     """The exported model does not match the Keras model."""
-
-
-def float32_copy(model):
-    """The same network and weights with every layer computing in float32.
-
-    Mixed-precision layers carry their ``DTypePolicy`` in their config; replacing each by
-    "float32" and rebuilding gives a model whose variables line up one to one.
-    """
-
-    def to_float32(node):
-        if isinstance(node, dict):
-            if node.get("class_name") == "DTypePolicy":
-                return "float32"
-            return {key: to_float32(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [to_float32(value) for value in node]
-        return node
-
-    copy = model.__class__.from_config(to_float32(model.get_config()))
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def _rename_and_describe(path: Path, model_name: str) -> int:
@@ -65,7 +57,10 @@ def _rename_and_describe(path: Path, model_name: str) -> int:
 
     graph_model = onnx.load(str(path))
     graph = graph_model.graph
-    renames = {graph.input[0].name: INPUT_NAME, graph.output[0].name: OUTPUT_NAME}
+    from fmnist.trust import OUTPUTS
+
+    renames = {graph.input[0].name: INPUT_NAME,
+               **{output.name: name for output, name in zip(graph.output, OUTPUTS)}}
     for value in (*graph.input, *graph.output):
         value.name = renames.get(value.name, value.name)
     for node in graph.node:
@@ -107,8 +102,11 @@ def export_onnx(source: str | os.PathLike, images: np.ndarray, out: str | os.Pat
     model_name = (rundir.read_json(config_path).get("model") if config_path.is_file()
                   else keras_path.stem)
 
+    from fmnist import trust as trust_file
+
     trained = keras.saving.load_model(keras_path, compile=False, safe_mode=True)
-    model = float32_copy(trained)
+    trust = trust_file.read(keras_path.parent)
+    model = trust_file.trusted_model(trained, trust)
     tmp = out.with_name(f".{out.stem}.tmp.onnx")
     started = time.perf_counter()
     try:
@@ -120,25 +118,35 @@ def export_onnx(source: str | os.PathLike, images: np.ndarray, out: str | os.Pat
         export_seconds = time.perf_counter() - started
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         pixels = np.asarray(images, dtype=np.float32)
-        onnx_probs = in_batches(lambda x: session.run(None, {INPUT_NAME: x})[0], pixels)
-        keras_probs = in_batches(model.predict_on_batch, pixels)
+        onnx_out = dict(zip(trust_file.OUTPUTS, _outputs(session, pixels)))
+        keras_out = trust_file.run_outputs(model, pixels)
+        onnx_probs, keras_probs = onnx_out["probabilities"], keras_out["probabilities"]
         trained_classes = (in_batches(trained.predict_on_batch, pixels).argmax(1)
                            if _mixed(trained) else keras_probs.argmax(1))
         difference = float(np.abs(onnx_probs - keras_probs).max())
         mismatches = int((onnx_probs.argmax(1) != keras_probs.argmax(1)).sum())
-        report = {"onnx": str(out), "source": str(keras_path), "model": model_name,
+        score_difference = float((np.abs(onnx_out["ood_score"] - keras_out["ood_score"])
+                                  / np.maximum(1.0, np.abs(keras_out["ood_score"]))).max())
+        report = {"format": SIDECAR_FORMAT, "onnx": str(out), "source": str(keras_path),
+                  "model": model_name, "outputs": list(trust_file.OUTPUTS),
+                  "temperature": trust["temperature"] if trust else 1.0,
+                  "temperature_in_graph": True,
+                  "ood": ({key: trust["ood"][key] for key in ("method", "threshold", "accept")}
+                          if trust else None),
                   "images": int(len(pixels)), "max_abs_difference": difference,
                   "tolerance": tolerance, "class_mismatches": mismatches,
+                  "max_score_difference": score_difference,
                   "mixed_precision_trained": _mixed(trained),
                   "agreement_with_trained_model": float(
                       (onnx_probs.argmax(1) == trained_classes).mean()),
                   "export_seconds": export_seconds, "onnxruntime": onnxruntime.__version__,
                   "opset": opset}
-        if difference > tolerance or mismatches:
+        if difference > tolerance or mismatches or score_difference > SCORE_TOLERANCE:
             raise ExportError(
                 f"ONNX check failed on {len(pixels)} images: max |p_keras - p_onnx| = "
-                f"{difference:.2e} (limit {tolerance:.0e}), {mismatches} different classes; "
-                "nothing was written")
+                f"{difference:.2e} (limit {tolerance:.0e}), {mismatches} different classes, "
+                f"out-of-distribution score off by {score_difference:.1e} (limit "
+                f"{SCORE_TOLERANCE:.0e}); nothing was written")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -207,11 +215,19 @@ def quantize_int8(onnx_path: str | os.PathLike, calibration_images: np.ndarray,
         float_probs = in_batches(lambda x: float_session.run(None, {INPUT_NAME: x})[0], pixels)
         int8_probs = in_batches(lambda x: int8_session.run(None, {INPUT_NAME: x})[0], pixels)
         agreement = float((float_probs.argmax(1) == int8_probs.argmax(1)).mean())
-        report = {"onnx": str(out), "source": str(onnx_path), "images": int(len(pixels)),
+        float_sidecar = (rundir.read_json(report_path(onnx_path))
+                         if report_path(onnx_path).is_file() else {})
+        # The int8 graph keeps the float graph's outputs and temperature; its score is not
+        # checked against the float one, so it carries no threshold.
+        report = {"format": float_sidecar.get("format", 1), "outputs": float_sidecar.get("outputs"),
+                  "temperature": float_sidecar.get("temperature", 1.0),
+                  "temperature_in_graph": float_sidecar.get("temperature_in_graph", False),
+                  "ood": None,
+                  "onnx": str(out), "source": str(onnx_path), "images": int(len(pixels)),
                   "calibration_images": int(len(calibration)), "class_agreement": agreement,
                   "min_agreement": min_agreement,
                   "max_abs_difference": float(np.abs(float_probs - int8_probs).max()),
-                  "format": "QDQ, int8 weights per channel, uint8 activations"}
+                  "quantization": "QDQ, int8 weights per channel, uint8 activations"}
         if agreement < min_agreement:
             raise ExportError(f"int8 model agrees with the float model on only "
                               f"{100 * agreement:.2f}% of {len(pixels)} images (limit "
@@ -222,6 +238,14 @@ def quantize_int8(onnx_path: str | os.PathLike, calibration_images: np.ndarray,
         prepared.unlink(missing_ok=True)
     rundir.write_json(report_path(out), report)
     return report
+
+
+def _outputs(session, pixels: np.ndarray) -> list[np.ndarray]:
+    """Every output of an ONNX session over ``pixels``, batched, float32."""
+    batches = [session.run(None, {INPUT_NAME: pixels[start:start + 1024]})
+               for start in range(0, len(pixels), 1024)]
+    return [np.concatenate([np.asarray(b[i], np.float32) for b in batches])
+            for i in range(len(batches[0]))]
 
 
 def report_path(onnx_path: Path) -> Path:

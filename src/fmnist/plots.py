@@ -98,8 +98,13 @@ def plot_per_class_accuracy(recalls, class_names, path, overall: float | None = 
 
 
 def plot_gallery(images, true, predicted, confidence, class_names, path,
-                 title: str = "Misclassified test images", columns: int = 8) -> Path:
-    """A grid of images captioned 'true -> predicted (confidence)'."""
+                 title: str = "Misclassified test images", columns: int = 8,
+                 saliency=None) -> Path:
+    """A grid of images captioned 'true -> predicted (confidence)'.
+
+    ``saliency``: float (N, 28, 28) maps in [0, 1] (saliency.py), drawn in red over each
+    image: where the evidence for the predicted class lay.
+    """
     plt = _pyplot()
     count = len(images)
     rows = max(1, -(-count // columns))
@@ -110,31 +115,45 @@ def plot_gallery(images, true, predicted, confidence, class_names, path,
         if index >= count:
             continue
         ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
+        if saliency is not None:
+            ax.imshow(saliency[index], cmap="Reds", vmin=0, vmax=1, alpha=0.55 * (saliency[index] > 0.05))
         ax.set_title(f"{_short(class_names[true[index]])}\n→ {_short(class_names[predicted[index]])}"
                      f" {confidence[index]:.2f}", fontsize=7.5)
-    fig.suptitle(f"{title} (true → predicted, confidence)", fontsize=11)
+    shaded = ", red: where the model looked" if saliency is not None else ""
+    fig.suptitle(f"{title} (true → predicted, confidence{shaded})", fontsize=11)
     return _save(fig, path)
 
 
-def plot_reliability(bins: list[dict], ece: float, path) -> Path:
-    """Accuracy against confidence per bin, with the diagonal of perfect calibration."""
+def plot_reliability(bins: list[dict], ece: float, path, calibrated: tuple[list[dict], float] | None = None) -> Path:
+    """Accuracy against confidence per bin, with the diagonal of perfect calibration.
+
+    ``calibrated``: the bins and ECE after temperature scaling, drawn beside the model's own
+    (mean confidence per bin as a second series, and a second count row).
+    """
     plt = _pyplot()
     fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(6, 6.4), sharex=True,
                                        gridspec_kw={"height_ratios": [3, 1]},
                                        constrained_layout=True)
-    filled = [b for b in bins if b["count"]]
     width = bins[0]["high"] - bins[0]["low"]
-    centers = [(b["low"] + b["high"]) / 2 for b in filled]
-    ax.bar(centers, [b["accuracy"] for b in filled], width=width * 0.95, color=TRAIN_COLOR,
-           label="accuracy in bin")
+    series = [("model's own", bins, ece, TRAIN_COLOR, -0.25 if calibrated else 0.0)]
+    if calibrated:
+        series.append(("calibrated", calibrated[0], calibrated[1], VAL_COLOR, 0.25))
+    for label, table, error, color, offset in series:
+        filled = [b for b in table if b["count"]]
+        centers = [(b["low"] + b["high"]) / 2 + offset * width for b in filled]
+        bar = width * (0.45 if calibrated else 0.95)
+        ax.bar(centers, [b["accuracy"] for b in filled], width=bar, color=color, alpha=0.8,
+               label=f"accuracy in bin, {label} (ECE {error:.4f})")
+        ax.plot(centers, [b["confidence"] for b in filled], "o", color=color, markeredgecolor="black",
+                label=f"mean confidence, {label}")
+        ax_count.bar(centers, [b["count"] for b in filled], width=bar, color=color, alpha=0.8)
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.plot(centers, [b["confidence"] for b in filled], "o", color=VAL_COLOR, label="mean confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability diagram (ECE {ece:.4f}, {len(bins)} bins)")
+    title = f"ECE {ece:.4f}" if not calibrated else f"ECE {ece:.4f} -> {calibrated[1]:.4f} calibrated"
+    ax.set_title(f"Reliability diagram ({title}, {len(bins)} bins)")
     ax.set_ylim(0, 1)
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize="small")
     ax.grid(alpha=0.3)
-    ax_count.bar(centers, [b["count"] for b in filled], width=width * 0.95, color="#7f7f7f")
     ax_count.set_yscale("log")
     ax_count.set_xlabel("confidence (top probability)")
     ax_count.set_ylabel("images")

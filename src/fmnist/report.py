@@ -32,6 +32,17 @@ def headline(metrics: dict) -> list[tuple[str, str]]:
         ("Top-2 accuracy", f"{metrics['test_top2_accuracy']:.4f}"),
         ("Test loss (cross-entropy)", f"{metrics['test_loss']:.4f}"),
         ("Expected calibration error", f"{metrics['test_ece']:.4f}"),
+    ]
+    if metrics.get("test_ece_calibrated") is not None:
+        rows += [
+            ("Calibrated (temperature)", f"{metrics['temperature']:.3f}: ECE "
+             f"{metrics['test_ece_calibrated']:.4f}, NLL {metrics['test_nll']:.4f} -> "
+             f"{metrics['test_nll_calibrated']:.4f}"),
+            ("Out-of-distribution threshold",
+             f"{metrics['ood_threshold']:.2f} (accepts {100 * metrics['val_uploads_accepted']:.1f}% "
+             "of validation uploads)"),
+        ]
+    rows += [
         ("Validation accuracy", _num(metrics.get("val_accuracy"))),
         ("Training", f"{metrics.get('train_seconds', 0):.1f} s, {metrics.get('epochs', '?')} epochs"),
         ("Parameters", f"{metrics.get('params', 0):,}"),

@@ -83,6 +83,17 @@ def replace_durably(partial: Path, final: Path) -> None:
     _sync_directory(Path(final).parent)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically (temp file + rename): no partial file on failure."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, payload) -> None:
     """Write ``payload`` as indented JSON, atomically (temp file + rename)."""
     path = Path(path)

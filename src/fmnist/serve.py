@@ -349,14 +349,19 @@ def create_app(predictor: Predictor | None = None, max_upload_bytes: int = MAX_U
                 "predictions": [p.to_dict(include_input) for p in predictions]}
 
     def answer_files(model: Predictor, names: list[str], images: list, k: int,
-                     include_input: bool) -> dict:
-        return answer(model, model.predict(images, k, names=names), include_input)
+                     include_input: bool, explain: bool = False) -> dict:
+        predictions = model.predict(images, k, names=names)
+        if explain:
+            predictions = [model.explain(p) for p in predictions]
+        return answer(model, predictions, include_input)
 
     @app.post("/v1/predict")
     async def predict_files(
         files: Annotated[list[UploadFile], File(description="one or more images (PNG, JPEG, ...)")],
         k: Annotated[int, Query(alias="top_k", ge=1, le=MAX_TOP_K)] = 3,
         include_input: Annotated[bool, Query(description="also return the processed 28x28 input")] = False,
+        explain: Annotated[bool, Query(description="also return an occlusion saliency map "
+                                                   "(28x28, 0..1) of the top class")] = False,
     ):
         model = current()
         check_count(len(files))
@@ -368,10 +373,10 @@ def create_app(predictor: Predictor | None = None, max_upload_bytes: int = MAX_U
         if pixels > max_request_pixels:
             raise ImageInputError(f"{pixels:,} pixels in one request; the limit is "
                                   f"{max_request_pixels:,}: send fewer or smaller images", status=413)
-        if pixels <= INLINE_PIXELS:
+        if pixels <= INLINE_PIXELS and not explain:
             answered = answer_files(model, names, images, k, include_input)
         else:
-            answered = await pool.run(answer_files, model, names, images, k, include_input)
+            answered = await pool.run(answer_files, model, names, images, k, include_input, explain)
         telemetry.decoded(len(images), pixels)
         # A JSONResponse of plain dicts skips FastAPI's per-field re-encoding.
         return JSONResponse(answered)
@@ -449,7 +454,7 @@ def app_from_environment():
                       shutdown_grace=settings.get("shutdown_grace"), **settings["limits"])
 
 
-def serve(model: str, engine: str | None = None, threads: int | None = 1,
+def serve(model: str | None = None, engine: str | None = None, threads: int | None = 1,
           host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           access_log: bool = False, connections: ConnectionLimits = ConnectionLimits(),
           log_format: str = "plain", shutdown_grace: float = 5.0, drain_timeout: float = 10.0,
@@ -478,7 +483,7 @@ def serve(model: str, engine: str | None = None, threads: int | None = 1,
     from fmnist.errors import FmnistError
     from fmnist.telemetry import MULTIPROCESS_ENV, log_config
 
-    os.environ[SERVE_ENV] = json.dumps({"model": str(model), "engine": engine, "threads": threads,
+    os.environ[SERVE_ENV] = json.dumps({"model": None if model is None else str(model), "engine": engine, "threads": threads,
                                         "limits": limits, "access_log": access_log,
                                         "workers": workers, "shutdown_grace": shutdown_grace,
                                         "connections": connections.to_json()})

@@ -101,7 +101,16 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, data_dir=None,
             else:
                 shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    _calibrate_if_finished(run_dir, train_data, log)
     return run_dir
+
+
+def _calibrate_if_finished(run_dir: Path, train_data, log) -> None:
+    """Fit the finished model's temperature and out-of-distribution threshold (trust.py)."""
+    if (run_dir / rundir.MODEL).is_file():
+        from fmnist.trust import calibrate_run
+
+        calibrate_run(run_dir, train_data, log=log)
 
 
 def resume(run_dir: str | Path, data_dir=None, verbose: int | str = "auto",
@@ -126,6 +135,7 @@ def resume(run_dir: str | Path, data_dir=None, verbose: int | str = "auto",
         if train_data is None:
             train_data = load_split("train", data_dir)
         _fit(run, config, train_data, verbose, precision)
+    _calibrate_if_finished(run_dir, train_data, log)
     return run_dir
 
 

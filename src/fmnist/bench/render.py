@@ -15,7 +15,8 @@ from fmnist import hardware
 from fmnist.bench.store import machine_label
 from fmnist.bench.summary import (burst_verdicts, default_target, distill_verdicts,
                                   inference_verdict, is_plain, mean_std, serve_verdicts,
-                                  single_run_verdict, soak_verdicts, target_verdicts)
+                                  ood_verdicts, single_run_verdict, soak_verdicts,
+                                  target_verdicts)
 from fmnist.bench.targets import (DEFAULT_MODEL, DEFAULT_TARGET, DISTILL_TARGET, MODEL_ORDER,
                                   REFERENCE_MODEL, SERVE_TARGETS, VAL_THRESHOLDS)
 from fmnist.report import markdown_table
@@ -245,18 +246,18 @@ def default_target_text(rows: list[dict]) -> str:
         return f"- (needs both `{DEFAULT_MODEL}` and `{REFERENCE_MODEL}` measured on this machine)"
 
     floor = ("—" if result["floor_ratio"] is None else f"{result['floor_ratio']:.2f}x")
+    ratio = ("not computed: the two rows' seeds were not interleaved in one bench run "
+             f"(`fmnist bench train --models {REFERENCE_MODEL} {DEFAULT_MODEL}` does)"
+             if result["time_ratio"] is None else f"a ratio of **{result['time_ratio']:.2f}**")
     lines = [
         f"- test accuracy (mean of {result['seeds']} seeds, no TTA): **{result['accuracy']:.4f}** "
         f"(target >= {DEFAULT_TARGET['accuracy']:.3f}): {_met(result['accuracy_met'])}",
         f"- training time: {result['seconds']:.1f} s vs `{REFERENCE_MODEL}`'s "
-        f"{result['reference_seconds']:.1f} s (medians), a ratio of **{result['time_ratio']:.2f}** "
+        f"{result['reference_seconds']:.1f} s (medians), {ratio} "
         f"(target <= {DEFAULT_TARGET['time_ratio']}): {_met(result['time_met'])}",
         f"- steady epoch / compute floor: **{floor}** (target <= "
         f"{DEFAULT_TARGET['floor_ratio']}x): {_met(result['floor_met'])}",
     ]
-    if not result["same_run"]:
-        lines.append(f"- note: `{DEFAULT_MODEL}` and `{REFERENCE_MODEL}` were not measured in "
-                     "the same bench run, so the time ratio compares runs of different days")
     return "\n".join(lines)
 
 
@@ -377,6 +378,34 @@ def soak_section(section: dict) -> str:
                      + "; ".join(f"{v['name']} {words[v['name']](v)}: {_met(v['met'])}"
                                  for v in soak_verdicts(result)) + ".")
     return "\n".join(lines)
+
+
+def ood_section(section: dict) -> str:
+    """The out-of-distribution flags `fmnist bench ood` measured on this machine kind."""
+    results = section.get("ood")
+    if not results:
+        return "Not measured yet: `fmnist bench ood`."
+    parts = []
+    for result in results:
+        inside = markdown_table(
+            ["Fashion-MNIST test images", "images", "flagged", "accuracy"],
+            [[name, f"{row['images']:,}", f"{100 * row['flagged']:.1f}%", f"{row['accuracy']:.4f}"]
+             for name, row in result["in_distribution"].items()], right=(1, 2, 3))
+        outside = markdown_table(
+            ["out-of-distribution set", "images", "AUROC", "FPR at 95% TPR", "accepted"],
+            [[name, f"{row['images']:,}", f"{row['auroc']:.4f}", f"{row['fpr_at_95_tpr']:.3f}",
+              f"{100 * row['accepted']:.1f}%"] for name, row in result["sets"].items()],
+            right=(1, 2, 3, 4))
+        verdicts = "; ".join(
+            f"{v['name']} {v['value']:.3f} ({'>=' if 'AUROC' in v['name'] else '<='} {v['limit']}): "
+            f"{_met(v['met'])}" for v in ood_verdicts(result))
+        parts.append(f"`{result['model']}` (SHA-256 {result['sha256'][:12]}), score: "
+                     f"{result['method']}, threshold {result['threshold']:.2f}.\n\n{inside}\n\n"
+                     f"{outside}\n\n- `{result['command']}` ({result['utc']}). Targets: {verdicts}.")
+    parts.append("Every image goes through the upload path (encoded as a file, decoded and "
+                 "converted like a user's) except the raw, contrast and shift rows, which are "
+                 "arrays as the pixels endpoint takes them.")
+    return "\n\n".join(parts)
 
 
 def burst_lines(burst: dict) -> str:
@@ -539,7 +568,8 @@ def section_markdown(kind: str, section: dict, current: str | None) -> str:
               "### Ensembles", "", ensembles_section(section), "",
               "### Inference engines: Keras vs onnxruntime", "", inference_section(section), "",
               "### Serving: load test of `fmnist serve`", "", serve_section(section), "",
-              "### Serving: soak", "", soak_section(section), ""]
+              "### Serving: soak", "", soak_section(section), "",
+              "### Out-of-distribution flag", "", ood_section(section), ""]
     return "\n".join(parts)
 
 
@@ -584,14 +614,17 @@ def per_seed_table(rows: list[dict]) -> str:
 def preset_rows(rows: list[dict]) -> list[dict]:
     """One row per preset model of a machine kind, in table order: the preset as
     registered, or, for a model benchmarked only under a schedule of its own (cnn-best
-    within an hour: ``--epochs``/``--time-budget`` and nothing else), that row."""
+    within an hour: ``--epochs``/``--time-budget`` and nothing else), that row, or, for a
+    model whose preset changed since this kind was measured, the row of its former
+    preset (``row["former_preset"]``; its recipe cell says what differs)."""
     chosen = []
     for model in MODEL_ORDER:
         plain = [row for row in rows if row["model"] == model and is_plain(row)]
         timed = [row for row in rows if row["model"] == model and not row.get("teacher")
                  and row.get("recipe") and all(word.split("=")[0] in SCHEDULE_FLAGS
                                                for word in row["recipe"].split())]
-        candidates = plain or sorted(timed, key=lambda row: -len(row["seeds"]))
+        former = [row for row in rows if row["model"] == model and row.get("former_preset")]
+        candidates = plain or sorted(timed, key=lambda row: -len(row["seeds"])) or former
         chosen += candidates[:1]
     return chosen
 

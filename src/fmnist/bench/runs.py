@@ -129,14 +129,14 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     log(f"bench: {machine_label(record)} ({machine_kind(record)}); float32 peak "
         f"{record['peak_gflops']['float32']:.0f} GFLOP/s, bfloat16 "
         f"{record['peak_gflops']['bfloat16']:.0f}", flush=True)
-    measured = [_bench_model(model, range(seed_start, seed_start + seeds), out_dir, naming,
-                             data_dir, list(extra or []), resume, log) for model in models]
+    measured = _bench_interleaved(models, range(seed_start, seed_start + seeds), out_dir, naming,
+                                  data_dir, list(extra or []), resume, log)
     bench_id = utc_now()
 
     def store(section: dict) -> None:
         for model, runs, taken, (flops, throughput) in measured:
             _store_row(section, record, naming, model, runs, taken, flops, throughput,
-                       command, bench_id)
+                       command, bench_id, interleaved=len(measured) > 1)
         order = {name: index for index, name in enumerate(MODEL_ORDER)}
         section["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"],
                                             variant_key(r)))
@@ -145,34 +145,46 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     return update_section(json_path, markdown_path, record, store)
 
 
-def _bench_model(model: str, seeds, out_dir: Path, naming: dict, data_dir, extra: list[str],
-                 resume: bool, log) -> tuple:
-    """Train (or take) each seed of ``model``: (model, the runs' figures, the seeds taken
-    as they stood, (forward FLOPs, predict images/s) of the first seed's model)."""
-    runs, taken = [], set()
+def _bench_interleaved(models: list[str], seeds, out_dir: Path, naming: dict, data_dir,
+                       extra: list[str], resume: bool, log) -> list[tuple]:
+    """Train (or take) each seed of each model, seeds interleaved: A0 B0 A1 B1 A2 B2, so
+    that a drift of the machine's speed over the bench falls on every model alike.
+
+    Returns per model: (model, the runs' figures, the seeds taken as they stood, (forward
+    FLOPs, predict images/s) of the first seed's model)."""
+    runs = {model: [] for model in models}
+    taken = {model: set() for model in models}
     teacher = (naming["teacher"] or {}).get("run")
     for seed in seeds:
-        out = out_dir / run_name({"model": model, **naming}, seed)
-        taught_by = [] if teacher is None else ["--teacher", teacher_for_seed(teacher, seed)]
-        figures, as_they_stood = bench_seed(model, seed, out, data_dir, [*extra, *taught_by],
-                                            resume, log)
-        runs.append(figures)
-        if as_they_stood:
-            taken.add(seed)
-        tta = figures.get("test_accuracy_tta")
-        log(f"bench:   test {figures['test_accuracy']:.4f}"
-            + (f" (TTA {tta:.4f})" if tta is not None else "")
-            + f", {figures['train_seconds']:.1f} s ({figures['precision']})", flush=True)
+        for model in models:
+            out = out_dir / run_name({"model": model, **naming}, seed)
+            taught_by = [] if teacher is None else ["--teacher", teacher_for_seed(teacher, seed)]
+            figures, as_they_stood = bench_seed(model, seed, out, data_dir, [*extra, *taught_by],
+                                                resume, log)
+            runs[model].append(figures)
+            if as_they_stood:
+                taken[model].add(seed)
+            tta = figures.get("test_accuracy_tta")
+            log(f"bench:   {model} seed {seed}: test {figures['test_accuracy']:.4f}"
+                + (f" (TTA {tta:.4f})" if tta is not None else "")
+                + f", {figures['train_seconds']:.1f} s ({figures['precision']})", flush=True)
     import keras
 
-    first = out_dir / run_name({"model": model, **naming}, seeds[0]) / rundir.MODEL
-    flops = forward_flops(keras.saving.load_model(first, compile=False))
-    return model, runs, taken, (flops, predict_throughput(first))
+    measured = []
+    for model in models:
+        first = out_dir / run_name({"model": model, **naming}, seeds[0]) / rundir.MODEL
+        flops = forward_flops(keras.saving.load_model(first, compile=False))
+        measured.append((model, runs[model], taken[model], (flops, predict_throughput(first))))
+    return measured
 
 
 def _store_row(section: dict, record: dict, naming: dict, model: str, runs: list[dict],
-               taken: set, flops: int, throughput: float, command: str, bench_id: str) -> None:
-    """Put ``model``'s row, its stored runs merged with ``runs``, in place of the old one."""
+               taken: set, flops: int, throughput: float, command: str, bench_id: str,
+               interleaved: bool = False) -> None:
+    """Put ``model``'s row, its stored runs merged with ``runs``, in place of the old one.
+
+    ``interleaved``: the row's seeds alternated with another model's in this invocation
+    (recorded only when every seed of the row comes from it)."""
     device = record["device"]
     old = next((r for r in section["rows"] if (r["model"], r["device"], variant_key(r))
                 == (model, device, variant_key(naming))), None)
@@ -186,6 +198,7 @@ def _store_row(section: dict, record: dict, naming: dict, model: str, runs: list
     kept = ({run["seed"] for run in row["runs"]} - {run["seed"] for run in runs}) | taken
     row["commands"] = [*old.get("commands", []), command] if old and kept else [command]
     row["bench_id"] = None if kept else bench_id  # all seeds from this invocation
+    row["interleaved"] = bool(interleaved and not kept)
     section["rows"] = [r for r in section["rows"] if r is not old] + [row]
 
 
@@ -245,6 +258,29 @@ def run_soak_bench(model: str, engine: str | None, json_path: Path, markdown_pat
         section["soak"] = [old for old in section.get("soak", [])
                            if (old["engine"], old["workers"]) != (result["engine"], workers)]
         section["soak"].append(result)
+
+    update_section(json_path, markdown_path, record, store)
+    return result
+
+
+def run_ood_bench(model: str | None, json_path: Path, markdown_path: Path, test_data,
+                  count: int, command: str, log=print) -> dict:
+    """Measure a model's out-of-distribution flag (:func:`fmnist.oodeval.evaluate_ood`;
+    ``model`` None: the bundled one) and store it under this machine's kind, in place of
+    an earlier result for the same model file."""
+    from fmnist.oodeval import evaluate_ood, print_report
+    from fmnist.predict import Predictor
+
+    record = machine(measure=False)
+    predictor = Predictor.load(model)
+    result = evaluate_ood(predictor, test_data, count=count)
+    print_report(result, log)
+    result.update({"model": predictor.name, "sha256": predictor.sha256, "command": command,
+                   "utc": utc_now()})
+
+    def store(section: dict) -> None:
+        section["ood"] = [old for old in section.get("ood", []) if old["sha256"] != result["sha256"]]
+        section["ood"].append(result)
 
     update_section(json_path, markdown_path, record, store)
     return result

@@ -28,9 +28,13 @@ DEFAULT_TARGET = {"accuracy": 0.930, "time_ratio": 0.5, "floor_ratio": 1.5}
 VAL_THRESHOLDS = (0.91, 0.92, 0.93)  # validation accuracies whose first crossing is timed
 ONNX_TARGET = ("cnn-fast", 30_000)  # onnxruntime images/s at batch 1024
 # Distillation: the default model trained against a teacher's soft targets reaches this
-# test accuracy (mean of its seeds) in at most its own training time, as measured in the
-# plain row (times `time_ratio`, for the run-to-run swing of epoch times).
-DISTILL_TARGET = {"model": "cnn-fast", "accuracy": 0.935, "time_ratio": 1.1}
+# test accuracy (mean of its seeds) in at most `time_ratio` times its own plain training
+# time, as measured in the plain row: accuracy, not time, is what distillation buys.
+DISTILL_TARGET = {"model": "cnn-fast", "accuracy": 0.935, "time_ratio": 2.0}
+# The out-of-distribution flag (`fmnist bench ood`): against each named set, at least this
+# AUROC and at most this FPR at 95% TPR; at most this share of test uploads flagged.
+OOD_TARGETS = {"sets": ("digits", "photo crops"), "auroc": 0.99, "fpr_at_95_tpr": 0.05,
+               "flagged": 0.06}
 SERVE_TARGETS = {"p50_ms": 10.0, "p99_ms": 50.0, "clients": 8, "growth_percent": 10.0}
 # While 8 clients send the largest requests allowed, /health answers within 50 ms (p99),
 # the server stays under 1 GB, and a saturated server says 503, not "wait".

@@ -16,13 +16,14 @@ import os
 import sys
 
 from fmnist import __version__
-from fmnist.cli import (bench, compare, data, ensemble, evaluate, export, models, predict, serve,
-                        train, tune)
+from fmnist.cli import (bench, calibrate, compare, data, ensemble, evaluate, export, models,
+                        predict, serve, train, tune)
 from fmnist.cli.args import Parser
 from fmnist.errors import FmnistError, missing_extra_message
 
 # In the order `fmnist --help` lists them.
-COMMANDS = {"data": data, "train": train, "evaluate": evaluate, "models": models,
+COMMANDS = {"data": data, "train": train, "evaluate": evaluate, "calibrate": calibrate,
+            "models": models,
             "compare": compare, "ensemble": ensemble, "tune": tune, "predict": predict,
             "export": export, "serve": serve, "bench": bench}
 # Set to 1 to let an unexpected exception show its traceback instead of one line.

@@ -75,10 +75,14 @@ def add_split_sizes(parser: argparse.ArgumentParser, train_help: str) -> None:
     parser.add_argument("--train-size", type=int_at_least(10), help=train_help)
 
 
-def add_model_source(parser: argparse.ArgumentParser) -> None:
-    """MODEL (a run directory, .keras or .onnx file) and --engine, for predict and serve."""
+def add_model_source(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    """[MODEL] (a run directory, .keras or .onnx file; default: the bundled model) and
+    --engine, for predict and serve. ``positional`` False: the caller parses MODEL itself."""
     from fmnist.rundir import ENGINES  # not fmnist.predict: --help must not load Pillow
 
-    parser.add_argument("model", metavar="MODEL", help="run directory, .keras or .onnx file")
+    if positional:
+        parser.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                            help="run directory, .keras or .onnx file (default: the model "
+                                 "bundled with fmnist, cnn-fast)")
     parser.add_argument("--engine", choices=ENGINES,
                         help="for a run directory: keras (default) or onnx (needs `fmnist export`)")

@@ -97,6 +97,17 @@ def add_parser(commands) -> None:
                             "sending the largest requests allowed (default: 30)")
     reports(serve)
 
+    ood = kinds.add_parser(
+        "ood", help="measure a model's out-of-distribution flag (`fmnist evaluate --ood`)",
+        description="Score Fashion-MNIST test images and sets of other images (digits, photo "
+                    "crops, text, noise...), all sent through the upload path, with MODEL's "
+                    "out-of-distribution score: AUROC, FPR at 95%% TPR, shares flagged.")
+    ood.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                     help="run directory, .keras or .onnx file (default: the bundled model)")
+    ood.add_argument("--count", type=int_at_least(10), default=500,
+                     help="images per out-of-distribution set (default: 500)")
+    reports(ood)
+
     render = kinds.add_parser(
         "render", help="measure nothing: regenerate the reports from bench.json",
         description="Regenerate the benchmarks page from the stored bench.json.")
@@ -104,7 +115,7 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    return {"train": _train, "inference": _inference, "serve": _serve,
+    return {"train": _train, "inference": _inference, "serve": _serve, "ood": _ood,
             "render": _render}[args.bench_command](args)
 
 
@@ -174,6 +185,21 @@ def _serve(args) -> int:
     run_serve_bench(args.model, args.engine, Path(args.json), Path(args.markdown),
                     images[:1000], args.requests, args.clients, _command(), workers=args.workers,
                     burst_seconds=args.burst_seconds)
+    print(f"wrote {args.markdown} and {args.json}")
+    return 0
+
+
+def _ood(args) -> int:
+    from fmnist.data import load_split
+    from fmnist.predict import locate
+
+    locate(args.model)  # a bad path fails here, before anything loads
+    test_data = load_split("test", args.data_dir)
+
+    from fmnist.bench.runs import run_ood_bench
+
+    run_ood_bench(args.model, Path(args.json), Path(args.markdown), test_data, args.count,
+                  _command())
     print(f"wrote {args.markdown} and {args.json}")
     return 0
 

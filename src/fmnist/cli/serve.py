@@ -52,9 +52,11 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from fmnist.predict import locate
+    from fmnist.predict import default_model_line, locate
 
-    locate(args.model, args.engine)  # a bad path fails here, before TensorFlow loads
+    files = locate(args.model, args.engine)  # a bad path fails here, before TensorFlow loads
+    if files.default:
+        print(f"fmnist serve: {default_model_line(files)}", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"fmnist serve: warning: binding {args.host} exposes the server beyond this "
               "machine; there is no authentication", file=sys.stderr)
