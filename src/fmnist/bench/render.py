@@ -540,6 +540,9 @@ def section_markdown(kind: str, section: dict, current: str | None) -> str:
             "images are out of distribution).",
             "- *precision*: what `--precision auto` chose on this machine (bfloat16 only where "
             "the hardware computes it natively).",
+            *(["- A preset row whose recipe cell names flags is the model's former preset: "
+               "its preset has changed since this kind was measured."]
+              if any(row.get("former_preset") for row in presets) else []),
             "- *predict img/s*: the Keras engine of `fmnist predict` on 1,024 images at a "
             "time, median of 10 batches after warm-up: the same definition as *Keras img/s* "
             "under Inference engines (rows measured before both were one say "
