@@ -8,11 +8,11 @@ it takes raw pixels ``pixels``: float32 (N, 28, 28), values 0..255, and returns
 (N, 10) and ``ood_score`` (N,). The batch dimension is dynamic. No augmentation is inside:
 fmnist augments in the input pipeline.
 
-The sidecar ``model.onnx.json`` (:func:`report_path`) holds the parity report and, since
-sidecar format 2 (:data:`SIDECAR_FORMAT`), what the core install needs to serve it: the
-temperature already in the graph, and the out-of-distribution threshold (null for a run
-never calibrated). A sidecar without ``format`` is format 1: one ``probabilities`` output,
-uncalibrated, no score; the core install still serves it.
+The sidecar ``model.onnx.json`` (:func:`report_path`, format :data:`SIDECAR_FORMAT`) holds
+the parity report and what the core install needs to serve the graph: the temperature
+already in it, and the out-of-distribution threshold (null for a run never calibrated).
+A sidecar without ``format`` is format 1: one ``probabilities`` output, uncalibrated, no
+score; the core install still serves it.
 
 The file is written to a temporary name, checked against Keras on the run's validation
 images (its split rebuilt from the seed in config.json: largest absolute probability

@@ -12,7 +12,7 @@ def add_parser(commands) -> None:
                     "probabilities (fitted on the run's validation split) and the "
                     "out-of-distribution score with its threshold (95%% of validation "
                     "images, sent through the upload path, are accepted). `fmnist train` "
-                    "does this itself; this is for runs made before it did. Then "
+                    "does this itself; this is for a run that has no trust.json. Then "
                     "re-evaluate and re-export the run to use it.")
     calibrate.add_argument("run_dir", metavar="RUN_DIR")
     add_data_dir(calibrate)
