@@ -162,6 +162,9 @@ def test_workers_sum_their_metrics_and_log_json_lines_with_request_ids(exported_
                 headers={"Content-Type": "application/json", "X-Request-ID": f"req-{index}"})
             with urllib.request.urlopen(request, timeout=10) as answer:
                 assert answer.headers["X-Request-ID"] == f"req-{index}"
+                # The whole answer: the headers leave with the response's start, before
+                # the body, and a request is counted when its last byte is sent.
+                assert json.loads(answer.read())["predictions"]
         # Each worker answered some of them (the kernel spreads connections); every
         # scrape, from either worker, counts all 20.
         for _ in range(3):
