@@ -56,15 +56,17 @@ def noise_floor(confidence: np.ndarray, draws: int = 500, seed: int = 0) -> tupl
 
 
 def study(run_dir: str, data_dir=None) -> dict:
-    from fmnist.heads import float32_copy, head_outputs, load_keras
+    from fmnist.heads import float32_copy, head_weights, load_keras, predict_outputs
+    from fmnist.trust import features_model
 
     config = rundir.read_json(rundir.Path(run_dir) / rundir.CONFIG)
     images, labels = load_split("train", data_dir)
     test_images, test_labels = load_split("test", data_dir)
     _, val_idx = split_of_run(config, labels)
     model = float32_copy(load_keras(run_dir))  # what every engine serves
-    val_logits, _ = head_outputs(model, images[val_idx])
-    test_logits, _ = head_outputs(model, test_images)
+    extractor, (kernel, bias) = features_model(model), head_weights(model)
+    val_logits = predict_outputs(extractor, images[val_idx])[0] @ kernel + bias
+    test_logits = predict_outputs(extractor, test_images)[0] @ kernel + bias
     temperature = fit_temperature(val_logits, labels[val_idx])
     w, b = fit_vector(val_logits, labels[val_idx])
     rows = {"model's own": test_logits, "temperature": test_logits / temperature,

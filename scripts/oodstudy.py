@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     from fmnist.calibration import fit_temperature
     from fmnist.heads import float32_copy, head_weights, load_keras
-    from fmnist.trust import features_model, fit, run_outputs, trusted_model
+    from fmnist.trust import features_model, fit, run_outputs, standardizer, trusted_model
 
     run_dir = rundir.require_run_dir(args.run_dir, needs=rundir.MODEL)
     config = rundir.read_json(run_dir / rundir.CONFIG)
@@ -58,9 +58,8 @@ def main(argv=None) -> int:
                                       (images[val_idx], labels[val_idx])))
 
     def standard(train_scores):
-        median = np.median(train_scores)
-        mad = np.median(np.abs(train_scores - median))
-        return lambda values: (values - median) / mad
+        scale = standardizer(train_scores)
+        return lambda values: (values - scale["median"]) / scale["mad"]
 
     scale = [standard(ood.mahalanobis(f, g)) for f, g in zip(train_features, gaussians)]
 

@@ -2,14 +2,13 @@
 
 Fitted on the run's validation split by minimizing the negative log-likelihood (Guo et
 al., 2017). Dividing every logit by the same T > 0 never changes the arg max, so accuracy
-is untouched; only the confidence moves. NumPy only: the core install applies it.
+is untouched; only the confidence moves. NumPy only.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fmnist.ood import softmax
 
 # The search interval of T: far wider than any model here needs (label smoothing gives
 # T < 1, overconfident networks T > 1).
@@ -42,7 +41,3 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             fb = nll(logits, labels, np.exp(b))
     return float(np.exp((low + high) / 2))
 
-
-def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """float32 (N, 10) probabilities ``softmax(logits / T)``."""
-    return softmax(logits, temperature)

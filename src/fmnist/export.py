@@ -34,7 +34,7 @@ import numpy as np
 from fmnist import __version__, rundir
 from fmnist.data import CLASS_NAMES
 from fmnist.errors import FmnistError
-from fmnist.predict import in_batches
+from fmnist.predict import in_batches, read_sidecar
 
 TOLERANCE = 1e-4
 # Largest allowed difference of the out-of-distribution score, relative to max(1, |score|):
@@ -215,8 +215,7 @@ def quantize_int8(onnx_path: str | os.PathLike, calibration_images: np.ndarray,
         float_probs = in_batches(lambda x: float_session.run(None, {INPUT_NAME: x})[0], pixels)
         int8_probs = in_batches(lambda x: int8_session.run(None, {INPUT_NAME: x})[0], pixels)
         agreement = float((float_probs.argmax(1) == int8_probs.argmax(1)).mean())
-        float_sidecar = (rundir.read_json(report_path(onnx_path))
-                         if report_path(onnx_path).is_file() else {})
+        float_sidecar = read_sidecar(onnx_path)
         # The int8 graph keeps the float graph's outputs and temperature; its score is not
         # checked against the float one, so it carries no threshold.
         report = {"format": float_sidecar.get("format", 1), "outputs": float_sidecar.get("outputs"),

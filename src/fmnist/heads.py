@@ -50,13 +50,6 @@ def float32_copy(model):
     return copy
 
 
-def feature_model(model):
-    """A model sharing ``model``'s layers that maps pixels to the head's input (N, D)."""
-    import keras
-
-    return keras.Model(model.inputs[0], model.get_layer(HEAD).input, name="features")
-
-
 def head_weights(model) -> tuple[np.ndarray, np.ndarray]:
     """The head's kernel float32 (D, 10) and bias float32 (10,)."""
     kernel, bias = model.get_layer(HEAD).get_weights()
@@ -77,9 +70,3 @@ def predict_outputs(model, images: np.ndarray, batch_size: int = 1024) -> list[n
         pieces.append([np.asarray(output, np.float32) for output in outputs])
     return [np.concatenate([piece[i] for piece in pieces]) for i in range(len(pieces[0]))]
 
-
-def head_outputs(model, images: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Logits float32 (N, 10) and features float32 (N, D) of uint8 ``images`` (N, 28, 28)."""
-    (features,) = predict_outputs(feature_model(model), images, batch_size)
-    kernel, bias = head_weights(model)
-    return features @ kernel + bias, features

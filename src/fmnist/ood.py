@@ -37,15 +37,6 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def logits_of(probabilities: np.ndarray) -> np.ndarray:
-    """Logits up to a per-row constant, from softmax probabilities: ``log p``.
-
-    Enough for temperature scaling and the max softmax (both ignore a per-row shift);
-    not for ``energy`` or ``max_logit``, which need the model's own logits.
-    """
-    return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-30, None))
-
-
 def max_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return softmax(logits, temperature).max(axis=1).astype(np.float64)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist import ood, rundir
+from fmnist import ood, oodsets, rundir
 from fmnist.errors import FmnistError
 from fmnist.calibration import fit_temperature, nll
 from fmnist.heads import HEAD, float32_copy, head_weights, load_keras, predict_outputs
@@ -138,7 +138,7 @@ def run_outputs(model, images: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(OUTPUTS, predict_outputs(model, images)))
 
 
-def _standardizer(scores: np.ndarray) -> dict:
+def standardizer(scores: np.ndarray) -> dict:
     """Median and MAD of a score over training images: what puts terms on one scale."""
     median = float(np.median(scores))
     return {"median": median, "mad": float(np.median(np.abs(scores - median))) or 1.0}
@@ -149,15 +149,7 @@ def _fit_layer(train_features: np.ndarray, labels: np.ndarray) -> dict:
     whiten = np.linalg.cholesky(gaussians.precision)
     return {"dim": int(train_features.shape[1]), "whiten": whiten.astype(np.float32).tolist(),
             "centres": (gaussians.means @ whiten).astype(np.float32).tolist(),
-            **_standardizer(ood.mahalanobis(train_features, gaussians))}
-
-
-def upload_pixels(images: np.ndarray) -> np.ndarray:
-    """Fashion-MNIST images (uint8 (N, 28, 28)) as a user's uploads become: each encoded
-    as PNG, then decoded and converted by the real-image path (images.py)."""
-    from fmnist.oodsets import received, uploads
-
-    return received(uploads(images))
+            **standardizer(ood.mahalanobis(train_features, gaussians))}
 
 
 def fit(model, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray]) -> dict:
@@ -176,9 +168,10 @@ def fit(model, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarra
     temperature = fit_temperature(val_logits, validation[1])
     trust = {"format": FORMAT, "temperature": temperature,
              "ood": {"method": METHOD, "accept": ACCEPT, "layers": layers,
-                     "energy": _standardizer(train_energy)}}
+                     "energy": standardizer(train_energy)}}
     scored = trusted_model(model, trust)
-    upload_scores = run_outputs(scored, upload_pixels(validation[0]))["ood_score"]
+    uploads = oodsets.received(oodsets.uploads(validation[0]))  # as a user's files arrive
+    upload_scores = run_outputs(scored, uploads)["ood_score"]
     trust["ood"]["threshold"] = ood.fit_threshold(upload_scores, ACCEPT)
     plain = ood.softmax(val_logits)
     trust["validation"] = {
