@@ -2,7 +2,8 @@
 
     python scripts/default_model.py [--run runs/default-model] [--data-dir DIR]
 
-Trains cnn-fast with seed 0 (`fmnist train`, which evaluates and calibrates it), exports
+Trains cnn-fast with seed 0 and the recipe in RECIPE (`fmnist train`, which evaluates
+and calibrates it), exports
 it to ONNX (`fmnist export`, checked against Keras), and copies the graph into
 src/fmnist/default_model/ with its sidecar: the export's parity report and thresholds
 (sidecar format 2), the run's validation and test figures, the seed, the data files'
@@ -22,6 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "src" / "fmnist" / "default_model"
 MODEL, SEED = "cnn-fast", 0
+# cnn-fast with Nesterov SGD for 10 epochs rather than its preset's Adam for 8: the
+# shipped model's job is answering uploads, and with SGD its out-of-distribution flag
+# lets fewer photo crops through at the same threshold, for a little less test accuracy
+# (the note on the step profile and the levers in docs/experiments measures both).
+RECIPE = ("--optimizer", "sgd", "--learning-rate", "0.2", "--weight-decay", "0.0005",
+          "--epochs", "10")
 # metrics.json keys the sidecar keeps: what the model scores, and what it costs.
 KEPT_METRICS = ("val_accuracy", "test_accuracy", "test_loss", "n_test", "test_ece",
                 "test_ece_calibrated", "test_nll", "test_nll_calibrated", "temperature",
@@ -56,7 +63,8 @@ def main(argv=None) -> int:
     run = Path(args.run)
     if run.exists():
         shutil.rmtree(run)
-    commands = [fmnist("train", "--model", MODEL, "--seed", str(SEED), "--out", str(run), "--quiet", *data),
+    commands = [fmnist("train", "--model", MODEL, *RECIPE, "--seed", str(SEED), "--out", str(run),
+                       "--quiet", *data),
                 fmnist("export", str(run), *data)]
     report = rundir.read_json(run / "model.onnx.json")
     metrics = rundir.read_metrics(run)

@@ -235,3 +235,66 @@ def test_label_smoothing_streams_one_hot_labels():
     images, labels = _stream(TrainConfig(batch_size=8, label_smoothing=0.1), 0, 1)[0]
     assert labels.shape == (8, 10) and labels.dtype == np.float32
     np.testing.assert_array_equal(labels.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("stream", ["tensorflow", "numpy"])
+def test_an_alternating_flip_shows_each_image_both_ways_every_two_epochs(stream):
+    """``alternate_flip``: no image keeps its orientation from one epoch to the next, the
+    first epoch's coins come from the seed, and a resumed stream equals the tail."""
+    def epochs(config, first, last):
+        if stream == "numpy":
+            batches = list(numpy_batches(IMAGES, LABELS, config, first, last))
+        else:
+            batches = _stream(config, first, last)
+        images = np.concatenate([x for x, _ in batches]).astype(np.uint8)
+        return images.reshape(last - first, len(IMAGES), 28, 28)
+
+    def mirrored(epoch_images):  # bool per original image, in index order
+        flags = np.zeros(len(IMAGES), bool)
+        for image in epoch_images:
+            same = [i for i in range(len(IMAGES)) if np.array_equal(IMAGES[i], image)]
+            mirror = [i for i in range(len(IMAGES)) if np.array_equal(IMAGES[i][:, ::-1], image)]
+            assert len(same) + len(mirror) == 1
+            if mirror:
+                flags[mirror[0]] = True
+        return flags
+
+    config = TrainConfig(batch_size=8, seed=3, flip=True, alternate_flip=True)
+    three = epochs(config, 0, 3)
+    flags = [mirrored(images) for images in three]
+    assert 0 < flags[0].sum() < len(IMAGES)  # a coin per image, not all one way
+    np.testing.assert_array_equal(flags[1], ~flags[0])
+    np.testing.assert_array_equal(flags[2], flags[0])
+    np.testing.assert_array_equal(epochs(config, 0, 3), three)  # the seed fixes it
+    np.testing.assert_array_equal(epochs(config, 1, 3), three[1:])  # resumed
+    other = mirrored(epochs(config.replace(seed=4), 0, 1)[0])
+    assert not np.array_equal(other, flags[0])
+
+
+def test_an_alternating_flip_needs_flips():
+    from fmnist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="alternate_flip: true needs flips"):
+        TrainConfig(alternate_flip=True)
+
+
+def test_the_distributed_stream_alternates_flips_by_epoch():
+    """The tf.distribute stream keys its augmentation by step, but an alternating flip by
+    the epoch: an image seen in epochs 0 and 1 shows both orientations."""
+    from fmnist.pipeline import distributed_batches
+
+    config = TrainConfig(batch_size=8, seed=3, flip=True, alternate_flip=True)
+    strategy = tf.distribute.get_strategy()  # one replica
+    steps = len(IMAGES) // 8
+    batches = [x.numpy() for x, _ in distributed_batches(strategy, IMAGES, LABELS, config, 0, 2)]
+    assert len(batches) == 2 * steps
+    seen: list[dict[int, bool]] = [{}, {}]
+    for step, images in enumerate(batches):
+        for image in images:
+            index = next((i for i in range(len(IMAGES)) if np.array_equal(IMAGES[i], image)), None)
+            mirror = next(i for i in range(len(IMAGES)) if np.array_equal(
+                IMAGES[i][:, ::-1], image)) if index is None else index
+            seen[step // steps][mirror] = index is None
+    both = set(seen[0]) & set(seen[1])
+    assert len(both) > len(IMAGES) // 2
+    assert all(seen[0][i] != seen[1][i] for i in both)

@@ -23,16 +23,18 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 2e-4), ("mixed_bfloat16", 2e-2)],
                          ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("shape", [(32, 7, 7, 16), (64, 24)], ids=["conv", "dense"])
-def test_a_fused_training_step_matches_keras_batch_norm(shape, dtype, tolerance):
+@pytest.mark.parametrize("scale", [True, False], ids=["scale", "no-scale"])
+def test_a_fused_training_step_matches_keras_batch_norm(shape, dtype, tolerance, scale):
     """Outputs, gradients and moving statistics of one training call, on shifted,
-    scaled inputs (where a wrong variance or epsilon would show). Under mixed bfloat16
-    the input and output are bfloat16, gamma, beta and the statistics float32: equal to
-    Keras' up to bfloat16's rounding (8 bits of mantissa)."""
+    scaled inputs (where a wrong variance or epsilon would show), with a learnable scale
+    and without one (gamma fixed at 1). Under mixed bfloat16 the input and output are
+    bfloat16, gamma, beta and the statistics float32: equal to Keras' up to bfloat16's
+    rounding (8 bits of mantissa)."""
     x = tf.constant(np.random.default_rng(0).normal(3.0, 2.5, shape).astype("float32"))
     x = tf.cast(x, keras.DTypePolicy(dtype).compute_dtype)
     results = []
     for kind in (keras.layers.BatchNormalization, FusedBatchNorm):
-        layer = kind(momentum=0.9, dtype=dtype,
+        layer = kind(momentum=0.9, dtype=dtype, scale=scale,
                      gamma_initializer=keras.initializers.Constant(1.5),
                      beta_initializer=keras.initializers.Constant(-0.5))
         layer.build(shape)
@@ -43,7 +45,8 @@ def test_a_fused_training_step_matches_keras_batch_norm(shape, dtype, tolerance)
             y = tf.cast(layer(x, training=True), "float32")
             # Not linear in y: a sum of normalized values has no gradient to compare.
             loss = tf.reduce_sum(y * tf.cos(tf.range(shape[-1], dtype=y.dtype)) + y ** 3 * 1e-2)
-        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        weights = [layer.gamma, layer.beta] if scale else [layer.beta]
+        grads = tape.gradient(loss, [x, *weights])
         assert layer.moving_mean.dtype == "float32"
         results.append([y, *grads, layer.moving_mean, layer.moving_variance])
     for keras_value, fused_value in zip(*results):

@@ -612,3 +612,28 @@ def test_an_ood_result_is_judged_and_rendered():
     text = render.ood_section({"ood": [result]})
     assert "| photo crops | 50 | 0.9800 | 0.080 | 10.0% |" in text and "**not met**" in text
     assert render.ood_section({}).startswith("Not measured yet")
+
+
+def test_the_conv_floor_sits_beside_the_matmul_floor_where_its_peak_was_measured():
+    """A row gets a second, achievable floor from the machine's 3x3 conv training peak;
+    the default target reports the epoch against it (no target) and the speed table
+    shows both. Rows of a machine without a conv peak show a dash."""
+    rows = [_row("cnn-tfdocs", 300.0, 0.915), _row("cnn-fast", 140.0, 0.931, steady=15.0)]
+    summary._refloor(rows[1], {"float32": 100.0}, {"float32": 50.0})
+    conv_floor = 3 * 7e6 * 54000 / 50e9
+    assert rows[1]["epoch_conv_floor_seconds"] == pytest.approx(conv_floor)
+    result = summary.default_target(rows)
+    assert result["conv_floor_ratio"] == pytest.approx(15.0 / conv_floor)
+    assert result["floor_ratio"] == pytest.approx(2 * result["conv_floor_ratio"])
+    assert "achievable floor of its 3x3 convs" in render.default_target_text(rows)
+    table = render.speed_table(rows)
+    assert f"{15.0 / conv_floor:.2f}x" in table and "epoch / conv floor" in table
+    assert rows[0]["epoch_conv_floor_seconds"] is None
+    assert "achievable" not in render.default_target_text(rows[:1] + [_row("cnn-fast", 140.0, 0.931)])
+
+
+def test_the_conv_peak_is_a_rate_a_cpu_can_reach():
+    from fmnist.bench.measure import conv_peak_gflops
+
+    rate = conv_peak_gflops("float32", repeats=2)
+    assert 1.0 < rate < 100_000.0

@@ -97,7 +97,8 @@ def test_a_searched_config_keeps_the_model_and_recipe_and_drops_the_run():
     config = TrainConfig.for_model("cnn-fast", seed=3, train_size=500, tensorboard=True,
                                    split_seed=1, time_budget=60.0)
     kept = searched_settings(config)
-    assert kept["model"] == "cnn-fast" and kept["learning_rate"] == 0.2 and kept["flip"]
+    assert kept["model"] == "cnn-fast" and kept["flip"]
+    assert kept["learning_rate"] == model_preset("cnn-fast")["learning_rate"]
     assert not {"seed", "split_seed", "train_size", "val_size", "test_size", "time_budget",
                 "distribute", "cpu_replicas", "tensorboard", "tensorboard_histograms"} & set(kept)
     assert TrainConfig.from_json(kept, strict=True).seed == 0  # a valid config, run anew

@@ -119,3 +119,79 @@ def test_residual_convnets_add_each_pair_to_its_input(name, projections):
     out = np.asarray(residual(images))
     assert out.shape == (3, 10) and kinds.count("ReLU") > 0
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cnn-fast", "cnn-best"])
+def test_dirac_starts_each_3x3_conv_after_the_stem_as_the_identity(name):
+    """``dirac=True``: output filter i < C_in of each 3x3 conv past the stem passes input
+    channel i through (1 at the centre, 0 elsewhere); wider filters keep their draw, and
+    the stem is untouched."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    plain = models.build_model(name)
+    keras.utils.set_random_seed(0)
+    dirac = models.build_model(name, dirac=True)
+    convs = [layer.name for layer in dirac.layers if layer.name.startswith(("conv14_", "conv7_"))
+             and type(layer).__name__ == "Conv2D"]
+    assert convs
+    for layer_name in convs:
+        kernel = np.asarray(dirac.get_layer(layer_name).kernel)
+        c_in, c_out = kernel.shape[2:]
+        kept = min(c_in, c_out)
+        identity = np.zeros((3, 3, c_in, kept), np.float32)
+        identity[1, 1, np.arange(kept), np.arange(kept)] = 1.0
+        np.testing.assert_array_equal(kernel[..., :kept], identity)
+        np.testing.assert_array_equal(kernel[..., kept:],
+                                      np.asarray(plain.get_layer(layer_name).kernel)[..., kept:])
+    np.testing.assert_array_equal(np.asarray(dirac.get_layer("stem").kernel),
+                                  np.asarray(plain.get_layer("stem").kernel))
+    with pytest.raises(ValueError, match="separable"):
+        models.build_model("cnn-fast", dirac=True, separable=True)
+
+
+def test_batch_norm_options_reach_every_batch_norm():
+    """``bn_scale=False`` drops every gamma (one weight less per channel); ``bn_momentum``
+    sets every layer's moving-statistics momentum."""
+    plain = models.build_model("cnn-fast")
+    lean = models.build_model("cnn-fast", bn_scale=False, bn_momentum=0.6)
+    norms = [layer for layer in lean.layers if type(layer).__name__ == "BatchNormalization"]
+    assert len(norms) == 4
+    assert all(not layer.scale and layer.momentum == 0.6 for layer in norms)
+    assert plain.count_params() - lean.count_params() == sum(layer.beta.shape[0] for layer in norms)
+
+
+def test_a_whiten_stem_is_set_from_the_data_whitens_it_and_stays_frozen(real_data_dir):
+    """``stem="whiten"``: the frozen stem's positive filters give the training patches
+    an identity second-moment matrix (up to the epsilon and the stride-2 borders), the
+    negative ones mirror them, the same seed sets the same filters, and training leaves
+    them where they are."""
+    import keras
+
+    from fmnist.config import TrainConfig
+    from fmnist.data import load_split
+    from fmnist.errors import FmnistError
+    from fmnist.recipe import new_model
+
+    x, y = load_split("train", real_data_dir)
+    images, labels = x[:2000], y[:2000]
+    config = TrainConfig(model="cnn-fast", optimizer="sgd", learning_rate=0.1, batch_size=64,
+                         model_options={"stem": "whiten", "stem_width": 12})
+    model = new_model(config, total_steps=10, images=images)
+    stem = model.get_layer("stem")
+    assert not stem.trainable and stem.kernel.shape == (3, 3, 1, 12)
+    kernel = np.asarray(stem.kernel)
+    np.testing.assert_array_equal(kernel[..., 6:], -kernel[..., :6])
+    responses = np.asarray(keras.Sequential([model.get_layer("channels"), stem])(
+        images[:500].astype("float32") / 255.0)).reshape(-1, 12)[:, :6]
+    moments = responses.T @ responses / len(responses)
+    assert np.all(np.abs(np.diag(moments) - 1.0) < 0.15), np.diag(moments)
+    assert np.max(np.abs(moments - np.diag(np.diag(moments)))) < 0.1
+    again = new_model(config, total_steps=10, images=images)
+    np.testing.assert_array_equal(np.asarray(again.get_layer("stem").kernel), kernel)
+    model.fit(images[:256], labels[:256], batch_size=64, epochs=1, verbose=0)
+    np.testing.assert_array_equal(np.asarray(model.get_layer("stem").kernel), kernel)
+    with pytest.raises(FmnistError, match="training images"):
+        new_model(config, total_steps=10)
+    with pytest.raises(ValueError, match="even stem_width"):
+        models.build_model("cnn-fast", stem="whiten", stem_width=32)

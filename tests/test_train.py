@@ -167,7 +167,7 @@ def test_resuming_a_finished_run_changes_nothing(real_data_dir, tmp_path):
 def test_presets_sit_between_defaults_and_flags():
     config = TrainConfig.for_model("cnn-fast", epochs=3, learning_rate=None)
     assert config.epochs == 3  # a flag wins
-    assert config.optimizer == "sgd" and config.flip  # the preset
+    assert config.optimizer == "adam" and config.beta_1 == 0.7 and config.flip  # the preset
     assert config.precision == "auto"  # every preset leaves precision to the hardware
     assert config.val_size == 6000  # a default
     assert TrainConfig.for_model("mlp") == TrainConfig()  # the seed keeps the notebook's recipe
@@ -495,3 +495,59 @@ def test_a_failed_start_leaves_no_run_directory(real_data_dir, tmp_path):
     with pytest.raises(FmnistError, match="cannot build mlp"):
         train(broken, tmp_path / "empty", data_dir=real_data_dir, verbose=0)
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_bias_rate_scales_only_the_batch_norm_shifts_step_and_survives_a_checkpoint(tmp_path):
+    """``bias_rate``: one SGD step moves each batch norm's beta ``bias_rate`` times as far
+    as the plain optimizer does, every other weight exactly as far; the optimizer saves
+    and loads with its rate; and it is sgd's alone."""
+    from fmnist.errors import ConfigError
+    from fmnist.recipe import new_model
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), rng.integers(0, 10, 64)
+    moved = {}
+    for rate in (1.0, 8.0):
+        config = TrainConfig(model="cnn-fast", optimizer="sgd", learning_rate=0.05,
+                             weight_decay=0.0, precision="float32", bias_rate=rate)
+        model = new_model(config, 100)
+        before = {w.path: np.asarray(w) for w in model.trainable_weights}
+        model.train_on_batch(x, y)
+        moved[rate] = {w.path: np.asarray(w) - before[w.path] for w in model.trainable_weights}
+    betas = [path for path in moved[1.0] if path.endswith("/beta")]
+    assert len(betas) == 4
+    for path, step in moved[1.0].items():
+        factor = 8.0 if path in betas else 1.0
+        np.testing.assert_allclose(moved[8.0][path], factor * step, rtol=1e-4, atol=1e-7)
+    model.save(tmp_path / "checkpoint.keras")
+    loaded = keras.saving.load_model(tmp_path / "checkpoint.keras", safe_mode=True)
+    assert type(loaded.optimizer).__name__ == "BiasRateSGD" and loaded.optimizer.bias_rate == 8.0
+    with pytest.raises(ConfigError, match="bias_rate: 4.0 is sgd's"):
+        TrainConfig(optimizer="adam", bias_rate=4.0)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_betas_reach_the_optimizer_and_change_its_steps(optimizer):
+    from fmnist.recipe import new_model
+
+    config = TrainConfig(model="mlp", optimizer=optimizer, beta_1=0.7, beta_2=0.9)
+    model = new_model(config, 10)
+    assert (model.optimizer.beta_1, model.optimizer.beta_2) == (0.7, 0.9)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), rng.integers(0, 10, 32)
+    steps = {}
+    for betas in ((0.9, 0.999), (0.7, 0.9)):
+        model = new_model(config.replace(beta_1=betas[0], beta_2=betas[1]), 10)
+        before = [np.asarray(w) for w in model.trainable_weights]
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        steps[betas] = [np.asarray(w) - b for w, b in zip(model.trainable_weights, before)]
+    assert not np.allclose(steps[(0.9, 0.999)][0], steps[(0.7, 0.9)][0])
+    again = new_model(config, 10)
+    before = [np.asarray(w) for w in again.trainable_weights]
+    for _ in range(3):
+        again.train_on_batch(x, y)
+    for moved, w, b in zip(steps[(0.7, 0.9)], again.trainable_weights, before):
+        np.testing.assert_array_equal(np.asarray(w) - b, moved)  # a seed fixes the result
+    sgd = new_model(config.replace(optimizer="sgd"), 10)  # sgd has no betas: they stay unused
+    assert type(sgd.optimizer).__name__ == "SGD"

@@ -92,6 +92,16 @@ class TrainConfig(BaseModel):
                               must="from 0 up to, not including, 1", ge=0, lt=1)
     nesterov: bool = setting(True, "sgd: Nesterov's momentum, which looks one step ahead",
                              group="recipe", must="true or false")
+    beta_1: float = setting(0.9, "adam, adamw: decay of the gradient's running mean (sgd "
+                                 "has none)",
+                            group="recipe", must="from 0 up to, not including, 1", ge=0, lt=1)
+    beta_2: float = setting(0.999, "adam, adamw: decay of the squared gradient's running "
+                                   "mean (sgd has none)",
+                            group="recipe", must="from 0 up to, not including, 1", ge=0, lt=1)
+    bias_rate: float = setting(
+        1.0, "sgd: multiply the learning rate of the batch norms' shifts (beta) by this "
+             "(airbench trains them 64x faster than the weights)",
+        group="recipe", must="from 1 to 1000", metavar="FACTOR", ge=1, le=1000)
     label_smoothing: float = setting(0.0, "share of each target spread over the other classes",
                                      group="recipe", must="from 0 up to, not including, 1",
                                      ge=0, lt=1)
@@ -105,6 +115,11 @@ class TrainConfig(BaseModel):
         group="recipe")
     flip: bool = setting(False, "augment with random left-right flips", group="recipe",
                          must="true or false")
+    alternate_flip: bool = setting(
+        False, "with --flip: mirror each image in every other epoch, from a seeded random "
+               "first epoch, instead of by a fresh coin each epoch (airbench's alternating "
+               "flip: every two epochs see each image both ways)",
+        group="recipe", must="true or false")
     translate: int = setting(0, "augment with random shifts of up to PIXELS", group="recipe",
                              must="0 to 27 pixels", metavar="PIXELS", ge=0, le=27)
     erase: float = setting(0.0, "augment with random erasing, probability P", group="recipe",
@@ -163,6 +178,11 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
         """Checks that span several settings; each names the fix."""
+        if self.bias_rate != 1.0 and self.optimizer != "sgd":
+            raise ConfigError(f"bias_rate: {self.bias_rate} is sgd's; pass --optimizer sgd, "
+                              "or drop --bias-rate")
+        if self.alternate_flip and not self.flip:
+            raise ConfigError("alternate_flip: true needs flips; pass --flip too, or drop it")
         if self.distill_tta and self.teacher is None:
             raise ConfigError("distill_tta: true needs a teacher; pass --teacher RUN_DIR, or drop it")
         if self.distill_temperature != 1.0 and self.teacher is None:

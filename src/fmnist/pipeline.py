@@ -19,7 +19,33 @@ from fmnist.data import NUM_CLASSES
 
 
 def augmentation_of(config: TrainConfig) -> Augmentation:
-    return Augmentation(flip=config.flip, translate=config.translate, erase=config.erase)
+    """The random transforms of ``config``; an alternating flip is not one of them (it
+    is decided by the image and the epoch: :func:`alternating_flips`)."""
+    return Augmentation(flip=config.flip and not config.alternate_flip,
+                        translate=config.translate, erase=config.erase)
+
+
+def alternating_flips(config: TrainConfig, n: int):
+    """``flipped(indices, epoch) -> bool (B,)`` under ``alternate_flip``, else None.
+
+    Image ``i`` of the ``n`` training images is mirrored in epoch 0 by a coin seeded
+    with the run's seed and ``i``, and in each later epoch the other way round from the
+    one before: any two consecutive epochs show it both ways. Works on NumPy arrays and
+    on TensorFlow tensors (``indices`` int (B,), ``epoch`` an int scalar).
+    """
+    if not config.alternate_flip:
+        return None
+    first = np.random.default_rng([config.seed, 5]).random(n) < 0.5  # bool (n,)
+
+    def flipped(indices, epoch):
+        if isinstance(indices, np.ndarray):
+            return first[indices] != bool(epoch % 2)
+        import tensorflow as tf
+
+        odd = tf.equal(tf.math.floormod(tf.cast(epoch, tf.int64), 2), 1)
+        return tf.not_equal(tf.gather(tf.constant(first), indices), odd)
+
+    return flipped
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -98,10 +124,13 @@ def numpy_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
     by :func:`fmnist.augment.numpy_augment`, keyed by the epoch.
     """
     augmentation = augmentation_of(config)
+    flipped = alternating_flips(config, len(y))
     eye = np.eye(NUM_CLASSES, dtype=np.float32)
     for epoch in range(first_epoch, epochs):
         order = epoch_order(config.seed, epoch, len(y))
         images, labels = x[order], y[order]
+        if flipped is not None:
+            images = np.where(flipped(order, epoch)[:, None, None], images[:, :, ::-1], images)
         if augmentation.active:
             images = numpy_augment(images, epoch, augmentation, config.seed)
         targets = eye[labels] if config.one_hot_targets else labels
@@ -117,8 +146,9 @@ def numpy_batches(x, y, config: TrainConfig, first_epoch: int, epochs: int,
 
 
 def batch_gatherer(x, y, config: TrainConfig, soft_targets: np.ndarray | None = None):
-    """``gather(key, indices) -> (images, labels)``: the images at ``indices`` (a batch,
-    or a whole epoch) of the in-memory arrays, augmented (random draws keyed by ``key``);
+    """``gather(key, indices[, epoch]) -> (images, labels)``: the images at ``indices`` (a
+    batch, or a whole epoch) of the in-memory arrays, augmented (random draws keyed by
+    ``key``; an alternating flip by ``epoch``, which is ``key`` when not given);
     labels one-hot under smoothing or CutMix, followed by the teacher's probabilities
     when ``soft_targets`` are given (B, 20): the loss weighs the two (DistillationLoss).
 
@@ -128,10 +158,15 @@ def batch_gatherer(x, y, config: TrainConfig, soft_targets: np.ndarray | None = 
 
     images, labels = tf.constant(x), tf.constant(y)
     augmentation = augmentation_of(config)
+    flipped = alternating_flips(config, len(y))
     soft = None if soft_targets is None else tf.constant(soft_targets, tf.float32)
 
-    def gather(key, idx):
+    def gather(key, idx, epoch=None):
         batch_images, batch_labels = tf.gather(images, idx), tf.gather(labels, idx)
+        if flipped is not None:  # ``key`` is the epoch unless given apart
+            mirror = flipped(idx, key if epoch is None else epoch)
+            batch_images = tf.where(mirror[:, None, None], tf.reverse(batch_images, axis=[2]),
+                                    batch_images)
         if augmentation.active:
             batch_images = augment_batch(batch_images, key, augmentation, config.seed)
         if config.one_hot_targets:
@@ -175,7 +210,9 @@ def distributed_batches(strategy, x, y, config: TrainConfig, first_epoch: int, e
         step_ids = np.arange(first_epoch * steps, first_epoch * steps + len(orders))
         # Augmentation keyed by global step and replica, so replicas draw differently.
         keys = (step_ids[:, None] * replicas + first_replica + np.arange(local)[None, :]).ravel()
-        dataset = tf.data.Dataset.from_tensor_slices((keys, mine.reshape(-1, config.batch_size)))
+        epoch_ids = np.repeat(step_ids // steps, local)  # for an alternating flip
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (keys, mine.reshape(-1, config.batch_size), epoch_ids))
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return (dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE)

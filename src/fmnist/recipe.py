@@ -21,7 +21,32 @@ from fmnist.config import TrainConfig  # noqa: E402
 from fmnist.distill import DistillationLoss, label_accuracy  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
 from fmnist.hardware import PRECISIONS, PrecisionChoice  # noqa: E402
-from fmnist.models import build_model  # noqa: E402
+from fmnist.models import build_model, whiten_stem  # noqa: E402
+
+
+@keras.saving.register_keras_serializable(package="fmnist")
+class BiasRateSGD(keras.optimizers.SGD):
+    """Keras' SGD whose step on each batch norm's shift (a variable named ``beta``) is
+    ``bias_rate`` times the learning rate; weight decay is unchanged. Run checkpoints
+    save it, so a resumed run keeps the same rates."""
+
+    def __init__(self, bias_rate: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.bias_rate = bias_rate
+        self._shifts: set = set()
+
+    def build(self, variables):
+        super().build(variables)
+        # By key: the step gets the backend's variable, which has no Keras path.
+        self._shifts = {self._var_key(v) for v in variables if v.path.rsplit("/", 1)[-1] == "beta"}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._var_key(variable) in self._shifts:
+            learning_rate = learning_rate * self.bias_rate
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "bias_rate": self.bias_rate}
 
 
 def configure_determinism(seed: int) -> None:
@@ -45,13 +70,16 @@ def compile_for_training(model, config: TrainConfig, total_steps: int):
         raise ValueError(f"unknown schedule {config.schedule!r}; use 'constant' or 'onecycle'")
     common = dict(learning_rate=learning_rate, use_ema=config.ema is not None,
                   ema_momentum=config.ema or 0.99)
+    betas = dict(beta_1=config.beta_1, beta_2=config.beta_2)
     if config.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(**common)
+        optimizer = keras.optimizers.Adam(**betas, **common)
     elif config.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+        optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **betas, **common)
     elif config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov,
-                                         weight_decay=config.weight_decay or None, **common)
+        sgd = dict(momentum=config.momentum, nesterov=config.nesterov,
+                   weight_decay=config.weight_decay or None, **common)
+        optimizer = (keras.optimizers.SGD(**sgd) if config.bias_rate == 1.0
+                     else BiasRateSGD(bias_rate=config.bias_rate, **sgd))
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; use adam, adamw or sgd")
     if config.teacher is not None:  # targets (B, 20): the label, then the teacher's (distill)
@@ -96,14 +124,22 @@ def replan_onecycle(model, config: TrainConfig, total_steps: int, step: int) -> 
     return True
 
 
-def new_model(config: TrainConfig, total_steps: int):
-    """The run's model, seeded and compiled with its recipe for ``total_steps`` steps."""
+def new_model(config: TrainConfig, total_steps: int, images=None):
+    """The run's model, seeded and compiled with its recipe for ``total_steps`` steps.
+
+    ``images``: the run's training images, uint8 (n, 28, 28), which a data-dependent
+    initialization (a "whiten" stem, :func:`fmnist.models.whiten_stem`) needs."""
     configure_determinism(config.seed)  # the same initial weights every time
     try:
         model = build_model(config.model, **config.model_options)
     except (TypeError, ValueError) as error:  # a --model-option of the wrong kind
         raise FmnistError(f"cannot build {config.model} with options {config.model_options}: "
                           f"{error}; see the factory's arguments in `fmnist models`") from None
+    if config.model_options.get("stem") == "whiten":
+        if images is None:
+            raise FmnistError("stem='whiten' is set from the training images, and none were "
+                              "given; build this model through `fmnist train`")
+        whiten_stem(model, images, seed=config.seed)
     return compile_for_training(fused_for_training(model), config, total_steps)
 
 

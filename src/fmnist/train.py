@@ -149,7 +149,7 @@ def _epochs_within_budget(config: TrainConfig, x_train, y_train, n_val: int,
     """
     started = time.perf_counter()
     steps = steps_per_epoch(len(y_train), config.batch_size)
-    model = new_model(config, config.epochs * steps)
+    model = new_model(config, config.epochs * steps, images=x_train)
     stamps: list[float] = []
     stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: stamps.append(time.perf_counter()))
     # The very steps the run takes: with a teacher, its targets and the distillation loss.
@@ -239,7 +239,7 @@ def _model(run: RunDir, config: TrainConfig, strategy, steps: int, replicas: int
                        scaled_learning_rate=config.learning_rate)
             if config.time_budget:
                 config = _fix_epochs_to_budget(run, config, *train, n_val, soft_targets)
-            model = new_model(config, config.epochs * steps)
+            model = new_model(config, config.epochs * steps, images=train[0])
     if strategy is not None and isinstance(strategy, _multiworker_type()):
         from fmnist.distribute import patch_keras_for_multiworker
 

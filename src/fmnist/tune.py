@@ -69,7 +69,8 @@ class SearchSpace(kt.HyperModel):
         keras.config.set_dtype_policy(dtype_policy(choose_precision(config.precision).precision))
         try:
             total = config.epochs * steps_per_epoch(len(self.y_train), config.batch_size)
-            return new_model(config, total)  # the schedule spans the trial's epochs
+            # the schedule spans the trial's epochs
+            return new_model(config, total, images=self.x_train)
         finally:
             keras.config.set_dtype_policy("float32")
 

@@ -45,6 +45,10 @@ def machine(measure: bool = True) -> dict:
         with filtered_stderr(lambda line: "oneDNN supports DT_BFLOAT16 only" in line):
             record["peak_gflops"] = {"float32": matmul_peak_gflops("float32", size),
                                      "bfloat16": matmul_peak_gflops("bfloat16", size)}
+            if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+                record["peak_conv"] = CONV_PEAK_SHAPE
+                record["peak_conv_gflops"] = {"float32": conv_peak_gflops("float32"),
+                                              "bfloat16": conv_peak_gflops("bfloat16")}
         record.update(versions())
     else:
         import platform
@@ -97,10 +101,22 @@ def median_seconds(call, repeats: int, warmup: int = 1) -> float:
     return float(np.median(times))
 
 
+def fastest_seconds(call, repeats: int) -> float:
+    """The shortest wall time of ``call()`` over ``repeats`` calls, after one untimed call
+    (tracing, compiling, warming up): a peak, so the fastest run counts, not a median
+    that a busy moment would drag down."""
+    call()
+    fastest = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        fastest = min(fastest, time.perf_counter() - started)
+    return fastest
+
+
 def matmul_peak_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
     """GFLOP/s of a large square matmul at its best of ``repeats``: the most this
-    machine's TensorFlow gets out of its cores in ``dtype`` (a peak, so the fastest run
-    counts, not a median that a busy moment would drag down). On a backend other than
+    machine's TensorFlow gets out of its cores in ``dtype``. On a backend other than
     TensorFlow, the same product through ``keras.ops``."""
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return _keras_matmul_peak_gflops(dtype, size, repeats)
@@ -109,13 +125,41 @@ def matmul_peak_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 
     a = tf.random.stateless_uniform([size, size], seed=[1, 2], dtype=tf.float32)
     a = tf.cast(a, dtype)
     matmul = tf.function(lambda m: tf.linalg.matmul(m, m))
-    matmul(a).numpy()  # trace and warm up
-    fastest = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        matmul(a).numpy()
-        fastest = min(fastest, time.perf_counter() - started)
-    return 2 * size**3 / fastest / 1e9
+    return 2 * size**3 / fastest_seconds(lambda: matmul(a).numpy(), repeats) / 1e9
+
+
+# The convolution of the achievable floor: one of cnn-fast's 3x3 convs at 14x14 (32 in,
+# 32 out), at its training batch. A CPU's library reaches less of the matmul peak on a
+# conv this small, and less again on its two gradients; the profile in the experiment
+# notes shows where.
+CONV_PEAK_SHAPE = "batch 256, 14x14x32 -> 32, 3x3, forward and both gradients"
+
+
+def conv_peak_gflops(dtype: str = "float32", repeats: int = 10) -> float:
+    """GFLOP/s of one training pass through a 3x3 conv of cnn-fast's shape
+    (``CONV_PEAK_SHAPE``): the forward conv and its input and filter gradients, 3x the
+    forward FLOPs, at the best of ``repeats``. What a step made of such convs can reach
+    at most: the achievable floor beside the matmul's. TensorFlow only."""
+    import tensorflow as tf
+
+    batch, size, channels = 256, 14, 32
+    images = tf.cast(tf.random.stateless_uniform([batch, size, size, channels], seed=[1, 2]), dtype)
+    kernel = tf.cast(tf.random.stateless_normal([3, 3, channels, channels], seed=[3, 4]), dtype)
+    upstream = tf.cast(tf.random.stateless_normal([batch, size, size, channels], seed=[5, 6]),
+                       dtype)
+
+    @tf.function
+    def step(x, k):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = tf.nn.conv2d(x, k, strides=1, padding="SAME")
+        # y is returned too: a function returning only the gradients would prune the
+        # forward conv, which they do not need (the conv is linear).
+        return [y, *tape.gradient(y, [x, k], output_gradients=upstream)]
+
+    flops = 3 * 2 * batch * size * size * 9 * channels * channels
+    seconds = fastest_seconds(lambda: [t.numpy() for t in step(images, kernel)], repeats)
+    return flops / seconds / 1e9
 
 
 def _keras_matmul_peak_gflops(dtype: str, size: int, repeats: int) -> float:
@@ -126,13 +170,7 @@ def _keras_matmul_peak_gflops(dtype: str, size: int, repeats: int) -> float:
     def product():  # reading one element back waits for the device to finish
         keras.ops.convert_to_numpy(keras.ops.matmul(a, a)[0, 0])
 
-    product()  # compile and warm up
-    fastest = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        product()
-        fastest = min(fastest, time.perf_counter() - started)
-    return 2 * size**3 / fastest / 1e9
+    return 2 * size**3 / fastest_seconds(product, repeats) / 1e9
 
 
 def predict_throughput(model_path: Path, batch: int = 1024, batches: int = 10) -> float:

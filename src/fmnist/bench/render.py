@@ -90,15 +90,18 @@ def speed_table(rows: list[dict]) -> str:
     """How close each row's steady epoch comes to its compute floor, and its memory."""
     def cells(row: dict) -> list[str]:
         floor, achieved = row.get("epoch_floor_seconds"), row.get("achieved_gflops")
+        conv_floor = row.get("epoch_conv_floor_seconds")
         return [model_cell(row), row["device"], row.get("precision", "float32"),
                 f"{row['forward_mflops']:.2f}", f"{row['steady_epoch_seconds']:.1f}",
                 "—" if floor is None else f"{floor:.2f}",
                 f"{row['steady_epoch_seconds'] / floor:.2f}x" if floor else "—",
+                f"{row['steady_epoch_seconds'] / conv_floor:.2f}x" if conv_floor else "—",
                 "—" if achieved is None else f"{achieved:.0f}", _mb(row.get("peak_rss_mb"))]
 
     return markdown_table(["model", "device", "precision", "forward MFLOP/image", "steady epoch s",
-                           "epoch floor s", "epoch / floor", "achieved GFLOP/s", "peak RSS MB"],
-                          [cells(row) for row in rows], right=(3, 4, 5, 6, 7, 8))
+                           "epoch floor s", "epoch / floor", "epoch / conv floor",
+                           "achieved GFLOP/s", "peak RSS MB"],
+                          [cells(row) for row in rows], right=(3, 4, 5, 6, 7, 8, 9))
 
 
 def variants_part(rows: list[dict]) -> list[str]:
@@ -258,6 +261,9 @@ def default_target_text(rows: list[dict]) -> str:
         f"- steady epoch / compute floor: **{floor}** (target <= "
         f"{DEFAULT_TARGET['floor_ratio']}x): {_met(result['floor_met'])}",
     ]
+    if result.get("conv_floor_ratio") is not None:
+        lines.append(f"- steady epoch / achievable floor of its 3x3 convs: "
+                     f"{result['conv_floor_ratio']:.2f}x (no target: see *conv floor* below)")
     return "\n".join(lines)
 
 
@@ -505,6 +511,9 @@ def machine_text(record: dict) -> str:
         size = record.get("peak_matmul_size", 2048)
         text += (f"; {framework} {size}x{size} matmul peak: {peaks.get('float32', 0):.0f} GFLOP/s "
                  f"float32, {peaks.get('bfloat16', 0):.0f} bfloat16")
+    if conv := record.get("peak_conv_gflops"):
+        text += (f"; 3x3 conv training pass: {conv.get('float32', 0):.0f} GFLOP/s float32, "
+                 f"{conv.get('bfloat16', 0):.0f} bfloat16")
     versions = [f"{name} {record[key]}" for name, key in
                 (("Python", "python"), ("Keras", "keras"), ("Keras backend", "backend"),
                  ("TensorFlow", "tensorflow"), ("NumPy", "numpy")) if record.get(key)]
@@ -562,6 +571,12 @@ def section_markdown(kind: str, section: dict, current: str | None) -> str:
             f"{peaks.get('bfloat16', 0):.0f} bfloat16). *epoch / floor*: how many times slower "
             "than that floor the steady epoch (median of epochs 2 onwards) runs; it includes "
             "the input pipeline, batch norm and the validation pass.",
+            *([f"- *conv floor*: the same FLOPs at the rate of one training pass (forward "
+               f"and both gradients) through a 3x3 conv of cnn-fast's shape "
+               f"({record.get('peak_conv', '')}): {conv_peaks.get('float32', 0):.0f} GFLOP/s "
+               f"float32, {conv_peaks.get('bfloat16', 0):.0f} bfloat16. The achievable floor "
+               "of a network of small convs, where the matmul's is out of reach."]
+              if (conv_peaks := record.get("peak_conv_gflops")) else []),
             "- *peak RSS*: the largest resident memory of the training process.", "",
             "### Per-seed numbers", "", per_seed_table(rows), "",
             "### How each row was produced", "", commands_list(rows), ""]

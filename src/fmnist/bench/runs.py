@@ -126,9 +126,12 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     # What run_name needs of the rows made; the run path as the students record it.
     naming = {"teacher": None if teacher is None else {"run": teacher}, "recipe": recipe}
     record = machine()  # the matmul peaks first, while nothing else runs
+    conv = record.get("peak_conv_gflops")
     log(f"bench: {machine_label(record)} ({machine_kind(record)}); float32 peak "
         f"{record['peak_gflops']['float32']:.0f} GFLOP/s, bfloat16 "
-        f"{record['peak_gflops']['bfloat16']:.0f}", flush=True)
+        f"{record['peak_gflops']['bfloat16']:.0f}"
+        + (f"; 3x3 conv training pass {conv['float32']:.0f} and {conv['bfloat16']:.0f}"
+           if conv else ""), flush=True)
     measured = _bench_interleaved(models, range(seed_start, seed_start + seeds), out_dir, naming,
                                   data_dir, list(extra or []), resume, log)
     bench_id = utc_now()
@@ -188,7 +191,8 @@ def _store_row(section: dict, record: dict, naming: dict, model: str, runs: list
     device = record["device"]
     old = next((r for r in section["rows"] if (r["model"], r["device"], variant_key(r))
                 == (model, device, variant_key(naming))), None)
-    row = summarize(model, merge_runs(old, runs), throughput, flops, record["peak_gflops"], device)
+    row = summarize(model, merge_runs(old, runs), throughput, flops, record["peak_gflops"], device,
+                    record.get("peak_conv_gflops"))
     teacher = (naming["teacher"] or {}).get("run")
     if teacher is not None:  # over every seed of the row, stored ones included
         row["teacher"] = row_teacher(row["runs"], teacher)

@@ -49,8 +49,10 @@ def merge_runs(old_row: dict | None, new_runs: list[dict]) -> list[dict]:
 
 
 def summarize(model: str, runs: list[dict], throughput: float, flops: int,
-              peaks: dict, device: str) -> dict:
-    """One row of the table from the per-seed runs of one model."""
+              peaks: dict, device: str, conv_peaks: dict | None = None) -> dict:
+    """One row of the table from the per-seed runs of one model; ``peaks`` are the
+    machine's matmul peaks, ``conv_peaks`` its 3x3 conv training peaks (when measured),
+    GFLOP/s by precision."""
     accuracies = [r["test_accuracy"] for r in runs]
     tta = [r["test_accuracy_tta"] for r in runs if r.get("test_accuracy_tta") is not None]
     row = {
@@ -79,7 +81,7 @@ def summarize(model: str, runs: list[dict], throughput: float, flops: int,
         "n_test": runs[0]["n_test"],
         "runs": runs,
     }
-    _refloor(row, peaks)
+    _refloor(row, peaks, conv_peaks)
     return row
 
 
@@ -154,20 +156,27 @@ def default_target(rows: list[dict]) -> dict | None:
     ratio = fast["train_seconds_median"] / reference["train_seconds_median"] if same_run else None
     floor = fast.get("epoch_floor_seconds")
     floor_ratio = fast["steady_epoch_seconds"] / floor if floor else None
+    conv_floor = fast.get("epoch_conv_floor_seconds")
     return {"accuracy": accuracy, "seeds": len(fast["seeds"]), "time_ratio": ratio,
             "seconds": fast["train_seconds_median"],
             "reference_seconds": reference["train_seconds_median"],
             "floor_ratio": floor_ratio, "same_run": same_run,
+            "conv_floor_ratio": fast["steady_epoch_seconds"] / conv_floor if conv_floor else None,
             "accuracy_met": accuracy >= DEFAULT_TARGET["accuracy"],
             "time_met": ratio is not None and ratio <= DEFAULT_TARGET["time_ratio"],
             "floor_met": floor_ratio is not None and floor_ratio <= DEFAULT_TARGET["floor_ratio"]}
 
 
-def _refloor(row: dict, peaks: dict) -> None:
-    """Set a row's compute floor from the peak of the precision its runs used."""
-    peak = peaks.get(row.get("precision", "float32")) or peaks.get("float32")
+def _refloor(row: dict, peaks: dict, conv_peaks: dict | None = None) -> None:
+    """Set a row's compute floors from the peaks of the precision its runs used: the
+    matmul's (``epoch_floor_seconds``) and, where measured, the achievable one of a
+    small 3x3 conv's training pass (``epoch_conv_floor_seconds``)."""
+    precision = row.get("precision", "float32")
+    peak = peaks.get(precision) or peaks.get("float32")
     epoch_flops = 3 * row["forward_mflops"] * 1e6 * row["n_train"]
     row["epoch_floor_seconds"] = epoch_flops / (peak * 1e9) if peak else None
+    conv_peak = (conv_peaks or {}).get(precision)
+    row["epoch_conv_floor_seconds"] = epoch_flops / (conv_peak * 1e9) if conv_peak else None
     steady = row.get("steady_epoch_seconds")
     row["achieved_gflops"] = epoch_flops / steady / 1e9 if steady else None
 
