@@ -15,22 +15,14 @@ import argparse
 import json
 from pathlib import Path
 
-
-def first_at(history: list[dict], target: float) -> tuple[int | None, float | None]:
-    """The first epoch (1-based) whose validation accuracy is at least ``target``, and
-    the seconds of training up to its end; (None, None) when no epoch reaches it."""
-    seconds = 0.0
-    for row in history:
-        seconds += row["seconds"]
-        if row["val_accuracy"] >= target:
-            return row["epoch"], seconds
-    return None, None
+from fmnist.bench.summary import crossings
 
 
 def summary(run: Path, target: float) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     history = json.loads((run / "history.json").read_text())
-    epoch, seconds = first_at(history, target)
+    reached = crossings(history, (target,))[f"{target:.2f}"] or {"epoch": None, "seconds": None}
+    epoch, seconds = reached["epoch"], reached["seconds"]
     return {"run": str(run), "seed": metrics["seed"], "epochs": metrics["epochs"],
             "val": metrics["val_accuracy"], "test": metrics["test_accuracy"],
             "train_s": metrics["train_seconds"], "epoch_s": metrics["steady_epoch_seconds"],

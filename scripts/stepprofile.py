@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
+from fmnist.bench.measure import layer_forward_flops  # noqa: E402
 from fmnist.config import TrainConfig  # noqa: E402
 from fmnist.data import load_split  # noqa: E402
 from fmnist.hardware import choose_precision, dtype_policy  # noqa: E402
@@ -65,15 +66,10 @@ def op_kind(op_type: str) -> str:
 
 
 def conv_flops(model, batch: int) -> dict[str, float]:
-    """Forward FLOPs of one batch through each Conv2D layer, by layer name (a multiply
-    and an add counted as two); each gradient of a conv costs as many again."""
-    flops = {}
-    for layer in model.layers:
-        if type(layer).__name__ == "Conv2D":
-            _, height, width, _ = layer.output.shape
-            k_h, k_w, c_in, c_out = layer.kernel.shape
-            flops[layer.name] = 2.0 * batch * height * width * k_h * k_w * c_in * c_out
-    return flops
+    """Forward FLOPs of one batch through each Conv2D layer, by layer name; each gradient
+    of a conv costs as many again."""
+    return {layer.name: float(batch * layer_forward_flops(layer)) for layer in model.layers
+            if type(layer).__name__ == "Conv2D"}
 
 
 def trace_steps(config: TrainConfig, steps: int, logdir: Path) -> tuple[float, dict]:

@@ -129,13 +129,14 @@ def _probabilities(features):
 
 def _conv_bn_relu(x, filters: int, kernel: int = 3, strides: int = 1, name: str = "conv",
                   separable: bool = False, batch_norm: bool = True, relu: bool = True,
-                  bn_scale: bool = True, bn_momentum: float = 0.9):
+                  bn_scale: bool = True, bn_momentum: float = 0.9, trainable: bool = True):
     """Conv (no bias: batch norm has one) -> BatchNorm -> ReLU, channels last.
 
     ``separable``: a depthwise 3x3 then a pointwise 1x1 conv, ~8x fewer FLOPs.
     ``bn_scale=False``: batch norm without a learnable scale (gamma fixed at 1), as
     airbench trains: a ReLU after it is unchanged by a positive scale, which the next
     conv's weights can absorb. ``bn_momentum``: of the moving statistics (see below).
+    ``trainable=False``: the conv's weights stay as set (batch norm still learns).
     ``batch_norm=False``: Conv with bias and ReLU in one layer, which TensorFlow runs as
     one fused kernel. Keras 3's batch norm is not fused, and cost a quarter of a cnn-fast
     step on an AVX2 CPU; training swaps it for TensorFlow's fused kernel
@@ -147,7 +148,8 @@ def _conv_bn_relu(x, filters: int, kernel: int = 3, strides: int = 1, name: str 
     if not batch_norm:
         return conv(filters, kernel, strides=strides, padding="same",
                     activation="relu" if relu else None, name=name)(x)
-    x = conv(filters, kernel, strides=strides, padding="same", use_bias=False, name=name)(x)
+    x = conv(filters, kernel, strides=strides, padding="same", use_bias=False, name=name,
+             trainable=trainable)(x)
     # momentum 0.9, not Keras' 0.99: runs here last a few hundred steps per epoch, and
     # slow moving statistics left validation near chance after the first epoch.
     x = layers.BatchNormalization(momentum=bn_momentum, scale=bn_scale, name=f"{name}_bn")(x)
@@ -278,10 +280,8 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
                              f"{2 * WHITEN_PATCH ** 2} (each of the 3x3 patches' "
                              f"{WHITEN_PATCH ** 2} principal directions, both signs) and "
                              f"batch norm, not stem_width={stem_width}")
-        x = layers.Conv2D(stem_width, WHITEN_PATCH, strides=2, padding="same", use_bias=False,
-                          trainable=False, name="stem")(x)  # (N, 14, 14, C), set by whiten_stem
-        x = layers.BatchNormalization(momentum=bn_momentum, scale=bn_scale, name="stem_bn")(x)
-        x = layers.ReLU(name="stem_relu")(x)
+        x = _conv_bn_relu(x, stem_width, kernel=WHITEN_PATCH, strides=2, name="stem",
+                          trainable=False, **bn)  # (N, 14, 14, C), set by whiten_stem
     else:
         raise ValueError(f"stem must be 'patch', 'conv-s2', 'conv' or 'whiten', not {stem!r}")
     x = _stage(x, widths14, "conv14", residual, separable=separable, **bn)  # (N, 14, 14, C)
@@ -307,9 +307,18 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
     return model
 
 
+def whitening_stem(model):
+    """The model's "whiten" stem (a frozen 3x3 conv on the one input channel, named
+    "stem"), or None."""
+    stem = next((layer for layer in model.layers if layer.name == "stem"), None)
+    if stem is None or stem.trainable or type(stem).__name__ != "Conv2D":
+        return None
+    return stem if tuple(stem.kernel.shape[:3]) == (WHITEN_PATCH, WHITEN_PATCH, 1) else None
+
+
 def whiten_stem(model, images, seed: int = 0, count: int = 10_000) -> bool:
     """Set a "whiten" stem's filters from ``images`` (uint8 (N, 28, 28)); False, and
-    nothing changed, for a model without one.
+    nothing changed, for a model without one (:func:`whitening_stem`).
 
     The 3x3 patches of up to ``count`` images (drawn with ``seed``), scaled to [0, 1],
     give a 9x9 second-moment matrix; its eigenvectors, largest first, each divided by
@@ -319,10 +328,8 @@ def whiten_stem(model, images, seed: int = 0, count: int = 10_000) -> bool:
     """
     import numpy as np
 
-    if "stem" not in [layer.name for layer in model.layers]:
-        return False
-    stem = model.get_layer("stem")
-    if stem.trainable or tuple(stem.kernel.shape[:3]) != (WHITEN_PATCH, WHITEN_PATCH, 1):
+    stem = whitening_stem(model)
+    if stem is None:
         return False
     pick = np.random.default_rng(seed).permutation(len(images))[:count]
     scaled = images[pick].astype(np.float64) / 255.0

@@ -21,7 +21,7 @@ from fmnist.config import TrainConfig  # noqa: E402
 from fmnist.distill import DistillationLoss, label_accuracy  # noqa: E402
 from fmnist.errors import FmnistError  # noqa: E402
 from fmnist.hardware import PRECISIONS, PrecisionChoice  # noqa: E402
-from fmnist.models import build_model, whiten_stem  # noqa: E402
+from fmnist.models import build_model, whiten_stem, whitening_stem  # noqa: E402
 
 
 @keras.saving.register_keras_serializable(package="fmnist")
@@ -135,7 +135,7 @@ def new_model(config: TrainConfig, total_steps: int, images=None):
     except (TypeError, ValueError) as error:  # a --model-option of the wrong kind
         raise FmnistError(f"cannot build {config.model} with options {config.model_options}: "
                           f"{error}; see the factory's arguments in `fmnist models`") from None
-    if config.model_options.get("stem") == "whiten":
+    if whitening_stem(model) is not None:
         if images is None:
             raise FmnistError("stem='whiten' is set from the training images, and none were "
                               "given; build this model through `fmnist train`")

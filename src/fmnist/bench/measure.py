@@ -71,22 +71,25 @@ def forward_flops(model) -> int:
     Batch norm, activations and pooling are left out: they are a few percent of the
     FLOPs and are memory-bound rather than compute-bound.
     """
-    total = 0
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind in ("Conv2D", "SeparableConv2D", "DepthwiseConv2D"):
-            out_h, out_w, out_c = layer.output.shape[1:4]
-            kh, kw = layer.kernel_size
-            in_c = layer.input.shape[-1]
-            if kind == "Conv2D":
-                total += 2 * out_h * out_w * out_c * kh * kw * in_c
-            else:  # depthwise kh x kw per input channel, then (separable) a 1x1 pointwise
-                total += 2 * out_h * out_w * kh * kw * in_c
-                if kind == "SeparableConv2D":
-                    total += 2 * out_h * out_w * in_c * out_c
-        elif kind == "Dense":
-            total += 2 * layer.input.shape[-1] * layer.units
-    return int(total)
+    return int(sum(layer_forward_flops(layer) for layer in model.layers))
+
+
+def layer_forward_flops(layer) -> int:
+    """Multiply-adds x 2 of one image through ``layer``: a Conv2D, SeparableConv2D,
+    DepthwiseConv2D or Dense layer; 0 for any other."""
+    kind = type(layer).__name__
+    if kind in ("Conv2D", "SeparableConv2D", "DepthwiseConv2D"):
+        out_h, out_w, out_c = layer.output.shape[1:4]
+        kh, kw = layer.kernel_size
+        in_c = layer.input.shape[-1]
+        if kind == "Conv2D":
+            return 2 * out_h * out_w * out_c * kh * kw * in_c
+        # depthwise kh x kw per input channel, then (separable) a 1x1 pointwise
+        depthwise = 2 * out_h * out_w * kh * kw * in_c
+        return depthwise + (2 * out_h * out_w * in_c * out_c if kind == "SeparableConv2D" else 0)
+    if kind == "Dense":
+        return 2 * layer.input.shape[-1] * layer.units
+    return 0
 
 
 def median_seconds(call, repeats: int, warmup: int = 1) -> float:
