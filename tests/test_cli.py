@@ -156,6 +156,8 @@ def test_models_lists_every_registered_model_with_its_recipe():
     for name in ("mlp", "mlp-plus", "cnn-tfdocs", "cnn-fast", "cnn-best"):
         assert f"\n{name} " in "\n" + result.stdout
     assert "optimizer=sgd" in result.stdout and "--model-option" in result.stdout
+    fast = result.stdout.split("\ncnn-fast ", 1)[1].split("\ncnn-best ", 1)[0]
+    assert "stem='whiten', stem_width=16" in fast  # the options with the preset's values
 
 
 # What TensorFlow's C++ side printed to every training before: notices and a false error.

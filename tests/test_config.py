@@ -25,6 +25,31 @@ def test_precedence_is_defaults_preset_file_flags():
     assert (flagged.batch_size, flagged.seed) == (9, 4)  # None: the flag was not given
 
 
+def test_model_options_merge_key_by_key_over_the_preset():
+    """One factory argument given keeps the preset's others (its stem, for cnn-fast); a
+    key given again replaces that key alone, file < flags."""
+    preset = model_preset("cnn-fast")["model_options"]
+    assert TrainConfig.resolve("cnn-fast").model_options == preset
+    file = {"model_options": {"dense": 64, "stem_width": 12}}
+    flags = {"model_options": {"dense": 256}}
+    merged = TrainConfig.resolve("cnn-fast", file, flags).model_options
+    assert merged == {**preset, "stem_width": 12, "dense": 256}
+    assert TrainConfig.resolve("mlp", None, {"model_options": {"hidden_units": 64}}).model_options \
+        == {"hidden_units": 64}  # a preset without options
+    with pytest.raises(ConfigError, match="model_options: 5 is not valid"):
+        TrainConfig.resolve("cnn-fast", None, {"model_options": 5})
+
+
+def test_a_runs_own_config_json_keeps_the_options_it_was_built_with():
+    """A run's config.json (settings plus its record) rebuilds that run's model: options it
+    did not name were the factory's defaults, not a later preset's."""
+    saved = {**TrainConfig(model="cnn-fast").to_dict(), "versions": {"fmnist": "0.1.0"}}
+    assert saved["model_options"] == {}
+    assert TrainConfig.resolve("cnn-fast", saved).model_options == {}
+    flagged = TrainConfig.resolve("cnn-fast", saved, {"model_options": {"dense": 64}})
+    assert flagged.model_options == {"dense": 64}
+
+
 @pytest.mark.parametrize("model", model_names())
 def test_every_preset_is_a_valid_config(model):
     config = TrainConfig.resolve(model)

@@ -15,7 +15,7 @@ def test_the_seed_mlp_is_registered():
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_model_maps_raw_pixels_to_probabilities(name):
-    model = models.build_model(name)
+    model = models.build_model(name, **models.model_preset(name).get("model_options", {}))
     images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
     probabilities = np.asarray(model.predict(images, verbose=0))
     assert probabilities.shape == (5, 10)
@@ -41,7 +41,7 @@ def test_model_trains_one_step_with_its_preset_recipe(name):
     labels = (np.arange(32) % 10).astype(np.uint8)
     keras.config.set_dtype_policy(dtype_policy(choose_precision(config.precision).precision))
     try:
-        model = new_model(config, total_steps=10)
+        model = new_model(config, total_steps=10, images=images)
         x, y = next(iter(training_batches(images, labels, config, 0, 1)))
         before = [w.copy() for w in model.get_weights()]
         loss = model.train_on_batch(x, y)

@@ -325,12 +325,12 @@ def test_every_registered_model_exports_to_onnx_untrained(name, tmp_path):
     from fmnist.recipe import new_model
 
     config = TrainConfig.resolve(name)
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
     keras.config.set_dtype_policy(dtype_policy(choose_precision(config.precision).precision))
     try:
-        new_model(config, total_steps=10).save(tmp_path / f"{name}.keras")
+        new_model(config, total_steps=10, images=images).save(tmp_path / f"{name}.keras")
     finally:
         keras.config.set_dtype_policy("float32")
-    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
     report = export_onnx(tmp_path / f"{name}.keras", images, out=tmp_path / f"{name}.onnx")
     assert report["class_mismatches"] == 0 and report["max_abs_difference"] <= 1e-4
     assert Predictor.load(tmp_path / f"{name}.onnx").probabilities(images[:3]).shape == (3, 10)

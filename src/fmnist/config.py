@@ -9,8 +9,9 @@ field here and the code that uses it.
 
 Its values come, each one overriding the last, from the defaults below (the seed
 notebook's recipe), the model's registered preset (``models.register``), a ``--config``
-JSON file, and command-line flags. The configuration is strict: an unknown key (a typo
-in a file or a preset) or a value outside what fmnist can run is a
+JSON file, and command-line flags; the factory arguments in ``model_options`` override
+key by key. The configuration is strict: an unknown key (a typo in a file or a preset)
+or a value outside what fmnist can run is a
 :class:`~fmnist.errors.ConfigError` of one line naming the key and what it accepts,
 raised before a run directory exists. This module imports no Keras, so the CLI checks a
 configuration in milliseconds.
@@ -71,7 +72,8 @@ class TrainConfig(BaseModel):
                                 "unless told; `fmnist models` lists them)",
                          group="model", must="a registered model name", min_length=1)
     model_options: dict[str, Any] = setting(
-        dict, "factory argument of the model, VALUE as JSON (repeatable), e.g. 'widths14=[32,32]'",
+        dict, "factory argument of the model, VALUE as JSON (repeatable; each replaces that "
+              "key of the preset's), e.g. 'widths14=[32,32]'",
         group="model", must="an object of the model's keyword arguments", metavar="KEY=VALUE",
         flag="--model-option")
     epochs: int = setting(10, "epochs to train (an upper bound with --time-budget)",
@@ -235,7 +237,9 @@ class TrainConfig(BaseModel):
     def resolve(cls, model: str, file: dict | None = None, flags: dict | None = None,
                 file_name: str = "the --config file") -> "TrainConfig":
         """Defaults < ``model``'s preset < ``file`` (a --config object) < ``flags`` (None:
-        not given)."""
+        not given). ``model_options`` merge key by key in the same order, so one factory
+        argument given keeps the preset's others; a run's own config.json replaces the
+        preset's options whole."""
         if model not in model_names():
             raise ConfigError(f"model: unknown model {model!r}; choose one of: "
                               f"{', '.join(model_names())}")
@@ -244,7 +248,18 @@ class TrainConfig(BaseModel):
         if file:
             cls.from_json({"model": model, **file}, file_name)
         given = {key: value for key, value in (flags or {}).items() if value is not None}
-        return cls.from_json({**preset, **(file or {}), **given, "model": model})
+        layers = (preset, file or {}, given)
+        merged = {key: value for layer in layers for key, value in layer.items()}
+        # Key by key: `--model-option dense=256` keeps the preset's other options. A run's
+        # own config.json (it carries the run's record) names every option its model was
+        # built with, so it replaces the preset's and still rebuilds that model.
+        if file and not RECORDED_KEYS.isdisjoint(file):
+            layers = layers[1:]
+        options = [layer["model_options"] for layer in layers if "model_options" in layer]
+        if all(isinstance(each, dict) for each in options):  # else from_json names the bad one
+            merged["model_options"] = {key: value for each in options
+                                       for key, value in each.items()}
+        return cls.from_json({**merged, "model": model})
 
     @classmethod
     def for_model(cls, model: str, **overrides) -> "TrainConfig":

@@ -15,8 +15,10 @@ def run(args) -> int:
     from fmnist.models import describe, get_factory, model_names, model_preset
 
     for name in model_names():
-        preset = ", ".join(f"{k}={v}" for k, v in model_preset(name).items()) or "the defaults"
-        options = ", ".join(f"{p.name}={p.default!r}"
+        recipe = model_preset(name)
+        chosen = recipe.pop("model_options", {})  # the preset's factory arguments
+        preset = ", ".join(f"{k}={v}" for k, v in recipe.items()) or "the defaults"
+        options = ", ".join(f"{p.name}={chosen.get(p.name, p.default)!r}"
                             for p in inspect.signature(get_factory(name)).parameters.values())
         print(f"{name:<12} {describe(name)}\n{'':<12} recipe: {preset}\n"
               f"{'':<12} options (--model-option KEY=VALUE): {options or 'none'}")
