@@ -128,6 +128,25 @@ def test_unknown_model_option_is_a_usage_error():
                     "has no option 'depth'", "stem_width")
 
 
+def test_a_flag_the_optimizer_does_not_use_is_named(tmp_path):
+    """cnn-fast trains with Adam: --weight-decay and --momentum would change nothing, and
+    say so; under sgd they are used, and its betas are the flags left unused."""
+    missing = str(tmp_path / "no-data")  # stops the run after its config is checked
+    result = run_main("train", "--weight-decay", "0.001", "--momentum", "0.8",
+                      "--data-dir", missing, "--out", str(tmp_path / "run"))
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        "fmnist: warning: adam does not use --weight-decay (adamw and sgd use it); pass "
+        "--optimizer to choose one that does, or drop it",
+        "fmnist: warning: adam does not use --momentum (sgd uses it); pass --optimizer to "
+        "choose one that does, or drop it"]
+    result = run_main("train", "--optimizer", "sgd", "--weight-decay", "0.001", "--beta-1",
+                      "0.8", "--data-dir", missing, "--out", str(tmp_path / "run"))
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "sgd does not use --beta-1" in warnings[0]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow  # imports TensorFlow and builds the model
 def test_model_option_of_the_wrong_kind_is_one_clear_line(tmp_path, real_data_dir):
     result = run_main("train", "--model", "cnn-fast", "--model-option", "stem=sideways",

@@ -31,6 +31,13 @@ from fmnist.models import DEFAULT_MODEL, model_names, model_preset
 from fmnist.split import DEFAULT_VAL_SIZE, TRAIN_POOL
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# The settings each optimizer leaves unused (fmnist.recipe.compile_for_training), and who
+# uses them: `fmnist train` warns when a flag given names one.
+UNUSED_BY = {"adam": ("weight_decay", "momentum", "nesterov"),
+             "adamw": ("momentum", "nesterov"), "sgd": ("beta_1", "beta_2")}
+USED_BY = {"weight_decay": "adamw and sgd use it", "momentum": "sgd uses it",
+           "nesterov": "sgd uses it", "beta_1": "adam and adamw use it",
+           "beta_2": "adam and adamw use it"}
 SCHEDULES = ("constant", "onecycle")
 # `fmnist tune --tuner`: KerasTuner's searches (fmnist.tune builds them; Keras-free here).
 TUNERS = ("hyperband", "random", "bayesian")
@@ -205,6 +212,10 @@ class TrainConfig(BaseModel):
             super().__init__(**settings)
         except ValidationError as error:
             raise ConfigError(_one_line(error)) from None
+
+    def unused(self, names) -> list[str]:
+        """Those of the settings ``names`` that this config's optimizer does not use."""
+        return [name for name in names if name in UNUSED_BY[self.optimizer]]
 
     @property
     def one_hot_targets(self) -> bool:
