@@ -154,7 +154,7 @@ def test_model_option_of_the_wrong_kind_is_one_clear_line(tmp_path, real_data_di
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot build cnn-fast" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()  # a failed start leaves no run directory
-    assert "stem must be 'patch', 'conv-s2', 'conv' or 'whiten'" in result.stderr
+    assert "stem must be 'patch', 'conv-s2', 'conv', 'whiten' or 'whiten-fixed'" in result.stderr
 
 
 def test_bench_render_needs_a_bench_file(tmp_path):

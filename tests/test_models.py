@@ -195,3 +195,10 @@ def test_a_whiten_stem_is_set_from_the_data_whitens_it_and_stays_frozen(real_dat
         new_model(config, total_steps=10)
     with pytest.raises(ValueError, match="even stem_width"):
         models.build_model("cnn-fast", stem="whiten", stem_width=32)
+    # "whiten-fixed": the same filters, and no batch norm: nothing in the stem learns.
+    fixed = new_model(config.replace(model_options={"stem": "whiten-fixed", "stem_width": 12}),
+                      total_steps=10, images=images)
+    np.testing.assert_array_equal(np.asarray(fixed.get_layer("stem").kernel), kernel)
+    assert "stem_bn" not in [layer.name for layer in fixed.layers]
+    learned = {weight.path.split("/")[0] for weight in fixed.trainable_weights}
+    assert not any(name.startswith("stem") for name in learned) and "conv14_0" in learned

@@ -250,7 +250,10 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
     max-pool: 28x28 maps are memory-bound, so it costs time per epoch, most in float32,
     and inference speed; the experiment notes measure it) or "whiten" (a frozen 3x3
     stride-2 conv whose filters are the training images' patch principal directions,
-    as airbench's first layer; set from the data by :func:`whiten_stem`). ``widths14`` / ``widths7``: filters
+    as airbench's first layer; set from the data by :func:`whiten_stem`; its batch norm
+    learns) or "whiten-fixed" (the same conv and a ReLU, no batch norm: nothing in the
+    stem learns, so training skips the first 14x14 conv's input gradient). ``widths14`` /
+    ``widths7``: filters
     of the 3x3 convs at 14x14 and at 7x7. ``head``: "gap" (global average pool) or
     "flatten" (the 7x7 map as is: garments' layout matters); then an optional
     Dense(``dense``)-BatchNorm-ReLU block. ``separable``: depthwise-separable 3x3 convs
@@ -275,16 +278,22 @@ def _convnet(name: str, stem: str, stem_width: int, widths14, widths7, head: str
     elif stem == "conv":
         x = _conv_bn_relu(x, stem_width, name="stem", **bn)  # (N, 28, 28, C)
         x = layers.MaxPooling2D(name="stem_pool")(x)  # (N, 14, 14, C)
-    elif stem == "whiten":
+    elif stem in ("whiten", "whiten-fixed"):
         if not batch_norm or stem_width % 2 or not 2 <= stem_width <= 2 * WHITEN_PATCH ** 2:
-            raise ValueError(f"stem='whiten' takes an even stem_width from 2 to "
+            raise ValueError(f"stem={stem!r} takes an even stem_width from 2 to "
                              f"{2 * WHITEN_PATCH ** 2} (each of the 3x3 patches' "
                              f"{WHITEN_PATCH ** 2} principal directions, both signs) and "
                              f"batch norm, not stem_width={stem_width}")
-        x = _conv_bn_relu(x, stem_width, kernel=WHITEN_PATCH, strides=2, name="stem",
-                          trainable=False, **bn)  # (N, 14, 14, C), set by whiten_stem
+        if stem == "whiten":
+            x = _conv_bn_relu(x, stem_width, kernel=WHITEN_PATCH, strides=2, name="stem",
+                              trainable=False, **bn)  # (N, 14, 14, C), set by whiten_stem
+        else:  # nothing before the first 14x14 conv learns: it needs no input gradient
+            x = layers.Conv2D(stem_width, WHITEN_PATCH, strides=2, padding="same",
+                              use_bias=False, trainable=False, name="stem")(x)
+            x = layers.ReLU(name="stem_relu")(x)  # (N, 14, 14, C), set by whiten_stem
     else:
-        raise ValueError(f"stem must be 'patch', 'conv-s2', 'conv' or 'whiten', not {stem!r}")
+        raise ValueError(f"stem must be 'patch', 'conv-s2', 'conv', 'whiten' or "
+                         f"'whiten-fixed', not {stem!r}")
     x = _stage(x, widths14, "conv14", residual, separable=separable, **bn)  # (N, 14, 14, C)
     x = layers.MaxPooling2D(name="pool14")(x)  # (N, 7, 7, C)
     x = _stage(x, widths7, "conv7", residual, separable=separable, **bn)  # (N, 7, 7, C)
