@@ -63,6 +63,26 @@ def test_mirrored_over_two_logical_cpus_scales_batch_and_rate(mirrored, single):
     assert abs(ours["val_accuracy"] - theirs["val_accuracy"]) < 0.04
 
 
+def test_mirrored_training_sets_the_default_models_whitening_stem(real_data_dir, tmp_path):
+    """cnn-fast's preset stem is set from the training images inside the strategy's scope:
+    the saved stem holds the whitening filters (each direction with both signs), not its
+    random initialization."""
+    import numpy as np
+
+    out = tmp_path / "run"
+    result = run_cli("train", "--model", "cnn-fast", "--batch-size", "128", "--epochs", "1",
+                     "--train-size", "2048", "--val-size", "1000", "--test-size", "1000",
+                     "--quiet", "--distribute", "mirrored", "--cpu-replicas", "2",
+                     "--out", str(out), "--data-dir", str(real_data_dir))
+    assert result.returncode == 0, result.stderr[-2000:]
+    import keras
+
+    kernel = np.asarray(keras.saving.load_model(out / "model.keras", compile=False)
+                        .get_layer("stem").kernel)  # (3, 3, 1, 16)
+    half = kernel.shape[-1] // 2
+    np.testing.assert_array_equal(kernel[..., half:], -kernel[..., :half])
+
+
 def test_tensorboard_logs_hold_losses_accuracy_and_learning_rate(mirrored):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
