@@ -31,13 +31,16 @@ from fmnist.models import DEFAULT_MODEL, model_names, model_preset
 from fmnist.split import DEFAULT_VAL_SIZE, TRAIN_POOL
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-# The settings each optimizer leaves unused (fmnist.recipe.compile_for_training), and who
-# uses them: `fmnist train` warns when a flag given names one.
+# The settings each optimizer leaves unused (fmnist.recipe.compile_for_training):
+# `fmnist train` warns when a flag given names one.
 UNUSED_BY = {"adam": ("weight_decay", "momentum", "nesterov"),
              "adamw": ("momentum", "nesterov"), "sgd": ("beta_1", "beta_2")}
-USED_BY = {"weight_decay": "adamw and sgd use it", "momentum": "sgd uses it",
-           "nesterov": "sgd uses it", "beta_1": "adam and adamw use it",
-           "beta_2": "adam and adamw use it"}
+
+
+def users_of(name: str) -> str:
+    """The optimizers that use setting ``name``, in words: "adamw and sgd use it"."""
+    users = [optimizer for optimizer in OPTIMIZERS if name not in UNUSED_BY[optimizer]]
+    return " and ".join(users) + (" uses it" if len(users) == 1 else " use it")
 SCHEDULES = ("constant", "onecycle")
 # `fmnist tune --tuner`: KerasTuner's searches (fmnist.tune builds them; Keras-free here).
 TUNERS = ("hyperband", "random", "bayesian")

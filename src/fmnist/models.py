@@ -14,9 +14,9 @@ field: epochs, optimizer, schedule, augmentation..., and ``model_options``, the 
 arguments it trains with), which command-line flags override. Every preset says
 ``precision="auto"``: bfloat16 only where the hardware computes it natively (see
 hardware.py), so a preset is fast on every machine. The tests are parametrized over the
-registry, so a model is tested the day it is added. Keras is imported inside the factories: importing this module (as the CLI
-does to list model names) must stay cheap. Factories use only Keras layers and
-``keras.ops``, so any Keras backend can run them.
+registry, so a model is tested the day it is added. Keras is imported inside the
+factories: importing this module (as the CLI does to list model names) must stay cheap.
+Factories use only Keras layers and ``keras.ops``, so any Keras backend can run them.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import sys
 
 from fmnist.cli.args import add_data_dir, float_where, int_at_least, key_value
 from fmnist.cli.evaluate import print_test_metrics, say_if_tta_does_not_apply
-from fmnist.config import GROUPS, USED_BY, TrainConfig, field_kind, flag_of
+from fmnist.config import GROUPS, TrainConfig, field_kind, flag_of, users_of
 from fmnist.errors import FmnistError
 from fmnist.models import DEFAULT_MODEL
 
@@ -206,6 +206,6 @@ def _config_from(args):
                                f"it takes: {', '.join(accepted) or 'none'}")
     for name in config.unused(key for key, value in flags.items() if value is not None):
         print(f"fmnist: warning: {config.optimizer} does not use {flag_of(name)} "
-              f"({USED_BY[name]}); pass --optimizer to choose one that does, or drop it",
+              f"({users_of(name)}); pass --optimizer to choose one that does, or drop it",
               file=sys.stderr)
     return config
