@@ -138,11 +138,14 @@ def matmul_peak_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 
 CONV_PEAK_SHAPE = "batch 256, 14x14x32 -> 32, 3x3, forward and both gradients"
 
 
-def conv_peak_gflops(dtype: str = "float32", repeats: int = 10) -> float:
+def conv_peak_gflops(dtype: str = "float32", repeats: int = 50) -> float:
     """GFLOP/s of one training pass through a 3x3 conv of cnn-fast's shape
     (``CONV_PEAK_SHAPE``): the forward conv and its input and filter gradients, 3x the
     forward FLOPs, at the best of ``repeats``. What a step made of such convs can reach
-    at most: the achievable floor beside the matmul's. TensorFlow only."""
+    at most: the achievable floor beside the matmul's. TensorFlow only.
+
+    One pass takes about 10 ms, so the best of 50 spans half a second: a busy tenth of
+    a second cannot set the peak, as it can when 10 passes span it all."""
     import tensorflow as tf
 
     batch, size, channels = 256, 14, 32
