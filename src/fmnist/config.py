@@ -35,12 +35,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 # `fmnist train` warns when a flag given names one.
 UNUSED_BY = {"adam": ("weight_decay", "momentum", "nesterov"),
              "adamw": ("momentum", "nesterov"), "sgd": ("beta_1", "beta_2")}
-
-
-def users_of(name: str) -> str:
-    """The optimizers that use setting ``name``, in words: "adamw and sgd use it"."""
-    users = [optimizer for optimizer in OPTIMIZERS if name not in UNUSED_BY[optimizer]]
-    return " and ".join(users) + (" uses it" if len(users) == 1 else " use it")
 SCHEDULES = ("constant", "onecycle")
 # `fmnist tune --tuner`: KerasTuner's searches (fmnist.tune builds them; Keras-free here).
 TUNERS = ("hyperband", "random", "bayesian")
@@ -53,6 +47,12 @@ TRAIN_IMAGES, TEST_IMAGES = TRAIN_POOL, 10_000
 GROUPS = {"model": None, "recipe": "recipe (defaults: the model's preset, see `fmnist models`)",
           "run": "the run: seed, split and sizes", "scale": "scale and tracking"}
 NOT_SEARCHED_GROUPS = ("run", "scale")
+
+
+def users_of(name: str) -> str:
+    """The optimizers that use setting ``name``, in words: "adamw and sgd use it"."""
+    users = [optimizer for optimizer in OPTIMIZERS if name not in UNUSED_BY[optimizer]]
+    return " and ".join(users) + (" uses it" if len(users) == 1 else " use it")
 
 
 def setting(default: Any = None, description: str = "", *, group: str, must: str = "",
