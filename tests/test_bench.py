@@ -42,6 +42,11 @@ def test_recorded_commands_hold_no_absolute_path(tmp_path):
     assert command == "fmnist bench train --seeds 3 --runs-dir runs --json=b.json --models mlp"
     outside = store.repo_relative_command(["bench", "--data-dir", "/elsewhere/data"], cwd="/repo")
     assert outside == "fmnist bench --data-dir ../elsewhere/data"
+    variant = store.repo_relative_command(
+        ["bench", "train", "--variant", f"cnn-fast --teacher {tmp_path}/t --epochs 3",
+         f"--variant=mlp --teacher={tmp_path}/u", "--variant", "mlp --epochs 2"], cwd=str(tmp_path))
+    assert variant == ("fmnist bench train --variant 'cnn-fast --teacher t --epochs 3' "
+                       "'--variant=mlp --teacher=u' --variant 'mlp --epochs 2'")
 
 
 def _row(model, seconds, accuracy, steady=10.0, flops=7.0, bench_id="b1", flip=False,
@@ -78,24 +83,85 @@ def test_default_target_compares_with_the_reference_of_the_same_run():
     assert summary.default_target([_row("mlp", 9.0, 0.88)]) is None
 
 
-def test_a_bench_interleaves_the_seeds_of_its_models(monkeypatch, tmp_path):
+def _fake_training(monkeypatch) -> list[tuple]:
+    """Replace each seed's training by a record of (model, seed, run folder, arguments)."""
     from fmnist.bench import runs
 
-    order = []
+    trained = []
 
     def fake_seed(model, seed, out, data_dir, extra, resume, log):
-        order.append(f"{model}{seed}")
+        trained.append((model, seed, out.name, extra))
         return {"seed": seed, "test_accuracy": 0.9, "train_seconds": 1.0, "precision": "float32"}, False
 
     monkeypatch.setattr(runs, "bench_seed", fake_seed)
     monkeypatch.setattr(runs, "forward_flops", lambda model: 1)
     monkeypatch.setattr(runs, "predict_throughput", lambda path: 1.0)
     monkeypatch.setattr("keras.saving.load_model", lambda *args, **kwargs: None)
-    naming = {"teacher": None, "recipe": None}
-    measured = runs._bench_interleaved(["A", "B"], range(3), tmp_path, naming, None, [], False,
+    return trained
+
+
+def test_a_bench_interleaves_the_seeds_of_its_models(monkeypatch, tmp_path):
+    from fmnist.bench import runs
+
+    trained = _fake_training(monkeypatch)
+    entries = runs.bench_entries(["A", "B"], [], None, None)
+    measured = runs._bench_interleaved(entries, range(3), tmp_path, None, False,
                                        lambda *a, **k: None)
-    assert order == ["A0", "B0", "A1", "B1", "A2", "B2"]
-    assert [m[0] for m in measured] == ["A", "B"] and [r["seed"] for r in measured[1][1]] == [0, 1, 2]
+    assert [f"{model}{seed}" for model, seed, *_ in trained] == ["A0", "B0", "A1", "B1", "A2", "B2"]
+    assert [m[0]["model"] for m in measured] == ["A", "B"]
+    assert [r["seed"] for r in measured[1][1]] == [0, 1, 2]
+
+
+def test_variants_alternate_with_the_presets_each_with_its_own_arguments(monkeypatch, tmp_path):
+    from fmnist.bench import runs
+
+    trained = _fake_training(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    entries = runs.bench_entries(["cnn-fast"], [], None, [
+        "cnn-fast --epochs=14", "cnn-fast --teacher 'runs/t-seed{seed}' --epochs=14"])
+    runs._bench_interleaved(entries, range(2), tmp_path / "runs", None, False, lambda *a, **k: None)
+    # Seed by seed: the preset, then each variant; each run with its arguments only.
+    assert [(model, seed, extra) for model, seed, _, extra in trained[:3]] == [
+        ("cnn-fast", 0, []), ("cnn-fast", 0, ["--epochs=14"]),
+        ("cnn-fast", 0, ["--epochs=14", "--teacher", "runs/t-seed0"])]
+    assert trained[5][3] == ["--epochs=14", "--teacher", "runs/t-seed1"]  # its seed's teacher
+    folders = {folder for _, _, folder, _ in trained}
+    assert len(folders) == 6 and "cnn-fast-seed0" in folders  # no variant writes another's runs
+    assert [entry["naming"]["recipe"] for entry in entries] == ["", "--epochs=14", "--epochs=14"]
+    assert entries[2]["naming"]["teacher"] == {"run": "runs/t-seed{seed}"}
+    # --teacher and --train-arg go to the plain models only, as before variants.
+    (taught,) = runs.bench_entries(["mlp"], ["--epochs=1"], "runs/t", None)
+    assert taught["extra"] == ["--epochs=1"] and taught["naming"]["teacher"] == {"run": "runs/t"}
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("", "does not start with a model name"), ("--epochs 3", "does not start with a model name"),
+    ("cnn-fast --seed 3", "sets --seed, which the bench sets"),
+    ("cnn-fast --out=x", "sets --out, which the bench sets"),
+    ("cnn-fast --teacher", "--teacher needs a run directory"),
+    ("cnn-fast --label 'open", "close its quotes")])
+def test_a_malformed_variant_is_refused_in_one_line(spec, says):
+    from fmnist.bench.runs import parse_variant
+
+    with pytest.raises(FmnistError, match=says) as raised:
+        parse_variant(spec)
+    assert "\n" not in str(raised.value)
+
+
+def test_bench_refuses_a_bad_variant_before_any_run(tmp_path):
+    common = ["--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "b.json"),
+              "--markdown", str(tmp_path / "B.md"), "--data-dir", str(tmp_path / "no-data")]
+    twice = run_main("bench", "train", "--models", "cnn-fast", "--variant", "cnn-fast", *common)
+    assert twice.returncode == 2 and "trains 'cnn-fast' twice" in twice.stderr
+    unknown = run_main("bench", "train", "--variant", "cnn-nope --epochs 3", *common)
+    assert unknown.returncode == 2 and "cnn-nope" in unknown.stderr
+    refused = run_main("bench", "train", "--variant", "cnn-fast --epochs zero", *common)
+    assert refused.returncode == 2, refused.stderr
+    assert "`fmnist train` refuses 'cnn-fast --epochs zero'" in refused.stderr
+    assert "--epochs" in refused.stderr.split("refuses", 1)[1].split(":", 1)[1]
+    for result in (twice, unknown, refused):
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "b.json").exists()
 
 
 def test_the_floor_uses_the_peak_of_the_precision_trained_in():
@@ -368,7 +434,19 @@ def test_a_distilled_row_is_its_own_row_checked_against_the_distillation_target(
     assert "runs/bench" not in table  # a teacher is named in words, not by its run's path
     lines = [line for line in table.splitlines() if "teacher:" in line]
     assert lines[0].endswith("| yes |") and lines[1].endswith("| **no** |")  # 700 s > 2 x 300 s
-    assert "teacher's pass: 9.0 s more" in lines[0]
+    assert "teacher's pass: 9.0 s more" in lines[0] and "(600.0 s)" in lines[0]
+    # The time bound is set only by a plain row whose seeds alternated with the student's.
+    taught["bench_id"] = "another bench"
+    (verdict, _) = summary.distill_verdicts(rows)
+    assert verdict["limit"] is None and not verdict["met"] and verdict["plain_row"]
+    line = next(line for line in render.targets_table(rows).splitlines() if "runs/bench" not in line
+                and "one `cnn-best` run" in line)
+    assert "not set: the plain row's seeds did not alternate" in line and line.endswith("| **no** |")
+    taught["bench_id"], plain["interleaved"] = plain["bench_id"], False
+    assert summary.distill_verdicts(rows)[0]["limit"] is None
+    (alone,) = summary.distill_verdicts([taught])
+    assert alone["limit"] is None and not alone["plain_row"]
+    assert "(no plain row)" in render.targets_table([taught])
     # The plain row stays the one the default model's target is measured by.
     assert summary.default_target(rows)["accuracy"] == 0.930
     assert render.results_table(rows).count("teacher:") == 2
@@ -628,6 +706,9 @@ def test_the_conv_floor_sits_beside_the_matmul_floor_where_its_peak_was_measured
     assert "achievable floor of its 3x3 convs" in render.default_target_text(rows)
     table = render.speed_table(rows)
     assert f"{15.0 / conv_floor:.2f}x" in table and "epoch / conv floor" in table
+    # Each row shows the peaks it was floored at: its own bench run's, not the latest's.
+    fast_line, reference_line = table.splitlines()[3], table.splitlines()[2]
+    assert "| 100 / 50 |" in fast_line and "| 100 / — |" in reference_line
     assert rows[0]["epoch_conv_floor_seconds"] is None
     assert "achievable" not in render.default_target_text(rows[:1] + [_row("cnn-fast", 140.0, 0.931)])
 

@@ -87,7 +87,9 @@ def results_table(rows: list[dict]) -> str:
 
 
 def speed_table(rows: list[dict]) -> str:
-    """How close each row's steady epoch comes to its compute floor, and its memory."""
+    """How close each row's steady epoch comes to its compute floor, and its memory. The
+    peaks each row was floored at are those of the bench run that made it, shown beside
+    it, since peaks read a few percent apart from one bench run to the next."""
     def cells(row: dict) -> list[str]:
         floor, achieved = row.get("epoch_floor_seconds"), row.get("achieved_gflops")
         conv_floor = row.get("epoch_conv_floor_seconds")
@@ -96,12 +98,20 @@ def speed_table(rows: list[dict]) -> str:
                 "—" if floor is None else f"{floor:.2f}",
                 f"{row['steady_epoch_seconds'] / floor:.2f}x" if floor else "—",
                 f"{row['steady_epoch_seconds'] / conv_floor:.2f}x" if conv_floor else "—",
+                " / ".join("—" if not seconds else f"{_epoch_gflop(row) / seconds:.0f}"
+                           for seconds in (floor, conv_floor)),
                 "—" if achieved is None else f"{achieved:.0f}", _mb(row.get("peak_rss_mb"))]
 
     return markdown_table(["model", "device", "precision", "forward MFLOP/image", "steady epoch s",
                            "epoch floor s", "epoch / floor", "epoch / conv floor",
-                           "achieved GFLOP/s", "peak RSS MB"],
-                          [cells(row) for row in rows], right=(3, 4, 5, 6, 7, 8, 9))
+                           "peaks floored at, GFLOP/s (matmul / conv)", "achieved GFLOP/s",
+                           "peak RSS MB"],
+                          [cells(row) for row in rows], right=(3, 4, 5, 6, 7, 8, 9, 10))
+
+
+def _epoch_gflop(row: dict) -> float:
+    """One epoch's training GFLOP as the floors count it (summary._refloor): 3 x forward."""
+    return 3 * row["forward_mflops"] * 1e6 * row["n_train"] / 1e9
 
 
 def variants_part(rows: list[dict]) -> list[str]:
@@ -176,9 +186,14 @@ def targets_table(rows: list[dict]) -> str:
     model = DISTILL_TARGET["model"]
     for verdict in distill_verdicts(rows):
         row, limit = verdict["row"], verdict["limit"]
+        bound = (f"{limit:.1f} s" if limit is not None else
+                 f"not set: the plain row's seeds did not alternate with these; `fmnist bench "
+                 f"train --models {model} --variant '{model} --teacher RUN_DIR ...'` runs both"
+                 if verdict["plain_row"]
+                 else "no plain row")
         lines.append([f"{model_cell(row)} ({row['device']}, {_seeds(row)})",
                       f">= {DISTILL_TARGET['accuracy']:.3f} within {DISTILL_TARGET['time_ratio']}x "
-                      f"the plain `{model}`'s time ({'—' if limit is None else f'{limit:.1f} s'})",
+                      f"the plain `{model}`'s time ({bound})",
                       f"{verdict['plain']:.4f} in {verdict['spent']:.1f} s (teacher's pass: "
                       f"{verdict['teacher_pass']:.1f} s more)",
                       _fmt_number(verdict["tta"]), "yes" if verdict["met"] else "**no**"])
@@ -567,14 +582,16 @@ def section_markdown(kind: str, section: dict, current: str | None) -> str:
             "- *forward MFLOP/image*: 2 x multiply-adds of the Conv2D and Dense layers.",
             "- *epoch floor*: 3 x forward FLOPs x training images (forward + backward), divided "
             f"by the peak of a {size}x{size} matmul on this machine in the precision the model "
-            f"trained in ({peaks.get('float32', 0):.0f} GFLOP/s float32, "
+            "trained in, as measured by the bench run that made the row (*peaks floored at*; "
+            f"the latest run's: {peaks.get('float32', 0):.0f} GFLOP/s float32, "
             f"{peaks.get('bfloat16', 0):.0f} bfloat16). *epoch / floor*: how many times slower "
             "than that floor the steady epoch (median of epochs 2 onwards) runs; it includes "
             "the input pipeline, batch norm and the validation pass.",
             *([f"- *conv floor*: the same FLOPs at the rate of one training pass (forward "
                f"and both gradients) through a 3x3 conv of cnn-fast's shape "
-               f"({record.get('peak_conv', '')}): {conv_peaks.get('float32', 0):.0f} GFLOP/s "
-               f"float32, {conv_peaks.get('bfloat16', 0):.0f} bfloat16. The achievable floor "
+               f"({record.get('peak_conv', '')}); the latest run's: "
+               f"{conv_peaks.get('float32', 0):.0f} GFLOP/s float32, "
+               f"{conv_peaks.get('bfloat16', 0):.0f} bfloat16. The achievable floor "
                "of a network of small convs, where the matmul's is out of reach."]
               if (conv_peaks := record.get("peak_conv_gflops")) else []),
             "- *peak RSS*: the largest resident memory of the training process.", "",

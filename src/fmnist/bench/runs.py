@@ -5,6 +5,7 @@ path (:func:`update_section`) that re-renders the page."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -105,26 +106,24 @@ def update_section(json_path: Path, markdown_path: Path, record: dict, change) -
 def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, markdown_path: Path,
               data_dir=None, extra: list[str] | None = None,
               command: str = "fmnist bench", log=print, seed_start: int = 0,
-              teacher: str | None = None, resume: bool = False) -> dict:
-    """Benchmark ``models`` over seeds ``seed_start .. seed_start+seeds-1`` on this
-    machine; store the rows and rewrite the page. Returns the report.
+              teacher: str | None = None, resume: bool = False,
+              variants: list[str] | None = None) -> dict:
+    """Benchmark ``models`` and ``variants`` over seeds ``seed_start .. seed_start+seeds-1``
+    on this machine; store the rows and rewrite the page. Returns the report.
 
-    Rows of this machine's kind are replaced model by model (stored runs of the same
-    model with other seeds are kept and summarized with the new ones); other kinds'
-    rows are left as they are. With ``teacher`` (a run directory) every model is trained
-    distilled from it, into rows of their own (``row["teacher"]``) beside the plain ones.
-    ``extra`` (`fmnist train` arguments: --train-arg) departs from the preset's recipe:
-    such runs make rows of their own too (``row["recipe"]``), so seeds of two recipes
-    are never summarized together, and run directories of their own (``run_name``).
-    ``resume``: seeds already in their run directories are taken or continued, not
-    retrained (:func:`bench_seed`). A ``teacher`` with ``{seed}`` in it gives each seed
-    the teacher of its own seed (:func:`teacher_for_seed`).
+    Rows of this machine's kind are replaced row by row (stored runs of the same row with
+    other seeds are kept and summarized with the new ones); other kinds' rows are left as
+    they are. ``teacher`` (a run directory) and ``extra`` (`fmnist train` arguments:
+    --train-arg) apply to every one of ``models``; each of ``variants`` (``"MODEL ARG..."``:
+    :func:`parse_variant`) carries its own. A distilled model or a recipe off the preset
+    makes rows of its own (``row["teacher"]``, ``row["recipe"]``), so seeds of two recipes
+    are never summarized together, and run directories of their own (``run_name``). All
+    of them are trained seed by seed in turn (:func:`bench_entries`), so that rows of one
+    bench can be compared. ``resume``: seeds already in their run directories are taken or
+    continued, not retrained (:func:`bench_seed`). A teacher with ``{seed}`` in it gives
+    each seed the teacher of its own seed (:func:`teacher_for_seed`).
     """
-    recipe = recipe_key(extra)
-    if teacher is not None:
-        teacher = teacher_spelling(teacher)
-    # What run_name needs of the rows made; the run path as the students record it.
-    naming = {"teacher": None if teacher is None else {"run": teacher}, "recipe": recipe}
+    entries = bench_entries(models, extra, teacher, variants)
     record = machine()  # the matmul peaks first, while nothing else runs
     conv = record.get("peak_conv_gflops")
     log(f"bench: {machine_label(record)} ({machine_kind(record)}); float32 peak "
@@ -132,14 +131,14 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
         f"{record['peak_gflops']['bfloat16']:.0f}"
         + (f"; 3x3 conv training pass {conv['float32']:.0f} and {conv['bfloat16']:.0f}"
            if conv else ""), flush=True)
-    measured = _bench_interleaved(models, range(seed_start, seed_start + seeds), out_dir, naming,
-                                  data_dir, list(extra or []), resume, log)
+    measured = _bench_interleaved(entries, range(seed_start, seed_start + seeds), out_dir,
+                                  data_dir, resume, log)
     bench_id = utc_now()
 
     def store(section: dict) -> None:
-        for model, runs, taken, (flops, throughput) in measured:
-            _store_row(section, record, naming, model, runs, taken, flops, throughput,
-                       command, bench_id, interleaved=len(measured) > 1)
+        for entry, runs, taken, (flops, throughput) in measured:
+            _store_row(section, record, entry["naming"], entry["model"], runs, taken, flops,
+                       throughput, command, bench_id, interleaved=len(measured) > 1)
         order = {name: index for index, name in enumerate(MODEL_ORDER)}
         section["rows"].sort(key=lambda r: (r["device"], order.get(r["model"], 99), r["model"],
                                             variant_key(r)))
@@ -148,37 +147,102 @@ def run_bench(models: list[str], seeds: int, out_dir: Path, json_path: Path, mar
     return update_section(json_path, markdown_path, record, store)
 
 
-def _bench_interleaved(models: list[str], seeds, out_dir: Path, naming: dict, data_dir,
-                       extra: list[str], resume: bool, log) -> list[tuple]:
-    """Train (or take) each seed of each model, seeds interleaved: A0 B0 A1 B1 A2 B2, so
-    that a drift of the machine's speed over the bench falls on every model alike.
+# `fmnist train` flags that the bench sets for every run itself.
+BENCH_OWNED_FLAGS = ("--model", "--seed", "--out", "--resume", "--data-dir", "--tta", "--quiet")
 
-    Returns per model: (model, the runs' figures, the seeds taken as they stood, (forward
-    FLOPs, predict images/s) of the first seed's model)."""
-    runs = {model: [] for model in models}
-    taken = {model: set() for model in models}
-    teacher = (naming["teacher"] or {}).get("run")
+
+def parse_variant(spec: str) -> tuple[str, str | None, list[str]]:
+    """A bench variant, ``"MODEL ARG..."`` as the shell would split it, as (model, teacher
+    or None, the other `fmnist train` arguments); ``--teacher RUN_DIR`` among the
+    arguments names the teacher. Raises FmnistError on a spec without a model, with an
+    unclosed quote, or with a flag the bench sets itself (BENCH_OWNED_FLAGS)."""
+    try:
+        words = shlex.split(spec)
+    except ValueError as error:  # an unclosed quote
+        raise FmnistError(f"variant {spec!r} cannot be split into words ({error}); "
+                          "close its quotes") from None
+    if not words or words[0].startswith("-"):
+        raise FmnistError(f"variant {spec!r} does not start with a model name; "
+                          "write it as 'MODEL --flag value ...'")
+    model, rest, teacher, args = words[0], iter(words[1:]), None, []
+    for word in rest:
+        flag = word.partition("=")[0]
+        if flag in BENCH_OWNED_FLAGS:
+            raise FmnistError(f"variant {spec!r} sets {flag}, which the bench sets for every "
+                              "run; leave it out")
+        if flag == "--teacher":
+            teacher = word.partition("=")[2] if "=" in word else next(rest, None)
+            if not teacher:
+                raise FmnistError(f"variant {spec!r}: --teacher needs a run directory")
+        else:
+            args.append(word)
+    return model, teacher, args
+
+
+def bench_entries(models: list[str], extra: list[str] | None, teacher: str | None,
+                  variants: list[str] | None) -> list[dict]:
+    """What one bench trains, in the order each seed trains them: each of ``models``
+    with ``extra`` and ``teacher``, then each of ``variants`` (:func:`parse_variant`).
+
+    Each entry is ``{"model", "extra": its `fmnist train` arguments but the teacher,
+    "naming": {"teacher", "recipe"}}``, ``naming`` being what ``run_name`` and the row
+    need. Raises FmnistError where two entries would make the same row."""
+    pairs = [(model, teacher, list(extra or [])) for model in models]
+    pairs += [parse_variant(spec) for spec in variants or []]
+    entries, seen = [], set()
+    for model, taught_by, args in pairs:
+        taught_by = None if taught_by is None else teacher_spelling(taught_by)
+        naming = {"teacher": None if taught_by is None else {"run": taught_by},
+                  "recipe": recipe_key(args)}
+        key = (model, variant_key(naming))
+        if key in seen:
+            words = " ".join([model, *args] + ([] if taught_by is None else ["--teacher", taught_by]))
+            raise FmnistError(f"the bench trains {words!r} twice; give each model and variant once")
+        seen.add(key)
+        entries.append({"model": model, "naming": naming, "extra": args})
+    return entries
+
+
+def _bench_interleaved(entries: list[dict], seeds, out_dir: Path, data_dir, resume: bool,
+                       log) -> list[tuple]:
+    """Train (or take) each seed of each entry (:func:`bench_entries`), seeds interleaved:
+    A0 B0 A1 B1 A2 B2, so that a drift of the machine's speed over the bench falls on
+    every row alike.
+
+    Returns per entry: (the entry, the runs' figures, the seeds taken as they stood,
+    (forward FLOPs, predict images/s) of the first seed's model)."""
+    runs = [[] for _ in entries]
+    taken = [set() for _ in entries]
     for seed in seeds:
-        for model in models:
-            out = out_dir / run_name({"model": model, **naming}, seed)
+        for index, entry in enumerate(entries):
+            model = entry["model"]
+            out = out_dir / run_name({"model": model, **entry["naming"]}, seed)
+            teacher = (entry["naming"]["teacher"] or {}).get("run")
             taught_by = [] if teacher is None else ["--teacher", teacher_for_seed(teacher, seed)]
-            figures, as_they_stood = bench_seed(model, seed, out, data_dir, [*extra, *taught_by],
-                                                resume, log)
-            runs[model].append(figures)
+            figures, as_they_stood = bench_seed(model, seed, out, data_dir,
+                                                [*entry["extra"], *taught_by], resume, log)
+            runs[index].append(figures)
             if as_they_stood:
-                taken[model].add(seed)
+                taken[index].add(seed)
             tta = figures.get("test_accuracy_tta")
-            log(f"bench:   {model} seed {seed}: test {figures['test_accuracy']:.4f}"
+            log(f"bench:   {entry_label(entry)} seed {seed}: test {figures['test_accuracy']:.4f}"
                 + (f" (TTA {tta:.4f})" if tta is not None else "")
                 + f", {figures['train_seconds']:.1f} s ({figures['precision']})", flush=True)
     import keras
 
     measured = []
-    for model in models:
-        first = out_dir / run_name({"model": model, **naming}, seeds[0]) / rundir.MODEL
+    for index, entry in enumerate(entries):
+        first = out_dir / run_name({"model": entry["model"], **entry["naming"]}, seeds[0]) / rundir.MODEL
         flops = forward_flops(keras.saving.load_model(first, compile=False))
-        measured.append((model, runs[model], taken[model], (flops, predict_throughput(first))))
+        measured.append((entry, runs[index], taken[index], (flops, predict_throughput(first))))
     return measured
+
+
+def entry_label(entry: dict) -> str:
+    """An entry in the bench's log: its model, then its arguments where it has any."""
+    teacher = (entry["naming"]["teacher"] or {}).get("run")
+    return " ".join([entry["model"], *entry["extra"],
+                     *([] if teacher is None else ["--teacher", teacher])])
 
 
 def _store_row(section: dict, record: dict, naming: dict, model: str, runs: list[dict],

@@ -46,16 +46,26 @@ def repo_relative_command(argv: list[str], cwd: str | None = None) -> str:
 
 
 def _map_paths(words: list[str], change) -> list[str]:
-    """``words`` with ``change`` applied to each absolute path, alone or after ``--flag=``."""
-    out = []
-    for word in words:
-        flag, sep, value = word.partition("=") if word.startswith("-") else ("", "", word)
-        if not sep:
-            flag, value = "", word
-        if os.path.isabs(value):
-            value = change(value)
-        out.append(f"{flag}{sep}{value}" if sep else value)
-    return out
+    """``words`` with ``change`` applied to each absolute path: alone, after ``--flag=``,
+    or among the words of one argument that holds several (a bench ``--variant``)."""
+    return [_map_word(word, change) for word in words]
+
+
+def _map_word(word: str, change) -> str:
+    flag, sep, value = word.partition("=") if word.startswith("-") else ("", "", word)
+    if not sep:
+        flag, value = "", word
+    if os.path.isabs(value):
+        value = change(value)
+    elif any(char.isspace() for char in value):
+        try:
+            inner = shlex.split(value)
+        except ValueError:  # not shell words: left as typed
+            inner = []
+        mapped = _map_paths(inner, change)
+        if mapped != inner:
+            value = shlex.join(mapped)
+    return f"{flag}{sep}{value}" if sep else value
 
 
 def load_report(path: Path) -> dict:

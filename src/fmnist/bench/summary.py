@@ -151,8 +151,7 @@ def default_target(rows: list[dict]) -> dict | None:
     if fast is None or reference is None:
         return None
     accuracy = fast["test_accuracy_mean_std"][0]
-    same_run = (fast.get("bench_id") is not None and fast.get("bench_id") == reference.get("bench_id")
-                and bool(fast.get("interleaved")) and bool(reference.get("interleaved")))
+    same_run = interleaved_together(fast, reference)
     ratio = fast["train_seconds_median"] / reference["train_seconds_median"] if same_run else None
     floor = fast.get("epoch_floor_seconds")
     floor_ratio = fast["steady_epoch_seconds"] / floor if floor else None
@@ -165,6 +164,13 @@ def default_target(rows: list[dict]) -> dict | None:
             "accuracy_met": accuracy >= DEFAULT_TARGET["accuracy"],
             "time_met": ratio is not None and ratio <= DEFAULT_TARGET["time_ratio"],
             "floor_met": floor_ratio is not None and floor_ratio <= DEFAULT_TARGET["floor_ratio"]}
+
+
+def interleaved_together(row: dict, other: dict) -> bool:
+    """Whether every seed of both rows comes from one bench run that alternated their
+    seeds (``bench_id``, ``interleaved``): the only rows whose times may be divided."""
+    return (row.get("bench_id") is not None and row.get("bench_id") == other.get("bench_id")
+            and bool(row.get("interleaved")) and bool(other.get("interleaved")))
 
 
 def _refloor(row: dict, peaks: dict, conv_peaks: dict | None = None) -> None:
@@ -212,18 +218,22 @@ def target_verdicts(rows: list[dict]) -> list[dict]:
 
 def distill_verdicts(rows: list[dict]) -> list[dict]:
     """Each distilled row of DISTILL_TARGET's model against it: the accuracy, in at most
-    the plain row's training time times the allowed ratio (``limit`` None: no plain row)."""
+    the plain row's training time times the allowed ratio. The limit is set only where
+    the plain row's seeds alternated with the distilled row's in one bench run
+    (:func:`interleaved_together`); otherwise ``limit`` is None and the target is not met,
+    ``plain_row`` saying whether there was a plain row at all."""
     model = DISTILL_TARGET["model"]
     plain = next((r for r in rows if r["model"] == model and is_plain(r)), None)
-    limit = plain["train_seconds_median"] * DISTILL_TARGET["time_ratio"] if plain else None
     verdicts = []
     for row in rows:
         if row["model"] != model or not row.get("teacher"):
             continue
+        limit = (plain["train_seconds_median"] * DISTILL_TARGET["time_ratio"]
+                 if plain and interleaved_together(plain, row) else None)
         accuracy, spent = row["test_accuracy_mean_std"][0], row["train_seconds_median"]
         tta = row.get("test_accuracy_tta_mean_std") if row.get("flip") else None
         verdicts.append({"row": row, "plain": accuracy, "spent": spent, "limit": limit,
-                         "tta": tta[0] if tta else None,
+                         "plain_row": plain is not None, "tta": tta[0] if tta else None,
                          "teacher_pass": row["teacher"].get("seconds") or 0,
                          "met": (accuracy >= DISTILL_TARGET["accuracy"] and limit is not None
                                  and spent <= limit)})

@@ -46,7 +46,14 @@ def add_parser(commands) -> None:
                     "`fmnist train` process), evaluate on the test set with and without flip "
                     "TTA, and time prediction. Rows of models not benchmarked this time are kept.")
     train.add_argument("--models", nargs="+", metavar="MODEL",
-                       help=f"models to benchmark (default: {' '.join(DEFAULT_MODELS)})")
+                       help=f"models to benchmark with their presets (default: "
+                            f"{' '.join(DEFAULT_MODELS)}; none when --variant is given)")
+    train.add_argument("--variant", action="append", default=[], metavar="'MODEL ARG...'",
+                       help="also benchmark MODEL trained with these `fmnist train` arguments "
+                            "(--teacher RUN_DIR among them: distilled), into rows and folders "
+                            "of its own; repeatable. Its seeds alternate with those of "
+                            "--models and the other variants, so their times compare, e.g. "
+                            "--models cnn-fast --variant 'cnn-fast --epochs 14'")
     train.add_argument("--seeds", type=int_at_least(1), default=3, help="how many seeds (default: 3)")
     train.add_argument("--seed-start", type=int_at_least(0), default=0,
                        help="first seed (default: 0); stored runs of other seeds are kept and "
@@ -58,12 +65,12 @@ def add_parser(commands) -> None:
                             "--runs-dir as they are, continue interrupted ones from their last "
                             "checkpoint, and train only the rest (default: train every seed afresh)")
     train.add_argument("--teacher", metavar="RUN_DIR",
-                       help="train every model distilled from this run, into rows of their own "
+                       help="train every one of --models distilled from this run, into rows of their own "
                             "(runs named MODEL-distilled-HASH-seedN, HASH from the teacher's path); "
                             "{seed} in it is replaced by each seed, so that each student has the "
                             "teacher of its own seed and split")
     train.add_argument("--train-arg", action="append", default=[], metavar="ARG",
-                       help="extra `fmnist train` argument for every run, e.g. --train-arg=--epochs=1 "
+                       help="extra `fmnist train` argument for every run of --models, e.g. --train-arg=--epochs=1 "
                             "(a recipe off the preset: its runs make rows and folders of their own)")
     reports(train)
 
@@ -130,15 +137,21 @@ def _train(args) -> int:
     from fmnist.bench.targets import DEFAULT_MODELS
     from fmnist.data import load_data
 
-    models = args.models or list(DEFAULT_MODELS)
-    _require_models(args, models)
-    load_data(args.data_dir)  # verify the data once, before hours of training
-    if args.teacher:
-        from fmnist import rundir
-        from fmnist.bench.runs import teacher_for_seed
+    from fmnist import rundir
+    from fmnist.bench.runs import bench_entries, teacher_for_seed
 
-        for seed in range(args.seed_start, args.seed_start + args.seeds):
-            rundir.require_run_dir(teacher_for_seed(args.teacher, seed), needs=rundir.MODEL)
+    models = args.models or ([] if args.variant else list(DEFAULT_MODELS))
+    try:
+        entries = bench_entries(models, args.train_arg, args.teacher, args.variant)
+    except FmnistError as error:
+        args.subparser.error(str(error))
+    _require_models(args, [entry["model"] for entry in entries])
+    _require_train_args(args, entries)
+    load_data(args.data_dir)  # verify the data once, before hours of training
+    for entry in entries:
+        teacher = (entry["naming"]["teacher"] or {}).get("run")
+        for seed in range(args.seed_start, args.seed_start + args.seeds) if teacher else ():
+            rundir.require_run_dir(teacher_for_seed(teacher, seed), needs=rundir.MODEL)
 
     from fmnist.bench.render import presets_table
     from fmnist.bench.runs import run_bench
@@ -146,7 +159,7 @@ def _train(args) -> int:
     report = run_bench(models, args.seeds, Path(args.runs_dir), Path(args.json), Path(args.markdown),
                        data_dir=args.data_dir, extra=args.train_arg,
                        command=_command(), seed_start=args.seed_start, teacher=args.teacher,
-                       resume=args.resume)
+                       resume=args.resume, variants=args.variant)
     print(presets_table(report))
     print(f"wrote {args.markdown} and {args.json}")
     return 0
@@ -213,6 +226,27 @@ def _require_models(args, models: list[str]) -> None:
             get_factory(name)
         except FmnistError as error:
             args.subparser.error(str(error))
+
+
+def _require_train_args(args, entries: list[dict]) -> None:
+    """A usage error (exit 2) for a run's `fmnist train` arguments that `fmnist train`
+    would refuse, said before the first run starts rather than when that run does."""
+    import contextlib
+    import io
+
+    from fmnist.bench.runs import entry_label
+    from fmnist.cli import build_parser
+
+    parser = build_parser()
+    for entry in entries:
+        refused = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(refused):
+                parser.parse_args(["train", "--model", entry["model"], *entry["extra"]])
+        except SystemExit:
+            reason = refused.getvalue().strip().removeprefix("fmnist train: error: ")
+            args.subparser.exit(2, f"{args.subparser.prog}: error: `fmnist train` refuses "
+                                   f"'{entry_label(entry)}': {reason}\n")
 
 
 def _render(args) -> int:
