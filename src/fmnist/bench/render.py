@@ -14,9 +14,9 @@ from pathlib import Path
 from fmnist import hardware
 from fmnist.bench.store import machine_label
 from fmnist.bench.summary import (burst_verdicts, default_target, distill_verdicts,
-                                  inference_verdict, is_plain, mean_std, serve_verdicts,
-                                  ood_verdicts, single_run_verdict, soak_verdicts,
-                                  target_verdicts)
+                                  epoch_training_flops, inference_verdict, is_plain, mean_std,
+                                  ood_verdicts, serve_verdicts, single_run_verdict,
+                                  soak_verdicts, target_verdicts)
 from fmnist.bench.targets import (DEFAULT_MODEL, DEFAULT_TARGET, DISTILL_TARGET, MODEL_ORDER,
                                   REFERENCE_MODEL, SERVE_TARGETS, VAL_THRESHOLDS)
 from fmnist.report import markdown_table
@@ -92,13 +92,13 @@ def speed_table(rows: list[dict]) -> str:
     it, since peaks read a few percent apart from one bench run to the next."""
     def cells(row: dict) -> list[str]:
         floor, achieved = row.get("epoch_floor_seconds"), row.get("achieved_gflops")
-        conv_floor = row.get("epoch_conv_floor_seconds")
+        conv_floor, flops = row.get("epoch_conv_floor_seconds"), epoch_training_flops(row)
         return [model_cell(row), row["device"], row.get("precision", "float32"),
                 f"{row['forward_mflops']:.2f}", f"{row['steady_epoch_seconds']:.1f}",
                 "—" if floor is None else f"{floor:.2f}",
                 f"{row['steady_epoch_seconds'] / floor:.2f}x" if floor else "—",
                 f"{row['steady_epoch_seconds'] / conv_floor:.2f}x" if conv_floor else "—",
-                " / ".join("—" if not seconds else f"{_epoch_gflop(row) / seconds:.0f}"
+                " / ".join("—" if not seconds else f"{flops / seconds / 1e9:.0f}"
                            for seconds in (floor, conv_floor)),
                 "—" if achieved is None else f"{achieved:.0f}", _mb(row.get("peak_rss_mb"))]
 
@@ -107,11 +107,6 @@ def speed_table(rows: list[dict]) -> str:
                            "peaks floored at, GFLOP/s (matmul / conv)", "achieved GFLOP/s",
                            "peak RSS MB"],
                           [cells(row) for row in rows], right=(3, 4, 5, 6, 7, 8, 9, 10))
-
-
-def _epoch_gflop(row: dict) -> float:
-    """One epoch's training GFLOP as the floors count it (summary._refloor): 3 x forward."""
-    return 3 * row["forward_mflops"] * 1e6 * row["n_train"] / 1e9
 
 
 def variants_part(rows: list[dict]) -> list[str]:

@@ -217,7 +217,7 @@ def _bench_interleaved(entries: list[dict], seeds, out_dir: Path, data_dir, resu
         for index, entry in enumerate(entries):
             model = entry["model"]
             out = out_dir / run_name({"model": model, **entry["naming"]}, seed)
-            teacher = (entry["naming"]["teacher"] or {}).get("run")
+            teacher = entry_teacher(entry)
             taught_by = [] if teacher is None else ["--teacher", teacher_for_seed(teacher, seed)]
             figures, as_they_stood = bench_seed(model, seed, out, data_dir,
                                                 [*entry["extra"], *taught_by], resume, log)
@@ -238,9 +238,14 @@ def _bench_interleaved(entries: list[dict], seeds, out_dir: Path, data_dir, resu
     return measured
 
 
+def entry_teacher(entry: dict) -> str | None:
+    """An entry's teacher run as typed (``{seed}`` kept), or None."""
+    return (entry["naming"]["teacher"] or {}).get("run")
+
+
 def entry_label(entry: dict) -> str:
     """An entry in the bench's log: its model, then its arguments where it has any."""
-    teacher = (entry["naming"]["teacher"] or {}).get("run")
+    teacher = entry_teacher(entry)
     return " ".join([entry["model"], *entry["extra"],
                      *([] if teacher is None else ["--teacher", teacher])])
 

@@ -173,13 +173,19 @@ def interleaved_together(row: dict, other: dict) -> bool:
             and bool(row.get("interleaved")) and bool(other.get("interleaved")))
 
 
+def epoch_training_flops(row: dict) -> float:
+    """One epoch's training FLOPs as the floors count them: 3 x forward (forward and
+    backward) x training images."""
+    return 3 * row["forward_mflops"] * 1e6 * row["n_train"]
+
+
 def _refloor(row: dict, peaks: dict, conv_peaks: dict | None = None) -> None:
     """Set a row's compute floors from the peaks of the precision its runs used: the
     matmul's (``epoch_floor_seconds``) and, where measured, the achievable one of a
     small 3x3 conv's training pass (``epoch_conv_floor_seconds``)."""
     precision = row.get("precision", "float32")
     peak = peaks.get(precision) or peaks.get("float32")
-    epoch_flops = 3 * row["forward_mflops"] * 1e6 * row["n_train"]
+    epoch_flops = epoch_training_flops(row)
     row["epoch_floor_seconds"] = epoch_flops / (peak * 1e9) if peak else None
     conv_peak = (conv_peaks or {}).get(precision)
     row["epoch_conv_floor_seconds"] = epoch_flops / (conv_peak * 1e9) if conv_peak else None

@@ -138,7 +138,7 @@ def _train(args) -> int:
     from fmnist.data import load_data
 
     from fmnist import rundir
-    from fmnist.bench.runs import bench_entries, teacher_for_seed
+    from fmnist.bench.runs import bench_entries, entry_teacher, teacher_for_seed
 
     models = args.models or ([] if args.variant else list(DEFAULT_MODELS))
     try:
@@ -149,7 +149,7 @@ def _train(args) -> int:
     _require_train_args(args, entries)
     load_data(args.data_dir)  # verify the data once, before hours of training
     for entry in entries:
-        teacher = (entry["naming"]["teacher"] or {}).get("run")
+        teacher = entry_teacher(entry)
         for seed in range(args.seed_start, args.seed_start + args.seeds) if teacher else ():
             rundir.require_run_dir(teacher_for_seed(teacher, seed), needs=rundir.MODEL)
 
